@@ -1,0 +1,51 @@
+# The two commands a new user runs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test install lint browser bench bench-peers clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian chromium for the browser tests (Playwright drives it; it never downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian chromium for the browser tests"; \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+		else sudo apt-get update -q && sudo apt-get install -y -q chromium; fi; }
+
+run: export DEBUG = 1
+run: $(STAMP)
+	mkdir -p var/mail
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py load_demo_catalog
+	@echo "Shop on http://127.0.0.1:8000 (admin: python manage.py createsuperuser). Ctrl+C stops both."
+	EMAIL_URL=$${EMAIL_URL:-filemail://$(CURDIR)/var/mail} bash -c '\
+		trap "kill 0" INT TERM EXIT; \
+		$(PY) manage.py runworker & \
+		$(PY) manage.py runserver 127.0.0.1:8000 --noreload; wait'
+
+test: $(STAMP) browser
+	mkdir -p var
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-peers: $(STAMP)
+	$(PY) bench/peers.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var

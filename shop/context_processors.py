@@ -1,0 +1,9 @@
+from django.conf import settings
+from django.http import HttpRequest
+
+
+def cart(request: HttpRequest) -> dict:
+    """The cart's item count for the header; read from the session only, no query."""
+    session = getattr(request, "session", None)
+    items = (session.get("cart") if session is not None else None) or {}
+    return {"cart_count": sum(items.values()), "shop_name": settings.SHOP_NAME}

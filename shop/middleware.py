@@ -1,0 +1,31 @@
+"""Request-wide guards that must run before anything reads the body."""
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+
+class RequestSizeLimitMiddleware:
+    """Refuse a body declared larger than ``settings.DATA_UPLOAD_MAX_MEMORY_SIZE`` with 413, before any
+    view, the CSRF check or the multipart parser reads it.
+
+    Django's own limit leaves out file parts of multipart bodies (they are streamed to disk), and is
+    checked only while parsing; no form of this shop takes a file, so the limit is on the whole body.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0  # Django reads no body without a valid length
+        if limit is not None and length > limit:
+            message = f"The body is larger than {limit} bytes."
+            if request.path.startswith("/api/"):
+                return JsonResponse({"error": "too_large", "message": message}, status=413)
+            return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
+        return self.get_response(request)

@@ -1,0 +1,191 @@
+"""Settings for the shop. Every value that differs between machines comes from the environment.
+
+The environment is read here and nowhere else; code asks ``settings.X``.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+
+DEBUG = env.bool("DEBUG", default=False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="").strip()
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    SECRET_KEY = "insecure-development-key-only-used-with-DEBUG-on"
+
+ALLOWED_HOSTS = [
+    h for h in env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else []) if h
+]
+if not DEBUG and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DEBUG is off.")
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "jobs",
+    "shop",
+    "orders",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "shop.middleware.RequestSizeLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "shop.urls"
+WSGI_APPLICATION = "shop.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "shop.context_processors.cart",
+            ],
+        },
+    },
+]
+
+# Database: SQLite in var/ by default, PostgreSQL in production.
+DATABASES = {
+    "default": env.db_url_config(env.str("DATABASE_URL", default="") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers and one writer work side by side; IMMEDIATE transactions take the write lock
+    # up front, so a transaction never fails half-way with "database is locked" when it upgrades from
+    # reading to writing; the busy timeout makes waiting writers queue instead of erroring.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": env.int("SQLITE_BUSY_TIMEOUT", default=30),
+        "transaction_mode": "IMMEDIATE",
+        "init_command": (
+            "PRAGMA journal_mode=WAL;"
+            "PRAGMA synchronous=NORMAL;"
+            f"PRAGMA busy_timeout={env.int('SQLITE_BUSY_TIMEOUT', default=30) * 1000};"
+        ),
+    }
+else:
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="Europe/Berlin")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.str("STATIC_ROOT", default=str(VAR_DIR / "static"))
+MEDIA_URL = "media/"
+MEDIA_ROOT = env.str("MEDIA_ROOT", default=str(VAR_DIR / "media"))
+
+# Email: EMAIL_URL such as smtp://user:pass@host:587, filemail:///path, consolemail://, memorymail://
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Demo Shop <shop@example.com>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# Security: secure by default when DEBUG is off.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
+# Shop
+SHOP_NAME = env.str("SHOP_NAME", default="Demo Shop")
+SHOP_CURRENCY = env.str("SHOP_CURRENCY", default="EUR")
+SHOP_BASE_URL = env.str("SHOP_BASE_URL", default="http://127.0.0.1:8000")
+PAYMENT_GATEWAY = env.str("PAYMENT_GATEWAY", default="orders.gateways.FakeGateway")
+# Requests per client to POST /api/orders, counted in the database across all web processes
+# (shop/throttle.py): "<n>/<s|m|h|d>", empty for no limit.
+API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="60/m")
+# The client is REMOTE_ADDR; with TRUSTED_PROXY on, the first X-Forwarded-For entry, which the proxy
+# in front must set (overwrite), never pass through from the client.
+TRUSTED_PROXY = env.bool("TRUSTED_PROXY", default=False)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# Job queue (see jobs/conf.py for what each does)
+JOBS_POLL_INTERVAL = env.float("JOBS_POLL_INTERVAL", default=0.2)
+JOBS_LISTEN_NOTIFY = env.bool("JOBS_LISTEN_NOTIFY", default=True)
+JOBS_HEARTBEAT_INTERVAL = env.float("JOBS_HEARTBEAT_INTERVAL", default=5.0)
+JOBS_STALE_AFTER = env.float("JOBS_STALE_AFTER", default=30.0)
+JOBS_GRACE_PERIOD = env.float("JOBS_GRACE_PERIOD", default=30.0)
+JOBS_SCHEDULER_INTERVAL = env.float("JOBS_SCHEDULER_INTERVAL", default=1.0)
+JOBS_IMMEDIATE = env.bool("JOBS_IMMEDIATE", default=False)
+JOBS_PRUNE_AFTER_DAYS = env.int("JOBS_PRUNE_AFTER_DAYS", default=7)
+JOBS_METRICS_TOKEN = env.str("JOBS_METRICS_TOKEN", default="")
+
+# Order pipeline (orders/jobs.py)
+# Timeout in seconds of every outgoing call: warehouse, webhooks, SMTP.
+HTTP_TIMEOUT = env.float("HTTP_TIMEOUT", default=10.0)
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=HTTP_TIMEOUT)
+WAREHOUSE_URL = env.str("WAREHOUSE_URL", default="")
+WAREHOUSE_SECRET = env.str("WAREHOUSE_SECRET", default="")
+REPORT_RECIPIENTS = env.list("REPORT_RECIPIENTS", default=[])
+FOLLOWUP_DELAY = env.float("FOLLOWUP_DELAY", default=24 * 3600)
+# First retry delay (seconds) of the pipeline's jobs; it doubles per attempt, capped at an hour.
+PIPELINE_RETRY_BACKOFF = env.float("PIPELINE_RETRY_BACKOFF", default=10.0)
+VAT_RATE = env.str("VAT_RATE", default="0.19")  # prices include VAT at this rate
+SELLER_NAME = env.str("SELLER_NAME", default=SHOP_NAME)
+SELLER_ADDRESS = env.list("SELLER_ADDRESS", default=["Example Street 1", "10115 Berlin", "Germany"])
+SELLER_VAT_ID = env.str("SELLER_VAT_ID", default="DE000000000")
+SELLER_EMAIL = env.str("SELLER_EMAIL", default="shop@example.com")
+# django-environ reads filemail:///abs/path as the relative path "abs/path"; we mean the absolute one.
+_email_url = env.str("EMAIL_URL", default="")
+if _email_url.startswith("filemail:///") and not _email_url.startswith("filemail:////"):
+    EMAIL_FILE_PATH = "/" + _email_url.removeprefix("filemail:///")
+
+# Django's Tasks API (django_tasks; django.tasks from Django 6): tasks become jobs run by runworker.
+# OPTIONS: per-task max_attempts, backoff, timeout, rate_limit, unique_key (see jobs/tasks_backend.py).
+INSTALLED_APPS += ["django_tasks"]
+TASKS = {
+    "default": {
+        "BACKEND": "jobs.tasks_backend.JobsBackend",
+        "QUEUES": ["default"],
+        "OPTIONS": {"defaults": {"max_attempts": 3}, "tasks": {}},
+    },
+}
