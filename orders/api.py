@@ -1,0 +1,204 @@
+"""The JSON API. It is not cookie-authenticated (so CSRF-exempt), and never answers with HTML."""
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import IntegrityError, transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
+from pydantic import ValidationError
+
+from orders.api_schemas import OrderIn
+from orders.models import IdempotencyKey, Order
+from orders.serializers import order_to_dict
+from orders.services import (
+    InvalidOrder,
+    OutOfStock,
+    PaymentGatewayError,
+    UnknownProduct,
+    place_order,
+)
+from shop import throttle
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_KEY_LENGTH = 255
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> JsonResponse:
+    return JsonResponse({"error": code, "message": message, **extra}, status=status)
+
+
+def api_view(*methods: str) -> Callable:
+    """CSRF-exempt, JSON 405 for other methods, JSON 500 instead of Django's error page."""
+
+    def decorator(view: Callable) -> Callable:
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            if request.method not in methods:
+                response = error(405, "method_not_allowed", f"{request.method} is not allowed here.")
+                response["Allow"] = ", ".join(methods)
+                return response
+            try:
+                return view(request, *args, **kwargs)
+            except Exception:
+                logger.exception("API error on %s %s", request.method, request.path)
+                return error(500, "server_error", "Internal server error.")
+
+        return wrapped
+
+    return decorator
+
+
+def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: JSON under /api/, Django's page elsewhere (used when DEBUG is off)."""
+    if request.path.startswith("/api/"):
+        return error(404, "not_found", "Not found.")
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: JSON under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return error(500, "server_error", "Internal server error.")
+    return defaults.server_error(request)
+
+
+@api_view("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+def not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
+    return error(404, "not_found", "No such API endpoint.")
+
+
+@api_view("GET")
+def order_detail(request: HttpRequest, token: str) -> JsonResponse:
+    order = Order.objects.filter(token=token).first()
+    if order is None:
+        return error(404, "not_found", "No such order.")
+    return JsonResponse(order_to_dict(order))
+
+
+@api_view("POST")
+def create_order(request: HttpRequest) -> JsonResponse:
+    """Place an order. See ``OrderIn`` for the body; an ``Idempotency-Key`` header makes retries safe:
+    the same key and body replays the first response, another body is 422, a request still running
+    with that key is 409 (retry shortly). Each client is limited to ``settings.API_RATE_LIMIT``."""
+    decision = throttle.check(request, "api-orders", "API_RATE_LIMIT")
+    if not decision.allowed:
+        response = error(
+            429, "rate_limited", "Too many requests; retry later.", retry_after=decision.retry_after
+        )
+        response["Retry-After"] = str(decision.retry_after)
+        return response
+    try:
+        if int(request.META.get("CONTENT_LENGTH") or 0) > MAX_BODY_BYTES:
+            return error(413, "too_large", f"The body is larger than {MAX_BODY_BYTES} bytes.")
+        body = request.body
+    except (ValueError, RequestDataTooBig):
+        return error(413, "too_large", f"The body is larger than {MAX_BODY_BYTES} bytes.")
+    if len(body) > MAX_BODY_BYTES:
+        return error(413, "too_large", f"The body is larger than {MAX_BODY_BYTES} bytes.")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return error(400, "invalid_json", "The body is not valid JSON.")
+    if _holds_nul(data):  # PostgreSQL stores no NUL in text or jsonb: refuse it here, not with a 500
+        return error(400, "invalid_request", "The body must not contain NUL characters.")
+
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return _create_order(data)
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        return error(
+            400, "invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters."
+        )
+    fingerprint = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    try:
+        with transaction.atomic():
+            record = IdempotencyKey.objects.create(key=key, fingerprint=fingerprint)
+    except IntegrityError:
+        return _replay(key, fingerprint)
+    try:
+        response = _create_order(data)
+    except BaseException:
+        IdempotencyKey.objects.filter(pk=record.pk).delete()  # nothing was stored: let a retry run it
+        raise
+    IdempotencyKey.objects.filter(pk=record.pk).update(
+        response_status=response.status_code,
+        response_body=json.loads(response.content),
+        completed_at=timezone.now(),
+    )
+    return response
+
+
+def _holds_nul(data: Any) -> bool:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _replay(key: str, fingerprint: str) -> JsonResponse:
+    record = IdempotencyKey.objects.filter(key=key).first()
+    if record is None:  # the first request failed and gave its key back
+        return error(409, "request_in_progress", "A request with this Idempotency-Key is in progress; retry.")
+    if record.fingerprint != fingerprint:
+        return error(422, "idempotency_key_reused", "This Idempotency-Key was used with a different body.")
+    if record.response_status is None:
+        response = error(
+            409, "request_in_progress", "A request with this Idempotency-Key is in progress; retry."
+        )
+        response["Retry-After"] = "1"
+        return response
+    response = JsonResponse(record.response_body, status=record.response_status)
+    response["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _create_order(data: Any) -> JsonResponse:
+    try:
+        body = OrderIn.model_validate(data)
+    except ValidationError as exc:
+        fields: dict[str, list[str]] = {}
+        for err in exc.errors():
+            name = ".".join(str(part) for part in err["loc"]) or "body"
+            fields.setdefault(name, []).append(err["msg"])
+        return error(400, "invalid_request", "The request body is invalid.", fields=fields)
+    try:
+        order = place_order(
+            email=body.email,
+            name=body.name,
+            shipping_address=body.shipping_address.to_address(),
+            items=body.items(),
+            payment_token=body.payment_token,
+        )
+    except UnknownProduct as exc:
+        index = {line.sku: i for i, line in enumerate(body.lines)}
+        fields = {f"lines.{index[sku]}.sku": ["Unknown or inactive SKU."] for sku in exc.skus}
+        return error(400, "invalid_request", str(exc), fields=fields)
+    except InvalidOrder as exc:
+        return error(400, "invalid_request", str(exc))
+    except OutOfStock as exc:
+        return error(409, "out_of_stock", str(exc), sku=exc.sku, available=exc.available)
+    except PaymentGatewayError as exc:
+        return error(502, "gateway_error", str(exc), order=order_to_dict(exc.order))
+    if order.status == Order.Status.PAYMENT_FAILED:
+        reason = order.payments.order_by("-id").first().decline_reason
+        return error(402, "payment_declined", reason, order=order_to_dict(order))
+    return JsonResponse(order_to_dict(order), status=201)

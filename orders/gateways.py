@@ -1,0 +1,118 @@
+"""Payment gateways behind one interface, chosen by ``settings.PAYMENT_GATEWAY`` (a dotted path).
+
+A gateway is called outside any database transaction. Every charge carries an idempotency key (the
+order number), so a retried request never charges twice and ``retrieve`` can later tell what became of
+a charge whose answer was lost.
+"""
+
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+
+class GatewayError(Exception):
+    """The gateway could not give an answer (network, outage, processing error). The charge may or may
+    not have happened; ask ``retrieve`` later."""
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    succeeded: bool
+    reference: str
+    amount: Decimal
+    currency: str
+    decline_reason: str = ""
+
+
+class PaymentGateway(Protocol):
+    name: str
+
+    def charge(self, amount: Decimal, currency: str, token: str, idempotency_key: str) -> ChargeResult:
+        """Charge once per idempotency key; a repeated key returns the first result."""
+        ...
+
+    def retrieve(self, idempotency_key: str) -> ChargeResult | None:
+        """The result of an earlier charge, or None if the gateway never charged with this key."""
+        ...
+
+    def refund(self, reference: str, idempotency_key: str) -> None:
+        """Return the whole amount of a successful charge; repeating it changes nothing."""
+        ...
+
+
+def get_gateway() -> PaymentGateway:
+    return import_string(settings.PAYMENT_GATEWAY)()
+
+
+class FakeGateway:
+    """Behaves like a card processor in test mode.
+
+    ``tok_visa`` and ``tok_mastercard`` succeed; ``tok_chargeDeclined`` and ``tok_insufficient_funds``
+    are declined; ``tok_processing_error`` raises GatewayError and charges nothing; any other token is
+    declined as invalid. Charges are kept in the database (``FakeGatewayCharge``).
+    """
+
+    name = "fake"
+    TEST_TOKENS = {
+        "tok_visa": "",
+        "tok_mastercard": "",
+        "tok_chargeDeclined": "Your card was declined.",
+        "tok_insufficient_funds": "Your card has insufficient funds.",
+    }
+    ERROR_TOKEN = "tok_processing_error"
+
+    def charge(self, amount: Decimal, currency: str, token: str, idempotency_key: str) -> ChargeResult:
+        from orders.models import FakeGatewayCharge
+
+        existing = FakeGatewayCharge.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is None:
+            if token == self.ERROR_TOKEN:
+                raise GatewayError("An error occurred while processing the card.")
+            decline_reason = self.TEST_TOKENS.get(token, "The payment token is invalid.")
+            try:
+                with transaction.atomic():
+                    existing = FakeGatewayCharge.objects.create(
+                        idempotency_key=idempotency_key,
+                        reference=f"ch_{secrets.token_hex(12)}",
+                        token=token,
+                        amount=amount,
+                        currency=currency,
+                        succeeded=not decline_reason,
+                        decline_reason=decline_reason,
+                    )
+            except IntegrityError:
+                # A concurrent request with the same key won the insert: return its result.
+                existing = FakeGatewayCharge.objects.get(idempotency_key=idempotency_key)
+        if existing.amount != amount or existing.currency != currency:
+            raise GatewayError("Idempotency key reused with different parameters.")
+        return self._result(existing)
+
+    def retrieve(self, idempotency_key: str) -> ChargeResult | None:
+        from orders.models import FakeGatewayCharge
+
+        existing = FakeGatewayCharge.objects.filter(idempotency_key=idempotency_key).first()
+        return None if existing is None else self._result(existing)
+
+    def refund(self, reference: str, idempotency_key: str) -> None:
+        from orders.models import FakeGatewayCharge
+
+        charge = FakeGatewayCharge.objects.filter(reference=reference, succeeded=True).first()
+        if charge is None:
+            raise GatewayError(f"No successful charge {reference}.")
+        FakeGatewayCharge.objects.filter(pk=charge.pk, refunded_at=None).update(refunded_at=timezone.now())
+
+    @staticmethod
+    def _result(charge) -> ChargeResult:
+        return ChargeResult(
+            succeeded=charge.succeeded,
+            reference=charge.reference,
+            amount=charge.amount,
+            currency=charge.currency,
+            decline_reason=charge.decline_reason,
+        )

@@ -1,0 +1,145 @@
+"""PDF invoices of paid orders.
+
+Prices are VAT-inclusive (the catalog's prices are what the customer pays), so the invoice splits the
+total into net and VAT at ``settings.VAT_RATE``: net = total / (1 + rate), rounded to the cent, and
+VAT = total - net, so that net + VAT is always exactly the amount charged.
+"""
+
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from orders.models import Invoice, Order
+
+CENT = Decimal("0.01")
+# The PDF core fonts speak Latin-1; these are the usual characters outside it in product names.
+_LATIN1_FALLBACKS = str.maketrans({"–": "-", "—": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "€": "EUR"})
+
+
+def vat_rate() -> Decimal:
+    return Decimal(str(settings.VAT_RATE))
+
+
+def split_vat(gross: Decimal, rate: Decimal) -> tuple[Decimal, Decimal]:
+    """(net, VAT) of a VAT-inclusive amount; they add up to ``gross`` exactly."""
+    net = (gross / (1 + rate)).quantize(CENT, rounding=ROUND_HALF_UP)
+    return net, gross - net
+
+
+def invoice_number(order: Order) -> str:
+    return f"INV-{order.number}"
+
+
+def generate_invoice(order: Order) -> Invoice:
+    """The order's invoice, made and stored the first time; later calls return the same one."""
+    existing = Invoice.objects.filter(order=order).first()
+    if existing is not None:
+        return existing
+    rate = vat_rate()
+    net, vat = split_vat(order.total, rate)
+    issued_at = timezone.now()
+    number = invoice_number(order)
+    pdf = render_pdf(order, number=number, issued_at=issued_at, net=net, vat=vat, rate=rate)
+    with transaction.atomic():
+        # The order row's lock makes a concurrent run wait here and then find the invoice.
+        Order.objects.select_for_update().filter(pk=order.pk).first()
+        existing = Invoice.objects.filter(order=order).first()
+        if existing is not None:
+            return existing
+        invoice = Invoice(
+            order=order,
+            number=number,
+            net=net,
+            vat=vat,
+            vat_rate=rate,
+            total=order.total,
+            currency=order.currency,
+            created_at=issued_at,
+        )
+        invoice.file.save(f"{number}.pdf", ContentFile(pdf), save=False)
+        try:
+            invoice.save()
+        except BaseException:
+            invoice.file.delete(save=False)
+            raise
+    return invoice
+
+
+def _text(value: object) -> str:
+    return str(value).translate(_LATIN1_FALLBACKS).encode("latin-1", "replace").decode("latin-1")
+
+
+def render_pdf(
+    order: Order, *, number: str, issued_at: datetime, net: Decimal, vat: Decimal, rate: Decimal
+) -> bytes:
+    """The invoice as PDF bytes: seller, buyer, number, date, lines, net, VAT and total."""
+    currency = order.currency
+    from fpdf import FPDF  # imported here: a quarter second that every worker start need not pay
+
+    pdf = FPDF(format="A4")
+    pdf.set_title(f"Invoice {number}")
+    pdf.set_author(_text(settings.SELLER_NAME))
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 18)
+    pdf.cell(0, 10, _text(settings.SELLER_NAME), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=10)
+    for line in [*settings.SELLER_ADDRESS, f"VAT ID {settings.SELLER_VAT_ID}", settings.SELLER_EMAIL]:
+        pdf.cell(0, 5, _text(line), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(8)
+    for line in [
+        order.name,
+        order.shipping_line1,
+        f"{order.shipping_postal_code} {order.shipping_city}",
+        order.shipping_country,
+    ]:
+        pdf.cell(0, 5, _text(line), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(8)
+    pdf.set_font("Helvetica", "B", 14)
+    pdf.cell(0, 8, f"Invoice {_text(number)}", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=10)
+    local = timezone.localtime(issued_at)
+    pdf.cell(0, 5, f"Invoice date: {local:%Y-%m-%d}", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(0, 5, f"Order number: {_text(order.number)}", new_x="LMARGIN", new_y="NEXT")
+    if order.paid_at:
+        pdf.cell(0, 5, f"Paid: {timezone.localtime(order.paid_at):%Y-%m-%d}", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(6)
+
+    widths = (30, 80, 15, 30, 35)
+    pdf.set_font("Helvetica", "B", 10)
+    for width, title, align in zip(
+        widths, ["SKU", "Product", "Qty", "Unit price", "Amount"], "LLRRR", strict=True
+    ):
+        pdf.cell(width, 7, title, border="B", align=align)
+    pdf.ln()
+    pdf.set_font("Helvetica", size=10)
+    for line in order.lines.order_by("sku"):
+        cells = [
+            line.sku,
+            line.name[:45],
+            str(line.quantity),
+            f"{line.unit_price:.2f}",
+            f"{line.line_total:.2f} {currency}",
+        ]
+        for width, value, align in zip(widths, cells, "LLRRR", strict=True):
+            pdf.cell(width, 6, _text(value), align=align)
+        pdf.ln()
+    pdf.ln(2)
+    label_width = sum(widths[:-1])
+    percent = (rate * 100).normalize()
+    for label, amount, style in [
+        ("Net amount", net, ""),
+        (f"VAT {percent:f}%", vat, ""),
+        ("Total", order.total, "B"),
+    ]:
+        pdf.set_font("Helvetica", style, 10)
+        pdf.cell(label_width, 6, label, align="R")
+        pdf.cell(widths[-1], 6, f"{amount:.2f} {currency}", align="R", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(8)
+    pdf.set_font("Helvetica", size=9)
+    thanks = f"All prices include VAT. Paid in full. Thank you for your order at {settings.SELLER_NAME}."
+    pdf.multi_cell(0, 5, _text(thanks))
+    return bytes(pdf.output())

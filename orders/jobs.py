@@ -1,0 +1,134 @@
+"""The order pipeline's job types and schedules (discovered by jobs/ in every process).
+
+Handlers are thin: they load the order and call a service. Each is idempotent (the service finds the
+row that records its effect and does nothing more), and every external call has a timeout
+(``HTTP_TIMEOUT``, ``EMAIL_TIMEOUT``). See ``orders.pipeline`` for how they are chained.
+"""
+
+import datetime
+from datetime import timedelta
+
+from django.conf import settings
+from pydantic import BaseModel, Field
+
+from jobs import scheduler
+from jobs.api import HIGH, Backoff, PermanentError, job
+from orders import inventory, invoices, notifications, reports, services, webhooks
+from orders.http import PermanentHTTPError
+from orders.models import Order, WebhookEvent
+
+
+class OrderRef(BaseModel):
+    order_id: int
+
+
+class WebhookDeliveryRef(BaseModel):
+    endpoint_id: int
+    event: WebhookEvent
+    order_id: int
+
+
+class ReportDay(BaseModel):
+    date: datetime.date | None = Field(
+        default=None, description="Default: yesterday in the shop's time zone."
+    )
+
+
+class ReconcileOptions(BaseModel):
+    older_than_minutes: int = Field(default=10, ge=1)
+
+
+class NoOptions(BaseModel):
+    pass
+
+
+def _backoff() -> Backoff:
+    return Backoff(base=settings.PIPELINE_RETRY_BACKOFF, cap=3600.0)
+
+
+def _order(payload) -> Order:
+    try:
+        return Order.objects.get(pk=payload.order_id)
+    except Order.DoesNotExist:
+        raise PermanentError(f"order {payload.order_id} does not exist") from None
+
+
+# A network call may take HTTP_TIMEOUT to connect and again to read; leave room for both.
+_NETWORK_TIMEOUT = 3 * settings.HTTP_TIMEOUT + 30
+
+
+@job(
+    "send_order_confirmation",
+    payload=OrderRef,
+    priority=HIGH,
+    max_attempts=8,
+    backoff=_backoff(),
+    timeout=_NETWORK_TIMEOUT,
+)
+def send_order_confirmation(payload: OrderRef, ctx) -> dict:
+    return {"sent": notifications.send_order_confirmation(_order(payload))}
+
+
+@job("generate_invoice", payload=OrderRef, max_attempts=5, backoff=_backoff(), timeout=120)
+def generate_invoice(payload: OrderRef, ctx) -> dict:
+    return {"invoice": invoices.generate_invoice(_order(payload)).number}
+
+
+@job("sync_inventory", payload=OrderRef, max_attempts=10, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
+def sync_inventory(payload: OrderRef, ctx) -> dict:
+    try:
+        sync = inventory.sync_inventory(_order(payload))
+    except PermanentHTTPError as exc:
+        raise PermanentError(str(exc)) from exc
+    return {"target": sync.target, "status": sync.response_status}
+
+
+@job("mark_order_fulfilled", payload=OrderRef, max_attempts=5, backoff=_backoff())
+def mark_order_fulfilled(payload: OrderRef, ctx) -> dict:
+    order = _order(payload)
+    changed = services.mark_fulfilled(order)
+    return {"fulfilled": changed, "status": order.status}
+
+
+@job("send_followup_email", payload=OrderRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
+def send_followup_email(payload: OrderRef, ctx) -> dict:
+    return {"sent": notifications.send_followup(_order(payload))}
+
+
+@job(
+    "deliver_webhook",
+    payload=WebhookDeliveryRef,
+    max_attempts=10,
+    backoff=_backoff(),
+    timeout=_NETWORK_TIMEOUT,
+)
+def deliver_webhook(payload: WebhookDeliveryRef, ctx) -> dict:
+    try:
+        delivery = webhooks.deliver(payload.endpoint_id, payload.event, payload.order_id)
+    except PermanentHTTPError as exc:
+        raise PermanentError(str(exc)) from exc
+    except Order.DoesNotExist:
+        raise PermanentError(f"order {payload.order_id} does not exist") from None
+    return {"status": delivery.response_status if delivery else None}
+
+
+@job("daily_sales_report", payload=ReportDay, max_attempts=5, backoff=_backoff(), timeout=600)
+def daily_sales_report(payload: ReportDay, ctx) -> dict:
+    report = reports.build_sales_report(payload.date or reports.yesterday())
+    emailed = notifications.send_sales_report(report)
+    return {"date": report.date.isoformat(), "orders": report.orders, "emailed": emailed}
+
+
+@job("reconcile_pending_payments", payload=ReconcileOptions, max_attempts=1, timeout=600)
+def reconcile_pending_payments(payload: ReconcileOptions, ctx) -> dict:
+    return services.reconcile_pending_payments(older_than=timedelta(minutes=payload.older_than_minutes))
+
+
+@job("purge_idempotency_keys", payload=NoOptions, max_attempts=3, timeout=600)
+def purge_idempotency_keys(payload: NoOptions, ctx) -> dict:
+    return {"deleted": services.purge_idempotency_keys()}
+
+
+scheduler.declare("daily_sales_report", "0 0 * * *", "daily_sales_report", time_zone=settings.TIME_ZONE)
+scheduler.declare("reconcile_pending_payments", "*/5 * * * *", "reconcile_pending_payments")
+scheduler.declare("purge_idempotency_keys", "30 3 * * *", "purge_idempotency_keys")

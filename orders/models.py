@@ -1,0 +1,298 @@
+"""Orders, their lines and payments; the fake gateway's ledger; API idempotency keys.
+
+Models hold data and the invariants the database can enforce; workflows live in ``orders.services``.
+"""
+
+import secrets
+
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+from shop.models import Product, default_currency
+
+
+def new_order_token() -> str:
+    """256 random bits: the order page and API URL are capabilities, so they must be unguessable."""
+    return secrets.token_urlsafe(32)
+
+
+def new_order_number() -> str:
+    """Short enough to read out on the phone; unique by constraint. It is also the gateway's
+    idempotency key, so it must never be reused."""
+    return f"{timezone.now():%y%m%d}-{secrets.token_hex(5).upper()}"
+
+
+class OrderStatus(models.TextChoices):
+    PENDING_PAYMENT = "pending_payment", "Pending payment"
+    PAID = "paid", "Paid"
+    PAYMENT_FAILED = "payment_failed", "Payment failed"
+    FULFILLED = "fulfilled", "Fulfilled"
+    CANCELLED = "cancelled", "Cancelled"
+    REFUNDED = "refunded", "Refunded"
+
+
+class Order(models.Model):
+    Status = OrderStatus
+
+    number = models.CharField(max_length=32, unique=True, default=new_order_number, editable=False)
+    token = models.CharField(max_length=64, unique=True, default=new_order_token, editable=False)
+    email = models.EmailField()
+    name = models.CharField(max_length=200)
+    shipping_line1 = models.CharField("address", max_length=200)
+    shipping_city = models.CharField("city", max_length=100)
+    shipping_postal_code = models.CharField("postal code", max_length=20)
+    shipping_country = models.CharField("country", max_length=2, help_text="ISO 3166-1 alpha-2 code")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING_PAYMENT)
+    currency = models.CharField(max_length=3, default=default_currency)
+    total = models.DecimalField(max_digits=12, decimal_places=2)
+    # True while the order's lines are subtracted from product stock; flipped in the same transaction
+    # that gives the stock back, so stock is released at most once.
+    stock_reserved = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "created_at"])]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(total__gte=0), name="order_total_not_negative"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=OrderStatus.values), name="order_status_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Order {self.number}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("order-detail", args=[self.token])
+
+    @property
+    def shipping_address(self) -> dict[str, str]:
+        return {
+            "line1": self.shipping_line1,
+            "city": self.shipping_city,
+            "postal_code": self.shipping_postal_code,
+            "country": self.shipping_country,
+        }
+
+
+class OrderLine(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="lines")
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="order_lines")
+    sku = models.CharField("SKU", max_length=64)
+    name = models.CharField(max_length=200)
+    quantity = models.PositiveIntegerField()
+    unit_price = models.DecimalField(max_digits=10, decimal_places=2)
+
+    class Meta:
+        ordering = ["sku"]
+        constraints = [
+            models.UniqueConstraint(fields=["order", "product"], name="orderline_one_per_product"),
+            models.CheckConstraint(condition=models.Q(quantity__gte=1), name="orderline_quantity_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} x {self.sku}"
+
+    @property
+    def line_total(self):
+        return self.unit_price * self.quantity
+
+
+class Payment(models.Model):
+    class Status(models.TextChoices):
+        SUCCEEDED = "succeeded", "Succeeded"
+        DECLINED = "declined", "Declined"
+        FAILED = "failed", "Failed"
+        REFUNDED = "refunded", "Refunded"
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="payments")
+    gateway = models.CharField(max_length=100)
+    gateway_reference = models.CharField(max_length=100, blank=True)
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20, choices=Status.choices)
+    decline_reason = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_status_display()} {self.amount} {self.currency} ({self.gateway})"
+
+
+class FakeGatewayCharge(models.Model):
+    """The fake gateway's own ledger. It lives in the database so that the web process and workers see
+    the same charges, and a repeated idempotency key finds the first result."""
+
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    reference = models.CharField(max_length=64, unique=True)
+    token = models.CharField(max_length=100)
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    succeeded = models.BooleanField()
+    decline_reason = models.CharField(max_length=255, blank=True)
+    refunded_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.reference
+
+
+class IdempotencyKey(models.Model):
+    """One row per ``Idempotency-Key`` seen by the JSON API. The row is inserted (under the unique
+    constraint) before any work is done; ``response_status`` stays null while the request runs."""
+
+    key = models.CharField(max_length=255, unique=True)
+    fingerprint = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+# -- the order pipeline's records ----------------------------------------------------------------------
+# Each is the proof that one step of the pipeline happened, and the marker that makes its job idempotent:
+# a handler that finds its row does nothing.
+
+
+class OrderEmail(models.Model):
+    """An email sent about an order (one of each kind per order). Written right after the send."""
+
+    class Kind(models.TextChoices):
+        CONFIRMATION = "confirmation", "Order confirmation"
+        FOLLOWUP = "followup", "Follow-up"
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="emails")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    recipient = models.EmailField()
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["sent_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["order", "kind"], name="orderemail_one_per_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} for {self.order}"
+
+
+class Invoice(models.Model):
+    """The PDF invoice of a paid order: one per order, stored through Django's storage API (kept out of
+    MEDIA_URL; served by the order page's token and by admin)."""
+
+    order = models.OneToOneField(Order, on_delete=models.PROTECT, related_name="invoice")
+    number = models.CharField(max_length=40, unique=True)
+    file = models.FileField(upload_to="invoices/")
+    net = models.DecimalField(max_digits=12, decimal_places=2)
+    vat = models.DecimalField("VAT", max_digits=12, decimal_places=2)
+    vat_rate = models.DecimalField("VAT rate", max_digits=5, decimal_places=4)
+    total = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.number
+
+    def get_absolute_url(self) -> str:
+        return reverse("order-invoice", args=[self.order.token])
+
+
+class InventorySync(models.Model):
+    """The push of an order's new stock levels to the warehouse (or, with no WAREHOUSE_URL, the local
+    record that there was nothing to push to). One per order."""
+
+    order = models.OneToOneField(Order, on_delete=models.CASCADE, related_name="inventory_sync")
+    target = models.CharField(max_length=500, help_text="The warehouse URL, or 'local'.")
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    stock_levels = models.JSONField(default=dict, help_text="SKU to stock level, as sent.")
+    synced_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-synced_at", "-id"]
+        verbose_name = "inventory sync"
+
+    def __str__(self) -> str:
+        return f"Inventory sync of {self.order}"
+
+
+class WebhookEvent(models.TextChoices):
+    ORDER_PAID = "order.paid", "order.paid"
+    ORDER_FULFILLED = "order.fulfilled", "order.fulfilled"
+
+
+class WebhookEndpoint(models.Model):
+    """A receiver of order events, managed by staff. Each delivery is a job (retried with backoff) and
+    is signed with the endpoint's secret (see ``orders.webhooks``)."""
+
+    url = models.URLField(max_length=500)
+    secret = models.CharField(max_length=200, default=new_order_token, help_text="Shared HMAC secret.")
+    events = models.JSONField(default=list, blank=True, help_text=f"Any of {', '.join(WebhookEvent.values)}.")
+    active = models.BooleanField(default=True)
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.url
+
+    def wants(self, event: str) -> bool:
+        return self.active and event in self.events
+
+
+class WebhookDelivery(models.Model):
+    """A webhook event the endpoint accepted (2xx). The sent-marker of the delivery job."""
+
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=40, choices=WebhookEvent.choices)
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    response_status = models.PositiveSmallIntegerField()
+    delivered_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-delivered_at", "-id"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "event", "order"], name="webhookdelivery_once_per_event"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} of {self.order} to {self.endpoint}"
+
+
+class SalesReport(models.Model):
+    """The sales of one day in the shop's time zone (orders paid that day and not since cancelled or
+    refunded). One per day: running the report again replaces it."""
+
+    date = models.DateField(unique=True)
+    orders = models.PositiveIntegerField()
+    revenue = models.DecimalField(max_digits=14, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    units = models.PositiveIntegerField()
+    top_products = models.JSONField(default=list, blank=True)
+    csv_file = models.FileField("CSV", upload_to="reports/", blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-date"]
+
+    def __str__(self) -> str:
+        return f"Sales of {self.date}"

@@ -1,0 +1,13 @@
+from django.urls import path, re_path
+
+from orders import api, views
+
+urlpatterns = [
+    path("checkout/", views.checkout, name="checkout"),
+    path("orders/", views.create_order, name="order-create"),
+    path("orders/<str:token>/", views.order_detail, name="order-detail"),
+    path("orders/<str:token>/invoice.pdf", views.invoice_download, name="order-invoice"),
+    path("api/orders", api.create_order, name="api-order-create"),
+    path("api/orders/<str:token>", api.order_detail, name="api-order-detail"),
+    re_path(r"^api/(?P<rest>.*)$", api.not_found),
+]
