@@ -1,0 +1,247 @@
+"""The public API of the queue: declare job types, enqueue jobs, cancel and requeue them.
+
+from jobs.api import HIGH, PermanentError, enqueue, job
+"""
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from jobs import conf, db
+from jobs.engine import cancel, requeue, retry_now, validate_payload
+from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
+from jobs.models import ACTIVE_STATUSES, DeadLetter, Job, JobDependency, JobStatus, Priority
+from jobs.registry import Backoff, JobType, get_job_type, job
+
+LOW, NORMAL, HIGH, CRITICAL = Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.CRITICAL
+
+__all__ = [
+    "CRITICAL",
+    "HIGH",
+    "LOW",
+    "NORMAL",
+    "Backoff",
+    "InvalidPayload",
+    "JobCancelled",
+    "PermanentError",
+    "Priority",
+    "UnknownJobType",
+    "cancel",
+    "enqueue",
+    "enqueue_many",
+    "job",
+    "requeue",
+    "retry_now",
+]
+
+
+def _run_at(delay: timedelta | float | None, run_at: datetime | None) -> datetime:
+    if delay is not None and run_at is not None:
+        raise ValueError("pass delay or run_at, not both")
+    if run_at is not None:
+        if timezone.is_naive(run_at):
+            raise ValueError("run_at must be timezone-aware")
+        return run_at
+    now = timezone.now()
+    if delay is None:
+        return now
+    if not isinstance(delay, timedelta):
+        delay = timedelta(seconds=float(delay))
+    return now + delay
+
+
+def _build(
+    job_type: JobType,
+    payload: Any,
+    *,
+    delay=None,
+    run_at=None,
+    priority=None,
+    queue=None,
+    unique_key=None,
+    max_attempts=None,
+    payload_version=None,
+) -> Job:
+    if payload_version is not None and payload_version < job_type.payload_version:
+        payload_version, payload = job_type.payload_version, job_type.upgrade(dict(payload), payload_version)
+    data = validate_payload(job_type, payload)
+    concurrency_key = None
+    if job_type.concurrency_key is not None:
+        concurrency_key = str(job_type.concurrency_key(job_type.payload.model_validate(data)))
+    return Job(
+        type=job_type.name,
+        queue=queue or job_type.queue,
+        payload=data,
+        payload_version=job_type.payload_version,
+        priority=job_type.priority if priority is None else int(priority),
+        run_at=_run_at(delay, run_at),
+        max_attempts=max_attempts or job_type.max_attempts,
+        unique_key=unique_key,
+        concurrency_key=concurrency_key,
+        concurrency_limit=job_type.concurrency_limit if concurrency_key is not None else None,
+    )
+
+
+def enqueue(
+    job_type: str,
+    payload: Any = None,
+    *,
+    delay: timedelta | float | None = None,
+    run_at: datetime | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+    unique_key: str | None = None,
+    max_attempts: int | None = None,
+    then: Sequence[Job] | Job | None = None,
+    depends_on: Iterable[Job | int] | None = None,
+    _payload_version: int | None = None,
+    _requeued_from: DeadLetter | None = None,
+) -> Job:
+    """Store a job; it joins the caller's transaction, so a rollback leaves no job.
+
+    ``then``: jobs built with :func:`prepare` that run after this one succeeds (fan-out); a job passed
+    in several parents' ``then`` waits for all of them (fan-in). ``depends_on``: existing jobs this one
+    waits for. ``unique_key``: while an unfinished job holds the key, the existing job is returned.
+    Raises UnknownJobType or InvalidPayload (nothing stored).
+    """
+    jt = get_job_type(job_type)
+    new = _build(
+        jt,
+        {} if payload is None else payload,
+        delay=delay,
+        run_at=run_at,
+        priority=priority,
+        queue=queue,
+        unique_key=unique_key,
+        max_attempts=max_attempts,
+        payload_version=_payload_version,
+    )
+    new.requeued_from = _requeued_from
+    parents = list(depends_on or ())
+    if unique_key is None and not parents and not then:
+        db.insert_job(new)  # one statement: atomic by itself, or part of the caller's transaction
+        _run_immediately()
+        return _refreshed(new)
+    with transaction.atomic():
+        if unique_key is not None:
+            existing = Job.objects.filter(unique_key=unique_key, status__in=ACTIVE_STATUSES).first()
+            if existing is not None:
+                return existing
+            try:
+                with transaction.atomic():
+                    _insert(new, parents)
+            except IntegrityError:
+                # Lost a race for the key: the constraint, not the check above, decides.
+                existing = Job.objects.filter(unique_key=unique_key, status__in=ACTIVE_STATUSES).first()
+                if existing is None:
+                    raise
+                return existing
+        else:
+            _insert(new, parents)
+        children = [then] if isinstance(then, Job) else list(then or ())
+        for child in children:
+            _attach_child(new, child)
+    _run_immediately()
+    return _refreshed(new)
+
+
+def _run_immediately() -> None:
+    if conf.get("JOBS_IMMEDIATE"):
+        from jobs.testing import run_jobs
+
+        run_jobs()
+
+
+def _refreshed(job: Job) -> Job:
+    if conf.get("JOBS_IMMEDIATE"):
+        job.refresh_from_db()
+    return job
+
+
+def _insert(job: Job, parents: list[Job | int]) -> None:
+    parent_ids = [p.pk if isinstance(p, Job) else int(p) for p in parents]
+    waiting = 0
+    if parent_ids:
+        live = Job.objects.select_for_update().filter(id__in=parent_ids)
+        states = dict(live.values_list("id", "status"))
+        missing = set(parent_ids) - set(states)
+        if missing:
+            raise ValueError(f"depends_on names unknown job(s): {sorted(missing)}")
+        waiting = sum(1 for s in states.values() if s != JobStatus.SUCCEEDED)
+        dead = [pid for pid, s in states.items() if s in (JobStatus.DEAD, JobStatus.CANCELLED)]
+        if dead:
+            job.status = JobStatus.CANCELLED
+            job.status_reason = f"parent job #{dead[0]} did not succeed"
+            job.finished_at = timezone.now()
+    if waiting and job.status != JobStatus.CANCELLED:
+        job.status = JobStatus.BLOCKED
+        job.waiting_on = waiting
+    job.save(force_insert=True)
+    if parent_ids:
+        JobDependency.objects.bulk_create([JobDependency(parent_id=p, child=job) for p in parent_ids])
+    if job.status == JobStatus.PENDING:
+        db.notify([job.queue])
+
+
+def prepare(job_type: str, payload: Any = None, **options) -> Job:
+    """An unsaved job for ``then=``: validated now, stored (blocked) with its parent."""
+    allowed = {"delay", "run_at", "priority", "queue", "unique_key", "max_attempts"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise TypeError(f"prepare() got unexpected options {sorted(unknown)}")
+    return _build(get_job_type(job_type), {} if payload is None else payload, **options)
+
+
+def _attach_child(parent: Job, child: Job) -> None:
+    if child.pk is None:
+        child.status = JobStatus.BLOCKED
+        child.waiting_on = 1
+        child.save(force_insert=True)
+    else:
+        # Fan-in: the child already waits on another parent of this workflow.
+        from django.db.models import F
+
+        Job.objects.filter(pk=child.pk, status=JobStatus.BLOCKED).update(waiting_on=F("waiting_on") + 1)
+    JobDependency.objects.create(parent=parent, child=child)
+
+
+def enqueue_many(
+    job_type: str,
+    payloads: Iterable[Any],
+    *,
+    delay: timedelta | float | None = None,
+    run_at: datetime | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+) -> list[Job]:
+    """Validate every payload first, then insert all jobs in one statement (one NOTIFY)."""
+    jt = get_job_type(job_type)
+    payloads = list(payloads)
+    if not payloads:
+        return []
+    template = _build(jt, payloads[0], delay=delay, run_at=run_at, priority=priority, queue=queue)
+    # Positional construction from the first job's values: Django's fast path, no per-field defaults.
+    names = [f.attname for f in Job._meta.concrete_fields]
+    values = [getattr(template, name) for name in names]
+    at_payload, at_errors, at_key = (
+        names.index("payload"),
+        names.index("errors"),
+        names.index("concurrency_key"),
+    )
+    jobs = [template]
+    for payload in payloads[1:]:
+        row = values.copy()
+        row[at_payload] = validate_payload(jt, payload)
+        row[at_errors] = []
+        if jt.concurrency_key is not None:
+            row[at_key] = str(jt.concurrency_key(jt.payload.model_validate(row[at_payload])))
+        jobs.append(Job(*row))
+    with transaction.atomic():
+        for start in range(0, len(jobs), 1000):
+            db.bulk_insert_jobs(jobs[start : start + 1000])
+        db.notify({j.queue for j in jobs})
+    _run_immediately()
+    return jobs

@@ -1,0 +1,23 @@
+from django.apps import AppConfig
+from django.conf import settings
+from django.utils.module_loading import autodiscover_modules
+
+
+class JobsConfig(AppConfig):
+    name = "jobs"
+    verbose_name = "Background jobs"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Every installed app's jobs.py declares its job types with @job; import them all so that
+        # any process (web, worker, shell) knows every type.
+        autodiscover_modules("jobs")
+        from jobs import signals  # noqa: F401
+
+        if getattr(settings, "TASKS", None):
+            # Django's Tasks API on our queue: the backends register their configured tasks' job types
+            # (rate limits among them) before this process claims anything. Only then is django_tasks
+            # imported at all.
+            from jobs.tasks_backend import create_backends
+
+            create_backends()

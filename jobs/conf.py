@@ -1,0 +1,31 @@
+"""The queue's settings, with their defaults. Projects set ``JOBS_*`` in their Django settings."""
+
+from django.conf import settings
+
+DEFAULTS = {
+    # Seconds between polls when nothing wakes the worker (LISTEN/NOTIFY on PostgreSQL does).
+    "JOBS_POLL_INTERVAL": 0.2,
+    # Use LISTEN/NOTIFY on PostgreSQL; switch off behind a pooler that cannot carry it.
+    "JOBS_LISTEN_NOTIFY": True,
+    # A running job's heartbeat period, and the age after which a silent job is presumed orphaned.
+    "JOBS_HEARTBEAT_INTERVAL": 5.0,
+    "JOBS_STALE_AFTER": 30.0,
+    # Seconds a stopping worker waits for in-flight jobs before handing them back.
+    "JOBS_GRACE_PERIOD": 30.0,
+    # Seconds between the scheduler's looks for due cron schedules.
+    "JOBS_SCHEDULER_INTERVAL": 1.0,
+    # PostgreSQL: claims and completions commit without waiting for the WAL flush (see db.relax_commit).
+    "JOBS_RELAXED_COMMIT": True,
+    # Jobs a worker may hold claimed beyond its running ones (fewer claims; a slow job's followers wait).
+    "JOBS_PREFETCH": None,
+    # Run jobs inline at enqueue (unit tests of code that enqueues).
+    "JOBS_IMMEDIATE": False,
+    # Finished jobs older than this are pruned by the cleanup_completed_jobs schedule.
+    "JOBS_PRUNE_AFTER_DAYS": 7,
+    # Bearer token for the Prometheus endpoint; empty: only a staff session can read it.
+    "JOBS_METRICS_TOKEN": "",
+}
+
+
+def get(name: str):
+    return getattr(settings, name, DEFAULTS[name])

@@ -1,0 +1,339 @@
+"""The engine's only door to vendor differences: the claim query, NOTIFY/LISTEN and parameter
+adaptation. Anyone reviewing locking reads this file.
+
+PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets many workers claim side by side without waiting on each
+other. SQLite: every transaction is ``BEGIN IMMEDIATE`` (see settings), so a claim holds the single
+write lock from its first statement and two claims can never interleave.
+"""
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from django.db import connection
+
+from jobs import conf
+
+NOTIFY_CHANNEL = "jobs_enqueued"
+
+
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def dt(value: datetime):
+    """A datetime as a raw-SQL parameter, stored exactly as the ORM stores it (naive UTC text on SQLite)."""
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _in_list(column: str, values: Sequence, params: list) -> str:
+    params.extend(values)
+    return f"{column} IN ({', '.join(['%s'] * len(values))})"
+
+
+def _claim_sql(
+    *,
+    worker_id: str,
+    token: str,
+    now: datetime,
+    limit: int,
+    queues: Sequence[str] | None = None,
+    types: Sequence[str] | None = None,
+    exclude_types: Sequence[str] = (),
+    keyed: bool = False,
+    returning: str = "id",
+) -> tuple[str, list]:
+    where = [
+        "j.status = 'pending'",
+        "j.run_at <= %s",
+        "j.queue NOT IN (SELECT q.name FROM jobs_queuestate q WHERE q.paused)",
+    ]
+    params: list = [dt(now)]
+    if queues:
+        where.append(_in_list("j.queue", queues, params))
+    if types:
+        where.append(_in_list("j.type", types, params))
+    if exclude_types:
+        where.append("NOT " + _in_list("j.type", exclude_types, params))
+    if keyed:
+        where.append("j.concurrency_key IS NOT NULL")
+        where.append(
+            "(SELECT COUNT(*) FROM jobs_job r WHERE r.status = 'running'"
+            " AND r.concurrency_key = j.concurrency_key) < COALESCE(j.concurrency_limit, 1)"
+        )
+    else:
+        where.append("j.concurrency_key IS NULL")
+    condition = " AND ".join(where)
+    set_running = (
+        "status = 'running', attempts = attempts + 1, locked_by = %s, lock_token = %s,"
+        " started_at = %s, heartbeat_at = %s, progress = NULL"
+    )
+    set_params = [worker_id, token, dt(now), dt(now)]
+    if is_postgres():
+        sql = (
+            f"WITH locked AS (SELECT j.id FROM jobs_job j WHERE {condition}"
+            " ORDER BY j.priority DESC, j.run_at, j.id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            f" UPDATE jobs_job SET {set_running} FROM locked"
+            f" WHERE jobs_job.id = locked.id RETURNING jobs_job.{returning}"
+        )
+        return sql, params + [limit] + set_params
+    # Without statistics SQLite would rather sort every pending row found through (status, finished_at);
+    # the partial index is already in claim order, so name it.
+    sql = (
+        f"UPDATE jobs_job SET {set_running} WHERE id IN (SELECT j.id FROM jobs_job AS j"
+        f" INDEXED BY jobs_job_claim_idx WHERE {condition}"
+        f" ORDER BY j.priority DESC, j.run_at, j.id LIMIT %s) RETURNING {returning}"
+    )
+    return sql, set_params + params + [limit]
+
+
+def claim_ids(**options) -> list[int]:
+    """Mark up to ``limit`` due pending jobs running for ``worker_id`` and return their ids.
+
+    Runs inside the caller's transaction. Order: priority desc, run_at, id. ``keyed`` selects jobs
+    with a concurrency key (see claim_keyed_ids); otherwise only jobs without one are considered.
+    """
+    sql, params = _claim_sql(**options)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def claim_jobs(**options) -> list:
+    """The common claim as one statement returning whole rows (inside the caller's transaction)."""
+    from jobs.models import Job
+
+    sql, params = _claim_sql(returning="*", **options)
+    return list(Job.objects.raw(sql, params))
+
+
+def prepare_claim() -> None:
+    """First statement of a claim transaction on PostgreSQL.
+
+    The planner must walk the pending-jobs index in claim order and stop at LIMIT. Right after a bulk
+    enqueue its statistics still say "a dozen pending rows", and it would rather bitmap-scan and sort
+    every pending job on each claim (milliseconds per claim, growing with the queue); sorts and bitmap
+    scans are switched off for this transaction only. The commit is relaxed as in relax_commit().
+    """
+    if is_postgres():
+        relaxed = "off" if conf.get("JOBS_RELAXED_COMMIT") else "on"
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true),"
+                " set_config('synchronous_commit', %s, true)",
+                [relaxed],
+            )
+
+
+def claim_keyed_ids(*, limit: int, **options) -> list[int]:
+    """Claim concurrency-keyed jobs one statement per job, under a lock, so that each claim counts the
+    ones before it: a single statement would see the same running count for every candidate row."""
+    lock_keyed_claims()
+    ids: list[int] = []
+    while len(ids) < limit:
+        got = claim_ids(limit=1, keyed=True, **options)
+        if not got:
+            break
+        ids += got
+    return ids
+
+
+def lock_keyed_claims() -> None:
+    """Serialise claims of concurrency-keyed jobs across workers for the rest of the transaction.
+
+    A transaction-level advisory lock (safe behind PgBouncer's transaction pooling); SQLite's
+    IMMEDIATE transactions are already serial.
+    """
+    if is_postgres():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x6A6F6273])
+
+
+def lock_name(name: str) -> None:
+    """A transaction-level lock on an arbitrary name (rate-limit buckets). No-op on SQLite."""
+    if is_postgres():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [name])
+
+
+def notify(queues: Iterable[str]) -> None:
+    """Wake listening workers when the current transaction commits (PostgreSQL drops it on rollback)."""
+    if not is_postgres() or not conf.get("JOBS_LISTEN_NOTIFY"):
+        return
+    with connection.cursor() as cursor:
+        for queue in sorted(set(queues)):
+            cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue])
+
+
+def listen_conninfo() -> dict:
+    """psycopg.connect() keyword arguments for the database Django uses (for the LISTEN connection)."""
+    s = connection.settings_dict
+    params = {"dbname": s["NAME"], "autocommit": True}
+    for key, name in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"), ("PORT", "port")):
+        if s.get(key):
+            params[name] = s[key]
+    return params
+
+
+_BULK_COLUMNS = (
+    "type",
+    "queue",
+    "payload",
+    "payload_version",
+    "status",
+    "priority",
+    "run_at",
+    "max_attempts",
+    "created_at",
+    "concurrency_key",
+    "concurrency_limit",
+)
+
+
+def bulk_insert_jobs(jobs: list) -> list[int]:
+    """Insert unsaved jobs in one statement and return their ids (in order).
+
+    The rows travel as a few parameters whatever their number: one array per column unpacked by
+    unnest on PostgreSQL, one JSON document unpacked by json_each on SQLite (which caps parameters).
+    """
+    if is_postgres():
+        return _bulk_insert_postgres(jobs)
+    import json
+
+    rows = [
+        [
+            j.type,
+            j.queue,
+            json.dumps(j.payload),
+            j.payload_version,
+            j.status,
+            j.priority,
+            dt(j.run_at),
+            j.max_attempts,
+            dt(j.created_at),
+            j.concurrency_key,
+            j.concurrency_limit,
+        ]
+        for j in jobs
+    ]
+    columns = ", ".join(_BULK_COLUMNS)
+    values = ", ".join(
+        f"json_extract(value, '$[{i}]')" if name != "payload" else f"json(json_extract(value, '$[{i}]'))"
+        for i, name in enumerate(_BULK_COLUMNS)
+    )
+    defaults = "status_reason, attempts, errors, waiting_on, cancel_requested"
+    sql = (
+        f"INSERT INTO jobs_job ({columns}, {defaults}) SELECT {values}, '', 0, '[]', 0, 0"
+        " FROM json_each(%s) ORDER BY key RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [json.dumps(rows)])
+        ids = sorted(row[0] for row in cursor.fetchall())
+    for job, pk in zip(jobs, ids, strict=True):
+        job.pk = pk
+        job._state.adding = False
+    return ids
+
+
+def relax_commit() -> None:
+    """Let PostgreSQL acknowledge this transaction's commit before its WAL is flushed to disk.
+
+    Used for claims and completions only, never for enqueues: if the database server crashes, the last
+    few milliseconds of these transitions may be forgotten, so a claimed job is pending again or a
+    finished job runs once more. Delivery is at least once anyway and handlers are idempotent, so
+    nothing is lost; in exchange a claim or a batch of completions does not wait for an fsync.
+    """
+    if is_postgres() and conf.get("JOBS_RELAXED_COMMIT"):
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def complete_ids(items: list[tuple[int, str, object]], now: datetime) -> list[int]:
+    """Mark running jobs succeeded with their results in one statement, each fenced by its lock token
+    and skipped if its cancellation was requested; returns the ids it changed."""
+    import json
+
+    if not items:
+        return []
+    results = [None if r is None else json.dumps(r) for _, _, r in items]
+    set_done = (
+        "status = 'succeeded', result = v.result, finished_at = %s, locked_by = NULL, lock_token = NULL,"
+        " heartbeat_at = NULL, progress = 100"
+    )
+    fence = (
+        "jobs_job.id = v.id AND jobs_job.lock_token = v.token AND jobs_job.status = 'running'"
+        " AND NOT jobs_job.cancel_requested"
+    )
+    if is_postgres():
+        sql = (
+            f"UPDATE jobs_job SET {set_done} FROM (SELECT unnest(%s::bigint[]) AS id,"
+            " unnest(%s::text[]) AS token, unnest(%s::text[])::jsonb AS result) AS v"
+            f" WHERE {fence} RETURNING jobs_job.id"
+        )
+        params = [dt(now), [i for i, _, _ in items], [t for _, t, _ in items], results]
+    else:
+        sql = (
+            f"UPDATE jobs_job SET {set_done} FROM (SELECT json_extract(value, '$[0]') AS id,"
+            " json_extract(value, '$[1]') AS token, json_extract(value, '$[2]') AS result FROM json_each(%s))"
+            f" AS v WHERE {fence} RETURNING jobs_job.id"
+        )
+        params = [dt(now), json.dumps([[i, t, r] for (i, t, _), r in zip(items, results, strict=True)])]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _bulk_insert_postgres(jobs: list) -> list[int]:
+    import json
+
+    columns = {
+        "type": "text",
+        "queue": "text",
+        "payload": "text",
+        "payload_version": "int",
+        "status": "text",
+        "priority": "int",
+        "run_at": "timestamptz",
+        "max_attempts": "int",
+        "created_at": "timestamptz",
+        "concurrency_key": "text",
+        "concurrency_limit": "int",
+    }
+    arrays = [[getattr(j, name) for j in jobs] for name in columns]
+    arrays[2] = [json.dumps(p) for p in arrays[2]]
+    select = ", ".join(f"u.{name}::jsonb" if name == "payload" else f"u.{name}" for name in columns)
+    sql = (
+        f"INSERT INTO jobs_job ({', '.join(columns)}, status_reason, attempts, errors, waiting_on,"
+        f" cancel_requested) SELECT {select}, '', 0, '[]'::jsonb, 0, false"
+        f" FROM unnest({', '.join(f'%s::{kind}[]' for kind in columns.values())}) AS u({', '.join(columns)})"
+        " RETURNING id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, arrays)
+        ids = sorted(row[0] for row in cursor.fetchall())
+    for job, pk in zip(jobs, ids, strict=True):
+        job.pk = pk
+        job._state.adding = False
+    return ids
+
+
+def insert_job(job) -> None:
+    """Insert one job and, on PostgreSQL, queue its NOTIFY in the same statement: one round trip, so
+    an enqueue outside a transaction costs what a plain INSERT does."""
+    from django.db.models.sql import InsertQuery
+
+    if not is_postgres() or not conf.get("JOBS_LISTEN_NOTIFY"):
+        job.save(force_insert=True)
+        return
+    model = type(job)
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    query = InsertQuery(model)
+    query.insert_values(fields, [job])
+    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH ins AS ({sql} RETURNING id, queue) SELECT id, pg_notify(%s, queue) FROM ins",
+            [*params, NOTIFY_CHANNEL],
+        )
+        job.pk = cursor.fetchone()[0]
+    job._state.adding = False
+    job._state.db = connection.alias

@@ -1,0 +1,439 @@
+"""State transitions of a job: claim, complete, fail, release, reap, cancel, requeue.
+
+Each transition is one short transaction, and every transition of a running job is fenced by its lock
+token: a worker that lost its claim (reaped after a timeout, or cancelled) changes nothing.
+"""
+
+import logging
+import traceback as tb_module
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from pydantic import BaseModel, ValidationError
+
+from jobs import db
+from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
+from jobs.models import DeadLetter, Job, JobDependency, JobStatus
+from jobs.registry import JobType, get_job_type
+
+log = logging.getLogger("jobs")
+
+MAX_TRACEBACK = 20_000
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def validate_payload(job_type: JobType, payload: Any) -> dict:
+    """The payload as its model dumps it to JSON; raises InvalidPayload with the model's errors."""
+    try:
+        if isinstance(payload, job_type.payload):
+            model = payload
+        elif isinstance(payload, BaseModel):
+            model = job_type.payload.model_validate(payload.model_dump())
+        else:
+            model = job_type.payload.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidPayload(job_type.name, exc.errors(include_url=False, include_context=False)) from None
+    return model.model_dump(mode="json")
+
+
+def load_payload(job_type: JobType, job: Job) -> BaseModel:
+    """The stored payload, upgraded from an older version if needed, as the type's model."""
+    data = job.payload
+    if job.payload_version < job_type.payload_version:
+        if job_type.upgrade is None:
+            raise InvalidPayload(
+                job_type.name,
+                [{"loc": (), "msg": f"stored payload version {job.payload_version} and no upgrade function"}],
+            )
+        try:
+            data = job_type.upgrade(dict(data), job.payload_version)
+        except Exception as exc:  # a row the upgrade cannot read will not read better next time
+            raise InvalidPayload(
+                job_type.name,
+                [{"loc": (), "msg": f"cannot upgrade from version {job.payload_version}: {exc!r}"}],
+            ) from None
+    try:
+        return job_type.payload.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidPayload(job_type.name, exc.errors(include_url=False, include_context=False)) from None
+
+
+# -- claiming ------------------------------------------------------------------------------------
+
+
+def claim(
+    worker_id: str,
+    limit: int,
+    queues: Sequence[str] | None = None,
+    *,
+    types: Sequence[str] | None = None,
+) -> list[Job]:
+    """Claim up to ``limit`` due jobs for ``worker_id``: priority desc, run_at, id.
+
+    One short transaction: one claim statement in the common case; concurrency-keyed and rate-limited
+    types take their own, locked passes so that their limits hold across workers.
+    """
+    from jobs import ratelimit
+
+    if limit <= 0:
+        return []
+    now = timezone.now()
+    common = dict(worker_id=worker_id, token=new_token(), now=now, queues=queues)
+    limited = ratelimit.limited_types(types)
+    with transaction.atomic():
+        db.prepare_claim()
+        if not limited and not ratelimit.has_keyed_jobs():
+            jobs = db.claim_jobs(limit=limit, types=types, **common)
+        else:
+            ids = db.claim_ids(limit=limit, types=types, exclude_types=limited, **common)
+            if len(ids) < limit and ratelimit.has_keyed_jobs():
+                ids += db.claim_keyed_ids(
+                    limit=limit - len(ids), types=types, exclude_types=limited, **common
+                )
+            for job_type in limited:
+                if len(ids) >= limit:
+                    break
+                ids += ratelimit.claim_limited(job_type, limit - len(ids), **common)
+            jobs = list(Job.objects.filter(id__in=ids)) if ids else []
+    return sorted(jobs, key=lambda j: (-j.priority, j.run_at, j.id))
+
+
+# -- finishing -----------------------------------------------------------------------------------
+
+
+def complete(job: Job, result: Any = None) -> bool:
+    """Record success (or cancellation, if it was requested meanwhile) and release the job's children.
+
+    Returns False when the claim was lost: nothing is changed then.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Job.objects.filter(
+            id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING, cancel_requested=False
+        ).update(
+            status=JobStatus.SUCCEEDED,
+            result=result,
+            finished_at=now,
+            locked_by=None,
+            lock_token=None,
+            heartbeat_at=None,
+            progress=100,
+        )
+        if updated:
+            _release_children([job.id], now)
+            return True
+        # Cancelled while running: the job ends cancelled, keeping what the handler returned.
+        if _finish_cancelled(job, now, result=result):
+            return True
+    log.warning("job %s %s: claim lost before completion; result discarded", job.id, job.type)
+    return False
+
+
+def complete_many(items: Sequence[tuple[Job, Any]]) -> set[int]:
+    """Record the success of several jobs whose handlers returned, in one statement and one transaction,
+    and release their children; returns the ids recorded as succeeded or cancelled.
+
+    A job whose claim was lost or whose cancellation was requested is left to :func:`complete`, one by
+    one; a job whose handler did not return is never in ``items``.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        db.relax_commit()
+        done = set(db.complete_ids([(job.id, job.lock_token, result) for job, result in items], now))
+        if done:
+            _release_children(sorted(done), now)
+    for job, result in items:
+        if job.id not in done and complete(job, result):
+            done.add(job.id)
+    return done
+
+
+def error_entry(job: Job, exc: BaseException, traceback: str | None = None) -> dict:
+    if traceback is None:
+        traceback = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+    return {
+        "at": timezone.now().isoformat(),
+        "attempt": job.attempts,
+        "exception": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "message": str(exc)[:2000],
+        "traceback": traceback[-MAX_TRACEBACK:],
+        "worker": job.locked_by,
+    }
+
+
+def fail(
+    job: Job, exc: BaseException, *, traceback: str | None = None, permanent: bool = False
+) -> str | None:
+    """Record a failed attempt: retry later with backoff, or move to the dead letters.
+
+    Returns the job's new status, or None when the claim was lost (nothing changed).
+    """
+    with transaction.atomic():
+        row = (
+            Job.objects.select_for_update()
+            .filter(id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING)
+            .first()
+        )
+        if row is None:
+            log.warning("job %s %s: claim lost before failure was recorded (%s)", job.id, job.type, exc)
+            return None
+        row.errors = [*row.errors, error_entry(row, exc, traceback)]
+        if row.cancel_requested or isinstance(exc, JobCancelled):
+            _finish_cancelled(row, timezone.now(), errors=row.errors)
+            return JobStatus.CANCELLED
+        permanent = permanent or isinstance(exc, (PermanentError, InvalidPayload, UnknownJobType))
+        if permanent or row.attempts >= row.max_attempts:
+            bury(row)
+            return JobStatus.DEAD
+        try:
+            backoff = get_job_type(row.type).backoff
+        except UnknownJobType:
+            backoff = None
+        delay = backoff.delay(row.attempts) if backoff else timedelta(seconds=60)
+        row.status = JobStatus.PENDING
+        row.run_at = timezone.now() + delay
+        row.locked_by = row.lock_token = row.heartbeat_at = None
+        row.save(update_fields=["errors", "status", "run_at", "locked_by", "lock_token", "heartbeat_at"])
+        return JobStatus.PENDING
+
+
+def bury(job: Job) -> DeadLetter:
+    """Move ``job`` (locked, in the caller's transaction) to the dead letters and cancel its waiting
+    descendants."""
+    now = timezone.now()
+    last = job.errors[-1] if job.errors else {}
+    job.status = JobStatus.DEAD
+    job.finished_at = now
+    job.locked_by = job.lock_token = job.heartbeat_at = None
+    job.save(update_fields=["status", "finished_at", "locked_by", "lock_token", "heartbeat_at", "errors"])
+    dead = DeadLetter.objects.create(
+        job=job,
+        type=job.type,
+        queue=job.queue,
+        payload=job.payload if job.payload is not None else {},  # a stored JSON null
+        payload_version=job.payload_version,
+        priority=job.priority,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        errors=job.errors,
+        error_class=last.get("exception", ""),
+        error_message=last.get("message", ""),
+        created_at=now,
+    )
+    cancel_descendants([job.id], f"parent job #{job.id} is dead")
+    log.error("job %s %s: dead after %s attempt(s): %s", job.id, job.type, job.attempts, last.get("message"))
+    return dead
+
+
+def _finish_cancelled(job: Job, now, *, result: Any = None, errors: list | None = None) -> bool:
+    fields = dict(
+        status=JobStatus.CANCELLED,
+        finished_at=now,
+        locked_by=None,
+        lock_token=None,
+        heartbeat_at=None,
+        result=result,
+    )
+    if errors is not None:
+        fields["errors"] = errors
+    updated = Job.objects.filter(id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING).update(
+        **fields
+    )
+    if updated:
+        cancel_descendants([job.id], f"parent job #{job.id} was cancelled")
+        log.info("job %s %s: cancelled while running", job.id, job.type)
+    return bool(updated)
+
+
+def _release_children(parent_ids: Sequence[int], now) -> int:
+    """Parents succeeded: count them off their children and make the children with none left pending."""
+    child_ids = list(
+        JobDependency.objects.filter(parent_id__in=parent_ids).values_list("child_id", flat=True)
+    )
+    if not child_ids:
+        return 0
+    for child_id in child_ids:  # a child may wait on several of these parents
+        Job.objects.filter(id=child_id, status=JobStatus.BLOCKED).update(waiting_on=F("waiting_on") - 1)
+    ready = Job.objects.filter(id__in=child_ids, status=JobStatus.BLOCKED, waiting_on=0)
+    queues = set(ready.values_list("queue", flat=True))
+    released = ready.update(status=JobStatus.PENDING)
+    if released:
+        db.notify(queues)
+    return released
+
+
+def cancel_descendants(job_ids: Iterable[int], reason: str) -> int:
+    """Cancel every job still waiting (blocked) on these jobs, transitively: the direct children with
+    ``reason``, their descendants naming the parent that was cancelled."""
+    cancelled = 0
+    frontier = list(job_ids)
+    now = timezone.now()
+    first = True
+    while frontier:
+        links = list(
+            JobDependency.objects.filter(parent_id__in=frontier, child__status=JobStatus.BLOCKED).values_list(
+                "parent_id", "child_id"
+            )
+        )
+        if not links:
+            break
+        by_child = {}
+        for parent_id, child_id in links:
+            by_child.setdefault(child_id, parent_id)
+        for child_id, parent_id in by_child.items():
+            why = reason if first else f"parent job #{parent_id} was cancelled"
+            cancelled += Job.objects.filter(id=child_id, status=JobStatus.BLOCKED).update(
+                status=JobStatus.CANCELLED, status_reason=why, finished_at=now
+            )
+        frontier = list(by_child)
+        first = False
+    return cancelled
+
+
+# -- giving work back ----------------------------------------------------------------------------
+
+
+def release(jobs: Iterable[Job], reason: str) -> int:
+    """Hand claimed jobs back to pending without counting the attempt (shutdown, not the job's fault)."""
+    released = 0
+    queues = set()
+    with transaction.atomic():
+        for job in jobs:
+            n = Job.objects.filter(id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING).update(
+                status=JobStatus.PENDING,
+                attempts=F("attempts") - 1,
+                locked_by=None,
+                lock_token=None,
+                heartbeat_at=None,
+                status_reason=reason,
+            )
+            if n:
+                released += n
+                queues.add(job.queue)
+        db.notify(queues)
+    return released
+
+
+def heartbeat(jobs: Sequence[Job]) -> set[int]:
+    """Refresh the heartbeat of these running jobs; returns the ids whose cancellation was requested."""
+    if not jobs:
+        return set()
+    now = timezone.now()
+    tokens = {job.lock_token for job in jobs}
+    ids = [job.id for job in jobs]
+    with transaction.atomic():
+        Job.objects.filter(id__in=ids, lock_token__in=tokens, status=JobStatus.RUNNING).update(
+            heartbeat_at=now
+        )
+        return set(
+            Job.objects.filter(id__in=ids, cancel_requested=True, status=JobStatus.RUNNING).values_list(
+                "id", flat=True
+            )
+        )
+
+
+def set_progress(job: Job, percent: int) -> None:
+    Job.objects.filter(id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING).update(
+        progress=percent
+    )
+
+
+def reap_stale(stale_after: float) -> list[int]:
+    """Return running jobs whose worker stopped heartbeating to pending (or dead, if that was the last
+    attempt). Any live worker runs this; SKIP LOCKED keeps two reapers off the same row."""
+    from jobs.exceptions import WorkerLost
+
+    cutoff = timezone.now() - timedelta(seconds=stale_after)
+    reaped = []
+    with transaction.atomic():
+        qs = Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
+        if db.is_postgres():
+            qs = qs.select_for_update(skip_locked=True)
+        for row in qs[:100]:
+            lost = WorkerLost(
+                f"worker {row.locked_by} stopped heartbeating (last at {row.heartbeat_at.isoformat()})"
+            )
+            row.errors = [*row.errors, error_entry(row, lost, traceback="")]
+            if row.cancel_requested:
+                row.save(update_fields=["errors"])
+                _finish_cancelled(row, timezone.now())
+            elif row.attempts >= row.max_attempts:
+                bury(row)
+            else:
+                row.status = JobStatus.PENDING
+                row.run_at = timezone.now()
+                row.locked_by = row.lock_token = row.heartbeat_at = None
+                row.save(
+                    update_fields=["errors", "status", "run_at", "locked_by", "lock_token", "heartbeat_at"]
+                )
+            reaped.append(row.id)
+            log.warning("job %s %s: reclaimed from lost worker (attempt %s)", row.id, row.type, row.attempts)
+        if reaped:
+            db.notify(
+                Job.objects.filter(id__in=reaped, status=JobStatus.PENDING).values_list("queue", flat=True)
+            )
+    return reaped
+
+
+# -- staff and code operations -------------------------------------------------------------------
+
+
+def cancel(job_id: int, reason: str = "cancelled") -> str:
+    """Cancel a job: blocked or pending at once; running by request (the handler sees ctx.cancelled).
+
+    Returns the job's status afterwards. Finished jobs are left as they are.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(id=job_id)
+        if job.status in (JobStatus.BLOCKED, JobStatus.PENDING):
+            job.status = JobStatus.CANCELLED
+            job.status_reason = reason
+            job.finished_at = now
+            job.save(update_fields=["status", "status_reason", "finished_at"])
+            cancel_descendants([job.id], f"parent job #{job.id} was cancelled")
+        elif job.status == JobStatus.RUNNING and not job.cancel_requested:
+            job.cancel_requested = True
+            job.status_reason = reason
+            job.save(update_fields=["cancel_requested", "status_reason"])
+        return job.status
+
+
+def retry_now(job_id: int) -> bool:
+    """Make a pending or failed-and-waiting job due now (staff's "retry now" / "run now")."""
+    return bool(Job.objects.filter(id=job_id, status=JobStatus.PENDING).update(run_at=timezone.now()))
+
+
+def requeue(dead_letter_id: int, payload: dict | None = None) -> Job | None:
+    """A fresh pending job from a dead letter, at most once: returns None if it was already requeued or
+    discarded. ``payload`` replaces the stored one (validated by the job type's model)."""
+    from jobs.api import enqueue
+
+    with transaction.atomic():
+        dead = DeadLetter.objects.select_for_update().get(id=dead_letter_id)
+        if not dead.is_open:
+            return None
+        if payload is not None:
+            job_type = get_job_type(dead.type)
+            dead.payload = validate_payload(job_type, payload)
+            dead.payload_version = job_type.payload_version
+        job = enqueue(
+            dead.type,
+            dead.payload,
+            priority=dead.priority,
+            queue=dead.queue,
+            _payload_version=dead.payload_version,
+            _requeued_from=dead,
+        )
+        dead.requeued_at = timezone.now()
+        dead.requeued_job = job
+        dead.save(update_fields=["payload", "payload_version", "requeued_at", "requeued_job"])
+        return job

@@ -1,0 +1,254 @@
+"""Running one claimed job: resolve its type, validate its payload, call the handler, record the outcome.
+
+Shared by the worker's threads and the in-process ``run_jobs()`` test helper.
+"""
+
+import json
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import InterfaceError, OperationalError, connection
+
+from jobs import engine
+from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
+from jobs.models import Job
+from jobs.registry import get_job_type
+
+log = logging.getLogger("jobs")
+
+
+@dataclass
+class JobContext:
+    """What a handler knows of its job: ``ctx.job_id``, ``ctx.attempt``, ``ctx.logger``,
+    ``ctx.progress(percent)`` and ``ctx.cancelled``."""
+
+    job: Job
+    logger: logging.Logger
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def job_id(self) -> int:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempts
+
+    @property
+    def max_attempts(self) -> int:
+        return self.job.max_attempts
+
+    @property
+    def cancelled(self) -> bool:
+        """True once staff or code asked to cancel this running job; check it between steps."""
+        return self.cancel_event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled:
+            raise JobCancelled(f"job {self.job.id} was cancelled")
+
+    def progress(self, percent: float) -> None:
+        percent = max(0, min(100, int(percent)))
+        engine.set_progress(self.job, percent)
+
+
+@dataclass
+class Outcome:
+    status: str  # succeeded, pending (retry), dead, cancelled, lost
+    duration: float
+    error: BaseException | None = None
+
+
+def _jsonable(result: Any) -> Any:
+    # Round-trip so that what is stored is exactly what readers get back (dates become strings).
+    return json.loads(json.dumps(result, cls=DjangoJSONEncoder))
+
+
+def call_handler(job: Job, ctx: JobContext) -> Any:
+    """The handler's return value; raises what it raised, or PermanentError/InvalidPayload/UnknownJobType."""
+    job_type = get_job_type(job.type)
+    payload = engine.load_payload(job_type, job)
+    result = job_type.handler(payload, ctx)
+    try:
+        return _jsonable(result)
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(f"handler returned a value that is not JSON-serialisable: {exc}") from exc
+
+
+def _record(fn, *args, **kwargs):
+    """Record an outcome, riding out a database that is briefly away (restart, failover)."""
+    delay = 0.2
+    for attempt in range(12):
+        try:
+            return fn(*args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            if attempt == 11:
+                raise
+            log.warning(
+                "job %s: database unavailable while recording its outcome (%s); retrying", args[0].id, exc
+            )
+            connection.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def run(
+    job: Job,
+    *,
+    cancel_event: threading.Event | None = None,
+    abandoned: threading.Event | None = None,
+    defer_success: Callable[[Job, Any, float], None] | None = None,
+) -> Outcome:
+    """Run a claimed job and record its outcome (fenced by the job's lock token).
+
+    With ``defer_success`` a handler's return value is handed to it (the worker's batched completer)
+    instead of being recorded here; the outcome is then "completing". Failures are recorded at once.
+    """
+    ctx = JobContext(
+        job=job, logger=logging.getLogger(f"jobs.{job.type}"), cancel_event=cancel_event or threading.Event()
+    )
+    started = time.monotonic()
+    error: BaseException | None = None
+    try:
+        result = call_handler(job, ctx)
+    except Exception as exc:  # PermanentError & co. go to the dead letters, the rest is retried
+        error, tb = exc, traceback.format_exc()
+    duration = time.monotonic() - started
+    if abandoned is not None and abandoned.is_set():
+        # Timed out: the worker already recorded the attempt as failed; this late outcome is ignored.
+        log.warning("job %s %s: finished after its timeout; outcome ignored", job.id, job.type)
+        return Outcome("lost", duration, error)
+    if error is None and defer_success is not None:
+        defer_success(job, result, duration)
+        return Outcome("completing", duration)
+    if error is None:
+        status = "succeeded" if _record(engine.complete, job, result) else "lost"
+    else:
+        status = _record(engine.fail, job, error, traceback=tb) or "lost"
+    log_outcome(job, status, duration, error)
+    return Outcome(status, duration, error)
+
+
+def log_outcome(job: Job, status: str, duration: float, error: BaseException | None = None) -> None:
+    log.info(
+        "job %s %s attempt %s/%s %s in %.1fms%s",
+        job.id,
+        job.type,
+        job.attempts,
+        job.max_attempts,
+        status,
+        duration * 1000,
+        f": {type(error).__name__}: {error}" if error else "",
+    )
+
+
+def group_batches(jobs: list[Job], top_up: Callable[[str, int], list[Job]]) -> list[list[Job]]:
+    """Group claimed jobs into units of work: one job each, or for a type with ``batch_size > 1`` up
+    to that many jobs of the type, topping the batch up with ``top_up(type, n)`` (more claims)."""
+    groups: list[list[Job]] = []
+    batches: dict[str, list[Job]] = {}
+    for job in jobs:
+        try:
+            size = get_job_type(job.type).batch_size
+        except UnknownJobType:
+            size = 1
+        if size <= 1:
+            groups.append([job])
+        else:
+            batches.setdefault(job.type, []).append(job)
+    for job_type, batch in batches.items():
+        size = get_job_type(job_type).batch_size
+        if len(batch) % size:
+            batch += top_up(job_type, size - len(batch) % size)
+        groups += [batch[i : i + size] for i in range(0, len(batch), size)]
+    return groups
+
+
+def run_group(
+    jobs: list[Job],
+    *,
+    cancel_event: threading.Event | None = None,
+    abandoned: threading.Event | None = None,
+    defer_success: Callable[[Job, Any, float], None] | None = None,
+) -> list[tuple[Job, Outcome]]:
+    if len(jobs) == 1 and _batch_size(jobs[0]) <= 1:
+        outcome = run(jobs[0], cancel_event=cancel_event, abandoned=abandoned, defer_success=defer_success)
+        return [(jobs[0], outcome)]
+    return run_batch(jobs, cancel_event=cancel_event, abandoned=abandoned)
+
+
+def _batch_size(job: Job) -> int:
+    try:
+        return get_job_type(job.type).batch_size
+    except UnknownJobType:
+        return 1
+
+
+def run_batch(
+    jobs: list[Job], *, cancel_event: threading.Event | None = None, abandoned: threading.Event | None = None
+) -> list[tuple[Job, Outcome]]:
+    """Hand a batch handler ``[(job_id, payload), ...]``; it returns ``{job_id: result or exception}``.
+    Each job's outcome is recorded on its own; a job the handler did not answer for is failed."""
+    job_type = get_job_type(jobs[0].type)
+    outcomes: list[tuple[Job, Outcome]] = []
+    items, by_id = [], {}
+    started = time.monotonic()
+    for job in jobs:
+        try:
+            items.append((job.id, engine.load_payload(job_type, job)))
+            by_id[job.id] = job
+        except InvalidPayload as exc:
+            status = _record(engine.fail, job, exc, traceback="") or "lost"
+            outcomes.append((job, Outcome(status, 0.0, exc)))
+    if not items:
+        return outcomes
+    ctx = JobContext(
+        job=jobs[0],
+        logger=logging.getLogger(f"jobs.{job_type.name}"),
+        cancel_event=cancel_event or threading.Event(),
+    )
+    try:
+        results = job_type.handler(items, ctx)
+        if not isinstance(results, dict):
+            raise PermanentError(f"batch handler returned {type(results).__name__}, not a dict of outcomes")
+    except Exception as exc:
+        tb = traceback.format_exc()
+        results = {job_id: exc for job_id in by_id}
+        for job_id in by_id:
+            results[job_id].__traceback_text__ = tb
+    duration = (time.monotonic() - started) / len(items)
+    if abandoned is not None and abandoned.is_set():
+        log.warning(
+            "batch of %s %s job(s) finished after its timeout; outcomes ignored", len(items), job_type.name
+        )
+        return outcomes + [(job, Outcome("lost", duration)) for job in by_id.values()]
+    for job_id, job in by_id.items():
+        result = results.get(job_id, _MISSING)
+        if result is _MISSING:
+            result = RuntimeError(f"batch handler returned no outcome for job {job_id}")
+        if isinstance(result, BaseException):
+            tb = getattr(result, "__traceback_text__", None) or "".join(
+                traceback.format_exception(type(result), result, result.__traceback__)
+            )
+            status = _record(engine.fail, job, result, traceback=tb) or "lost"
+            outcomes.append((job, Outcome(status, duration, result)))
+        else:
+            try:
+                value = _jsonable(result)
+            except (TypeError, ValueError) as exc:
+                status = _record(engine.fail, job, PermanentError(f"result not JSON-serialisable: {exc}"))
+                outcomes.append((job, Outcome(status or "lost", duration)))
+                continue
+            status = "succeeded" if _record(engine.complete, job, value) else "lost"
+            outcomes.append((job, Outcome(status, duration)))
+    log.info("batch of %s %s job(s): %s", len(items), job_type.name, [o.status for _, o in outcomes])
+    return outcomes
+
+
+_MISSING = object()

@@ -1,0 +1,277 @@
+"""`python manage.py jobs ...`: the queue from the shell.
+
+Exit codes: 0 done; 1 an error, nothing changed (unknown id, type or schedule, bad JSON, invalid
+payload); 2 some of the named jobs or dead letters were left as they were (already finished, already
+requeued ...), each reported on stderr.
+"""
+
+import getpass
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from jobs import overview, pruner, scheduler, staff
+from jobs.exceptions import InvalidPayload, UnknownJobType
+from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus
+
+PARTIAL = 2
+
+
+def cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+class Command(BaseCommand):
+    help = "Inspect and operate the job queue."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+        stats = sub.add_parser("stats", help="Queue depth, lag, throughput, dead letters, workers.")
+        stats.add_argument("--json", action="store_true", help="Print JSON instead of text.")
+
+        ls = sub.add_parser("list", help="List jobs, newest first.")
+        ls.add_argument("--status", action="append", choices=JobStatus.values, help="Repeat for several.")
+        ls.add_argument("--type", dest="job_type")
+        ls.add_argument("--queue")
+        ls.add_argument("--limit", type=int, default=50)
+
+        show = sub.add_parser("show", help="A job with its payload, result, errors and audit trail.")
+        show.add_argument("job_id", type=int, metavar="ID")
+
+        retry = sub.add_parser("retry", help="Retry jobs now (dead: requeued), or requeue dead letters.")
+        retry.add_argument("job_ids", type=int, nargs="*", metavar="ID")
+        retry.add_argument("--dead", action="store_true", help="Requeue every open dead letter.")
+        retry.add_argument("--type", dest="job_type", help="With --dead: only dead letters of this type.")
+
+        cancel = sub.add_parser("cancel", help="Cancel jobs (running ones are asked to stop).")
+        cancel.add_argument("job_ids", type=int, nargs="+", metavar="ID")
+        cancel.add_argument("--reason", default="")
+
+        enqueue = sub.add_parser("enqueue", help="Enqueue a job; the payload is validated.")
+        enqueue.add_argument("job_type", metavar="TYPE")
+        enqueue.add_argument("--payload", default="{}", help="A JSON object (default {}).")
+        enqueue.add_argument("--delay", help="Run after an age such as 30s, 10m, 2h.")
+        enqueue.add_argument("--priority", type=int)
+
+        pause = sub.add_parser("pause", help="Stop every worker claiming from a queue.")
+        pause.add_argument("queue")
+        resume = sub.add_parser("resume", help="Let workers claim from a paused queue again.")
+        resume.add_argument("queue")
+
+        cron = sub.add_parser("cron", help="List cron schedules or run one now.")
+        cron_sub = cron.add_subparsers(dest="cron_action", required=True, metavar="list|run")
+        cron_sub.add_parser("list", help="List schedules with their next and last run.")
+        run = cron_sub.add_parser("run", help="Enqueue a schedule's job now.")
+        run.add_argument("name")
+        prune = sub.add_parser("prune", help="Delete finished jobs (succeeded, cancelled) older than an age.")
+        prune.add_argument("--older-than", default="7d", help="Age such as 7d, 12h, 30m (default 7d).")
+
+    def handle(self, *args, action, **options):
+        return getattr(self, f"do_{action.replace('-', '_')}")(**options) or None
+
+    def _report(self, outcome: staff.Outcome, verb: str, kind: str = "job") -> None:
+        for pk in outcome.done:
+            self.stdout.write(f"{verb} {kind} {pk}")
+        for job in outcome.created:
+            self.stdout.write(f"new job {job.pk}")
+        for pk, why in outcome.skipped:
+            self.stderr.write(f"{kind} {pk} not {verb.lower()}: {why}")
+        if outcome.skipped:
+            raise CommandError(f"{len(outcome.skipped)} {kind}(s) left as they were", returncode=PARTIAL)
+
+    def _existing_jobs(self, ids: list[int]) -> list[int]:
+        found = set(Job.objects.filter(id__in=ids).values_list("id", flat=True))
+        missing = [pk for pk in ids if pk not in found]
+        if missing:
+            raise CommandError(f"no job with id {', '.join(map(str, missing))}; nothing changed")
+        return ids
+
+    # -- looking -----------------------------------------------------------------------------------
+
+    def do_stats(self, json: bool = False, **options):
+        snap = overview.snapshot()
+        if json:
+            self.stdout.write(_dumps(snap.as_json()))
+            return
+        header = f"{'queue':20} {'state':7} {'blocked':>8} {'pending':>8} {'due':>8} {'running':>8} lag"
+        self.stdout.write(header)
+        for q in snap.queues:
+            self.stdout.write(
+                f"{q.name:20} {'paused' if q.paused else 'running':7} {q.blocked:8} {q.pending:8} {q.due:8} "
+                f"{q.running:8} {q.lag_seconds:.0f}s"
+            )
+        self.stdout.write(
+            f"last hour: {snap.finished_last_hour} finished, {snap.dead_last_hour} dead "
+            f"(failure rate {snap.failure_rate_text})"
+        )
+        newest = snap.newest_dead_letters[0] if snap.newest_dead_letters else None
+        self.stdout.write(
+            f"dead letters open: {snap.dead_letters_open}"
+            + (f" (newest #{newest.pk} {newest.type}: {newest.error_class})" if newest else "")
+        )
+        self.stdout.write(f"workers alive: {len(snap.workers_alive)} of {len(snap.workers)}")
+        for s in snap.schedules:
+            self.stdout.write(
+                f"schedule {s.name}: next {_iso(s.next_run_at)}, last {_iso(s.last_run_at)} "
+                f"({overview.schedule_outcome(s)}){'' if s.enabled else ' disabled'}"
+            )
+
+    def do_list(self, status=None, job_type=None, queue=None, limit=50, **options):
+        jobs = Job.objects.order_by("-id")
+        if status:
+            jobs = jobs.filter(status__in=status)
+        if job_type:
+            jobs = jobs.filter(type=job_type)
+        if queue:
+            jobs = jobs.filter(queue=queue)
+        self.stdout.write(f"{'id':>8} {'type':32} {'status':10} {'queue':12} {'prio':>4} {'tries':>5} run_at")
+        for j in jobs[: max(1, limit)]:
+            self.stdout.write(
+                f"{j.pk:8} {j.type:32} {j.status:10} {j.queue:12} {j.priority:4} "
+                f"{j.attempts}/{j.max_attempts:<3} {_iso(j.run_at)}"
+            )
+
+    def do_show(self, job_id, **options):
+        try:
+            job = Job.objects.get(pk=job_id)
+        except Job.DoesNotExist:
+            raise CommandError(f"no job with id {job_id}") from None
+        w = self.stdout.write
+        w(f"job {job.pk}: {job.type} [{job.status}]{' ' + job.status_reason if job.status_reason else ''}")
+        w(f"  queue {job.queue}, priority {job.priority}, attempts {job.attempts}/{job.max_attempts}")
+        w(
+            f"  created {_iso(job.created_at)}, run_at {_iso(job.run_at)}, started {_iso(job.started_at)}, "
+            f"finished {_iso(job.finished_at)}"
+        )
+        if job.locked_by:
+            w(f"  worker {job.locked_by}, heartbeat {_iso(job.heartbeat_at)}, progress {job.progress}")
+        if job.unique_key:
+            w(f"  unique key {job.unique_key}")
+        parents = list(job.parents.values_list("id", flat=True))
+        children = list(job.children.values_list("id", flat=True))
+        if parents or children:
+            w(f"  parents {parents or '-'}, children {children or '-'}")
+        dead = DeadLetter.objects.filter(job=job).first()
+        if dead:
+            state = (
+                "open"
+                if dead.is_open
+                else (f"requeued as job {dead.requeued_job_id}" if dead.requeued_at else "discarded")
+            )
+            w(f"  dead letter {dead.pk} ({state})")
+        if job.requeued_from_id:
+            w(f"  requeued from dead letter {job.requeued_from_id}")
+        w("payload:")
+        w(_dumps(job.payload, indent=2))
+        if job.result is not None:
+            w("result:")
+            w(_dumps(job.result, indent=2))
+        for e in job.errors:
+            w(f"error, attempt {e.get('attempt')} at {e.get('at')} on {e.get('worker') or '-'}:")
+            w(f"  {e.get('exception')}: {e.get('message')}")
+            if e.get("traceback"):
+                w(e["traceback"].rstrip())
+        for a in AuditEntry.objects.filter(job=job).order_by("at"):
+            w(f"audit: {_iso(a.at)} {a.actor} {a.action} {a.details}")
+
+    # -- acting ------------------------------------------------------------------------------------
+
+    def do_retry(self, job_ids, dead=False, job_type=None, **options):
+        if dead:
+            if job_ids:
+                raise CommandError("give job ids or --dead, not both")
+            open_dead = DeadLetter.objects.filter(requeued_at__isnull=True, discarded_at__isnull=True)
+            if job_type:
+                open_dead = open_dead.filter(type=job_type)
+            ids = list(open_dead.order_by("id").values_list("id", flat=True))
+            if not ids:
+                self.stdout.write("no open dead letters" + (f" of type {job_type}" if job_type else ""))
+                return
+            self._report(staff.requeue(cli_actor(), ids), "Requeued", "dead letter")
+            return
+        if job_type:
+            raise CommandError("--type goes with --dead")
+        if not job_ids:
+            raise CommandError("give job ids, or --dead [--type T]")
+        self._report(staff.retry(cli_actor(), self._existing_jobs(job_ids)), "Retried")
+
+    def do_cancel(self, job_ids, reason="", **options):
+        self._report(staff.cancel(cli_actor(), self._existing_jobs(job_ids), reason), "Cancelled")
+
+    def do_enqueue(self, job_type, payload, delay=None, priority=None, **options):
+        try:
+            data = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--payload is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise CommandError("--payload must be a JSON object, e.g. '{\"order_id\": 1}'")
+        try:
+            age = pruner.parse_age(delay) if delay else None
+        except ValueError as exc:
+            raise CommandError(f"--delay: {exc}") from None
+        try:
+            job = staff.enqueue(cli_actor(), job_type, data, delay=age, priority=priority)
+        except UnknownJobType as exc:
+            raise CommandError(f"{exc}; known types: {', '.join(sorted(_job_types()))}") from None
+        except InvalidPayload as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"enqueued job {job.pk} ({job.type}, run_at {_iso(job.run_at)})")
+
+    def do_pause(self, queue, **options):
+        changed = staff.pause_queue(cli_actor(), queue)
+        self.stdout.write(f"queue {queue} paused" + ("" if changed else " (it already was)"))
+
+    def do_resume(self, queue, **options):
+        changed = staff.resume_queue(cli_actor(), queue)
+        self.stdout.write(f"queue {queue} resumed" + ("" if changed else " (it was not paused)"))
+
+    # -- cron --------------------------------------------------------------------------------------
+
+    def do_cron(self, cron_action, name=None, **options):
+        if cron_action == "list":
+            scheduler.sync_declared()
+            rows = CronSchedule.objects.select_related("last_job").order_by("name")
+            self.stdout.write(
+                f"{'name':30} {'expression':15} {'enabled':7} {'next run':25} {'last run':25} outcome"
+            )
+            for s in rows:
+                outcome = s.last_job.status if s.last_job else "-"
+                self.stdout.write(
+                    f"{s.name:30} {s.expression:15} {'yes' if s.enabled else 'no':7} "
+                    f"{_iso(s.next_run_at):25} {_iso(s.last_run_at):25} {outcome}"
+                )
+            return
+        try:
+            schedule = CronSchedule.objects.get(name=name)
+        except CronSchedule.DoesNotExist:
+            raise CommandError(f"no cron schedule named {name!r}") from None
+        job = staff.run_schedule(cli_actor(), schedule)
+        self.stdout.write(f"schedule {schedule.name}: enqueued job {job.id}")
+
+    # -- prune -------------------------------------------------------------------------------------
+
+    def do_prune(self, older_than, **options):
+        try:
+            age = pruner.parse_age(older_than)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        deleted = pruner.prune(age)
+        self.stdout.write(f"deleted {deleted} finished job(s) older than {older_than}")
+
+
+def _job_types():
+    from jobs.registry import job_types
+
+    return job_types()
+
+
+def _dumps(value, indent=None) -> str:
+    return json.dumps(value, indent=indent, sort_keys=True, default=str)
+
+
+def _iso(value) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"

@@ -1,0 +1,110 @@
+"""Prometheus metrics of the queue: depth, lag, per-type counters and run-time histograms (from the
+JobStat counters the workers flush, never a count over the job table), and workers alive.
+
+Protected: a request carries ``Authorization: Bearer <JOBS_METRICS_TOKEN>`` or a staff session.
+"""
+
+import hmac
+from collections import defaultdict
+
+from django.http import HttpResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from jobs import conf, overview
+from jobs.models import DeadLetter, JobStat, WorkerProcess
+from jobs.stats import BUCKETS
+
+OUTCOMES = {
+    "started": "Jobs started (claimed and run) by type.",
+    "succeeded": "Jobs that succeeded by type.",
+    "failed": "Failed attempts that will be retried, by type.",
+    "dead": "Jobs moved to the dead letters by type.",
+    "cancelled": "Jobs cancelled while running, by type.",
+    "lost": "Jobs whose worker was lost while running, by type.",
+}
+
+
+class QueueCollector:
+    def collect(self):
+        now = timezone.now()
+        depth = GaugeMetricFamily(
+            "jobs_queue_depth", "Unfinished jobs by queue and status.", labels=["queue", "status"]
+        )
+        due = GaugeMetricFamily("jobs_queue_due", "Pending jobs that are due now.", labels=["queue"])
+        lag = GaugeMetricFamily(
+            "jobs_queue_lag_seconds", "Age of the oldest due pending job.", labels=["queue"]
+        )
+        paused = GaugeMetricFamily("jobs_queue_paused", "1 if staff paused the queue.", labels=["queue"])
+        stuck = GaugeMetricFamily(
+            "jobs_queue_stuck",
+            "Running jobs whose heartbeat is older than JOBS_STALE_AFTER (no live worker).",
+            labels=["queue"],
+        )
+        for row in overview.queue_rows(now):
+            for status in ("blocked", "pending", "running"):
+                depth.add_metric([row.name, status], getattr(row, status))
+            due.add_metric([row.name], row.due)
+            lag.add_metric([row.name], row.lag_seconds)
+            paused.add_metric([row.name], 1 if row.paused else 0)
+            stuck.add_metric([row.name], row.stuck)
+        yield from (depth, due, lag, paused, stuck)
+
+        counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        buckets: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        seconds: dict[str, float] = defaultdict(float)
+        for job_type, outcome, bucket, n, s in JobStat.objects.values_list(
+            "type", "outcome", "bucket", "count", "seconds"
+        ):
+            counts[outcome][job_type] += n
+            if bucket:
+                buckets[job_type][bucket] += n
+                seconds[job_type] += s
+        for outcome, doc in OUTCOMES.items():
+            family = CounterMetricFamily(f"jobs_{outcome}", doc, labels=["type"])
+            for job_type, n in sorted(counts[outcome].items()):
+                family.add_metric([job_type], n)
+            yield family
+        histogram = HistogramMetricFamily(
+            "jobs_run_seconds", "Run time of finished attempts by type.", labels=["type"]
+        )
+        for job_type, per_bucket in sorted(buckets.items()):
+            cumulative, points = 0, []
+            for bound in [f"{b:g}" for b in BUCKETS] + ["+Inf"]:
+                cumulative += per_bucket.get(bound, 0)
+                points.append((bound, cumulative))
+            histogram.add_metric([job_type], points, sum_value=seconds[job_type])
+        yield histogram
+
+        stale = conf.get("JOBS_STALE_AFTER")
+        alive = sum(1 for w in WorkerProcess.objects.all() if overview.worker_alive(w, now, stale))
+        yield GaugeMetricFamily("jobs_workers_alive", "Worker processes heartbeating.", value=alive)
+        open_dead = DeadLetter.objects.filter(requeued_at__isnull=True, discarded_at__isnull=True).count()
+        yield GaugeMetricFamily(
+            "jobs_dead_letters_open", "Dead letters neither requeued nor discarded.", value=open_dead
+        )
+
+
+def authorized(request) -> bool:
+    token = conf.get("JOBS_METRICS_TOKEN")
+    header = request.headers.get("Authorization", "")
+    if token and header.startswith("Bearer "):
+        return hmac.compare_digest(header.removeprefix("Bearer ").strip().encode(), token.encode())
+    user = request.user
+    return user.is_authenticated and user.is_active and user.is_staff
+
+
+@never_cache
+def metrics(request):
+    if not authorized(request):
+        return HttpResponse(
+            "metrics need a bearer token (JOBS_METRICS_TOKEN) or a staff session\n",
+            status=401,
+            content_type="text/plain",
+            headers={"WWW-Authenticate": 'Bearer realm="jobs"'},
+        )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QueueCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,283 @@
+"""The queue's tables. The engine (``jobs.engine``) owns the state transitions; models hold data and
+the constraints that keep it consistent under concurrency."""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Priority:
+    """Named priorities; any integer works, higher runs first."""
+
+    LOW = -10
+    NORMAL = 0
+    HIGH = 10
+    CRITICAL = 20
+
+
+class JobStatus(models.TextChoices):
+    BLOCKED = "blocked", "Blocked (waiting on parents)"
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    DEAD = "dead", "Dead"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.BLOCKED, JobStatus.PENDING, JobStatus.RUNNING)
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELLED)
+
+
+class Job(models.Model):
+    type = models.CharField(max_length=100)
+    queue = models.CharField(max_length=64, default="default")
+    payload = models.JSONField(default=dict, blank=True)
+    payload_version = models.PositiveSmallIntegerField(default=1)
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.PENDING)
+    status_reason = models.TextField(blank=True, default="")
+    priority = models.SmallIntegerField(default=Priority.NORMAL)
+    run_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    errors = models.JSONField(default=list, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    progress = models.PositiveSmallIntegerField(null=True, blank=True)
+    locked_by = models.CharField(max_length=200, null=True, blank=True)
+    lock_token = models.CharField(max_length=32, null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    unique_key = models.CharField(max_length=200, null=True, blank=True)
+    concurrency_key = models.CharField(max_length=200, null=True, blank=True)
+    concurrency_limit = models.PositiveIntegerField(null=True, blank=True)
+    waiting_on = models.PositiveIntegerField(default=0, help_text="Parents that have not succeeded yet.")
+    cancel_requested = models.BooleanField(default=False)
+    requeued_from = models.ForeignKey(
+        "DeadLetter", null=True, blank=True, on_delete=models.SET_NULL, related_name="requeued_jobs"
+    )
+    parents = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        through="JobDependency",
+        through_fields=("child", "parent"),
+        related_name="children",
+        blank=True,
+    )
+
+    class Meta:
+        indexes = [
+            # The claim query walks this index: only pending rows are in it, so it stays small however
+            # many finished jobs the table holds.
+            models.Index(
+                fields=["-priority", "run_at", "id"],
+                name="jobs_job_claim_idx",
+                condition=models.Q(status="pending"),
+            ),
+            models.Index(
+                fields=["heartbeat_at"], name="jobs_job_running_idx", condition=models.Q(status="running")
+            ),
+            models.Index(fields=["status", "finished_at"], name="jobs_job_finished_idx"),
+            models.Index(fields=["type", "status"], name="jobs_job_type_status_idx"),
+            models.Index(
+                fields=["concurrency_key"],
+                name="jobs_job_concurrency_idx",
+                condition=models.Q(status="running", concurrency_key__isnull=False),
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["unique_key"],
+                name="jobs_job_unique_active_key",
+                condition=models.Q(status__in=["blocked", "pending", "running"]),
+            ),
+        ]
+        permissions = [
+            ("retry_job", "Can retry, run now or reprioritise jobs"),
+            ("cancel_job", "Can cancel jobs"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.type} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def last_error(self) -> dict | None:
+        return self.errors[-1] if self.errors else None
+
+
+class JobDependency(models.Model):
+    parent = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="child_links")
+    child = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="parent_links")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["parent", "child"], name="jobs_dependency_unique")]
+
+    def __str__(self) -> str:
+        return f"#{self.parent_id} -> #{self.child_id}"
+
+
+class DeadLetter(models.Model):
+    """A job that gave up, with its whole error history. Staff requeue (a fresh job) or discard it."""
+
+    job = models.OneToOneField(Job, null=True, on_delete=models.SET_NULL, related_name="dead_letter")
+    type = models.CharField(max_length=100)
+    queue = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict, blank=True)
+    payload_version = models.PositiveSmallIntegerField(default=1)
+    priority = models.SmallIntegerField(default=Priority.NORMAL)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+    error_class = models.CharField(max_length=200, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    requeued_at = models.DateTimeField(null=True, blank=True)
+    requeued_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    discarded_at = models.DateTimeField(null=True, blank=True)
+    discarded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    discard_reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["type", "error_class"], name="jobs_dead_type_error_idx"),
+            models.Index(fields=["-created_at"], name="jobs_dead_created_idx"),
+        ]
+        permissions = [
+            ("requeue_deadletter", "Can requeue dead letters"),
+            ("discard_deadletter", "Can discard dead letters"),
+        ]
+
+    def __str__(self) -> str:
+        return f"dead #{self.pk} {self.type}: {self.error_class}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.requeued_at is None and self.discarded_at is None
+
+
+class WorkerProcess(models.Model):
+    id = models.CharField(max_length=200, primary_key=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list, blank=True, help_text="Empty: all queues.")
+    concurrency = models.PositiveIntegerField(default=1)
+    started_at = models.DateTimeField(default=timezone.now)
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    current_jobs = models.JSONField(default=list, blank=True)
+    jobs_done = models.PositiveIntegerField(default=0)
+    state = models.CharField(max_length=16, default="running")
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class QueueState(models.Model):
+    """A queue staff paused: no worker claims from it until it is resumed."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    paused = models.BooleanField(default=False)
+    changed_at = models.DateTimeField(default=timezone.now)
+    changed_by = models.CharField(max_length=150, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'paused' if self.paused else 'running'})"
+
+
+class RateLimitStart(models.Model):
+    """One start of a rate-limited job type: the sliding window that the limit is counted over."""
+
+    type = models.CharField(max_length=100)
+    started_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["type", "started_at"], name="jobs_ratelimit_window_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.type} at {self.started_at}"
+
+
+class Effect(models.Model):
+    """A side effect made once: a database effect recorded in its own transaction, or the sent-marker
+    of an external one (email, HTTP)."""
+
+    key = models.CharField(max_length=255, unique=True)
+    job_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class CronSchedule(models.Model):
+    """A job enqueued on a cron expression. Each due time is enqueued exactly once: the scheduler locks
+    the row and advances ``next_run_at`` in the transaction that enqueues."""
+
+    name = models.CharField(max_length=100, unique=True)
+    expression = models.CharField(max_length=100, help_text="Cron expression, e.g. '0 3 * * *'.")
+    time_zone = models.CharField(max_length=64, default="UTC")
+    job_type = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict, blank=True)
+    priority = models.SmallIntegerField(null=True, blank=True, help_text="Empty: the job type's default.")
+    enabled = models.BooleanField(default=True)
+    declared_in_code = models.BooleanField(default=False, editable=False)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("run_cronschedule", "Can run cron schedules now")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.expression})"
+
+
+class AuditEntry(models.Model):
+    """Who did what to a job, dead letter, queue or schedule, and when."""
+
+    at = models.DateTimeField(default=timezone.now)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor = models.CharField(max_length=150, help_text="Username, or 'cli'/'system'.")
+    action = models.CharField(max_length=32)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit")
+    dead_letter = models.ForeignKey(
+        DeadLetter, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit"
+    )
+    target = models.CharField(max_length=200, blank=True, default="", help_text="Queue or schedule name.")
+    details = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor} {self.action}"
+
+
+class JobStat(models.Model):
+    """Counters per job type, outcome and run-time bucket, added to by every worker (flushed with its
+    heartbeat), so metrics and charts never count over the job table. ``bucket`` is the upper bound in
+    seconds of the run-time histogram bucket ("+Inf" for the last); ``outcome`` "started" has bucket ""."""
+
+    type = models.CharField(max_length=100)
+    outcome = models.CharField(max_length=16)
+    bucket = models.CharField(max_length=16, default="")
+    count = models.BigIntegerField(default=0)
+    seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["type", "outcome", "bucket"], name="jobs_jobstat_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.outcome} {self.bucket}: {self.count}"

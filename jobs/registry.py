@@ -1,0 +1,135 @@
+"""Job types: a handler function, its payload model and its options, registered in code."""
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from jobs.exceptions import UnknownJobType
+from jobs.models import Priority
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: attempt n waits about base * 2**(n-1) seconds, at most cap."""
+
+    base: float = 5.0
+    cap: float = 3600.0
+    jitter: float = 0.5  # the delay is drawn from [delay * (1 - jitter), delay]
+
+    def delay(self, attempt: int) -> timedelta:
+        raw = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
+        return timedelta(seconds=raw * (1 - self.jitter * random.random()))
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    handler: Callable[..., Any]
+    payload: type[BaseModel]
+    queue: str = "default"
+    priority: int = Priority.NORMAL
+    max_attempts: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    timeout: float = 300.0
+    rate_limit: str | None = None
+    concurrency_key: Callable[[Any], str] | None = None
+    concurrency_limit: int = 1
+    payload_version: int = 1
+    upgrade: Callable[[dict, int], dict] | None = None
+    batch_size: int = 1
+
+
+_registry: dict[str, JobType] = {}
+_resolvers: dict[str, Callable[[str], JobType | None]] = {}
+
+
+def job(
+    name: str,
+    *,
+    payload: type[BaseModel],
+    queue: str = "default",
+    priority: int = Priority.NORMAL,
+    max_attempts: int = 3,
+    backoff: Backoff | None = None,
+    timeout: float = 300.0,
+    rate_limit: str | None = None,
+    concurrency_key: Callable[[Any], str] | None = None,
+    concurrency_limit: int = 1,
+    payload_version: int = 1,
+    upgrade: Callable[[dict, int], dict] | None = None,
+    batch_size: int = 1,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated function as the handler of job type ``name``.
+
+    The handler is called as ``handler(payload, ctx)`` with the validated payload model and a
+    ``JobContext``; with ``batch_size > 1`` it is called as ``handler(items, ctx)`` with a list of
+    ``(job_id, payload)`` pairs and returns a dict ``{job_id: result or exception}``.
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    if rate_limit is not None:
+        from jobs.ratelimit import parse_rate
+
+        parse_rate(rate_limit)  # fail at import time, not at claim time
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        existing = _registry.get(name)
+        if existing is not None and existing.handler.__qualname__ != func.__qualname__:
+            raise ValueError(f"job type {name!r} is already registered by {existing.handler!r}")
+        _registry[name] = JobType(
+            name=name,
+            handler=func,
+            payload=payload,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            backoff=backoff or Backoff(),
+            timeout=timeout,
+            rate_limit=rate_limit,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
+            payload_version=payload_version,
+            upgrade=upgrade,
+            batch_size=batch_size,
+        )
+        func.job_type = name
+        return func
+
+    return register
+
+
+def register_resolver(prefix: str, resolve: Callable[[str], JobType | None]) -> None:
+    """Let ``resolve(name)`` supply job types under ``prefix`` that no module registered up front.
+
+    For families of types declared elsewhere (a ``django_tasks`` task per module path): a worker
+    meets the name in a claimed row and resolves it then. ``resolve`` returns the type or None
+    (unknown); what it returns is kept. Types with a rate limit or concurrency key must still be
+    registered up front, since claiming consults them before any row names them.
+    """
+    _resolvers[prefix] = resolve
+
+
+def get_job_type(name: str) -> JobType:
+    try:
+        return _registry[name]
+    except KeyError:
+        pass
+    for prefix, resolve in _resolvers.items():
+        if name.startswith(prefix):
+            job_type = resolve(name)
+            if job_type is not None:
+                return _registry.setdefault(name, job_type)
+    raise UnknownJobType(name)
+
+
+def job_types() -> dict[str, JobType]:
+    return dict(_registry)
+
+
+def unregister(name: str) -> None:
+    """Forget a job type (tests use it to simulate a deploy that removed one)."""
+    _registry.pop(name, None)

@@ -1,0 +1,287 @@
+"""What staff do to the queue, from the admin, the dashboard or the shell: retry, cancel, reprioritise,
+requeue and discard dead letters, pause queues, edit and run schedules.
+
+Every operation goes through the engine or the scheduler (which own the state) and leaves an
+AuditEntry naming the actor, so the admin can show who did what. ``actor`` is a User or a string such
+as "cli".
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from jobs import engine, scheduler
+from jobs.exceptions import InvalidPayload, UnknownJobType
+from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, QueueState
+from jobs.registry import job_types
+
+
+@dataclass
+class Outcome:
+    """What an operation on several objects did: ``done`` ids, and ``skipped`` ids with the reason."""
+
+    done: list[int] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    created: list[Job] = field(default_factory=list)
+
+    def summary(self, verb: str) -> str:
+        text = f"{verb} {len(self.done)}"
+        if self.created:
+            text += " (new job " + ", ".join(f"#{j.pk}" for j in self.created) + ")"
+        if self.skipped:
+            text += "; skipped " + "; ".join(f"#{pk}: {why}" for pk, why in self.skipped)
+        return text
+
+
+def _actor(actor) -> tuple[Any, str]:
+    if isinstance(actor, str):
+        return None, actor
+    return actor, actor.get_username()
+
+
+def audit(
+    actor, action: str, *, job=None, dead_letter=None, target: str = "", details: str = ""
+) -> AuditEntry:
+    user, name = _actor(actor)
+    return AuditEntry.objects.create(
+        user=user, actor=name, action=action, job=job, dead_letter=dead_letter, target=target, details=details
+    )
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+def retry(actor, job_ids: Iterable[int]) -> Outcome:
+    """Run pending jobs now; a dead job is retried by requeuing its dead letter (a fresh job, once)."""
+    outcome = Outcome()
+    for job in Job.objects.filter(id__in=list(job_ids)).select_related("dead_letter").order_by("id"):
+        if job.status == JobStatus.PENDING:
+            if engine.retry_now(job.pk):
+                audit(actor, "retry", job=job, details="run_at set to now")
+                outcome.done.append(job.pk)
+                continue
+        elif job.status == JobStatus.DEAD:
+            dead = getattr(job, "dead_letter", None)
+            if dead is not None:
+                try:
+                    new = engine.requeue(dead.pk)
+                except (InvalidPayload, UnknownJobType) as exc:
+                    outcome.skipped.append((job.pk, f"{exc}; correct the payload and requeue it"))
+                    continue
+                if new is not None:
+                    audit(actor, "retry", job=job, dead_letter=dead, details=f"requeued as job #{new.pk}")
+                    outcome.done.append(job.pk)
+                    outcome.created.append(new)
+                    continue
+                outcome.skipped.append((job.pk, _closed_reason(dead)))
+                continue
+        job.refresh_from_db(fields=["status"])
+        outcome.skipped.append((job.pk, f"is {job.status}, only pending and dead jobs can be retried"))
+    return outcome
+
+
+def run_now(actor, job_ids: Iterable[int]) -> Outcome:
+    """Bring pending jobs' run_at forward to now (a job waiting for its delay or backoff)."""
+    outcome = Outcome()
+    for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
+        if engine.retry_now(job.pk):
+            audit(actor, "run_now", job=job, details=f"run_at was {job.run_at.isoformat(timespec='seconds')}")
+            outcome.done.append(job.pk)
+        else:
+            outcome.skipped.append((job.pk, f"is {job.status}, only pending jobs can be run now"))
+    return outcome
+
+
+def cancel(actor, job_ids: Iterable[int], reason: str = "") -> Outcome:
+    """Cancel blocked and pending jobs at once; running ones are asked to stop (the handler sees it)."""
+    outcome = Outcome()
+    by = _actor(actor)[1]
+    for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
+        if job.is_finished:
+            outcome.skipped.append((job.pk, f"is already {job.status}"))
+            continue
+        status = engine.cancel(job.pk, reason or f"cancelled by {by}")
+        audit(actor, "cancel", job=job, details=f"{job.status} -> {status}{': ' + reason if reason else ''}")
+        outcome.done.append(job.pk)
+    return outcome
+
+
+def set_priority(actor, job_ids: Iterable[int], priority: int) -> Outcome:
+    """Change the priority of jobs not yet claimed; a running or finished job keeps its own."""
+    outcome = Outcome()
+    for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
+        updated = Job.objects.filter(pk=job.pk, status__in=[JobStatus.BLOCKED, JobStatus.PENDING]).update(
+            priority=int(priority)
+        )
+        if updated:
+            audit(actor, "priority", job=job, details=f"{job.priority} -> {priority}")
+            outcome.done.append(job.pk)
+        else:
+            outcome.skipped.append((job.pk, f"is {job.status}, only waiting jobs can be reprioritised"))
+    return outcome
+
+
+# -- dead letters --------------------------------------------------------------------------------
+
+
+def _closed_reason(dead: DeadLetter) -> str:
+    dead.refresh_from_db(fields=["requeued_at", "requeued_job", "discarded_at"])
+    if dead.requeued_at:
+        return f"already requeued as job #{dead.requeued_job_id}"
+    return "discarded"
+
+
+def requeue(actor, dead_letter_ids: Iterable[int]) -> Outcome:
+    """A fresh job from each open dead letter; one already requeued or discarded is skipped."""
+    outcome = Outcome()
+    for dead in DeadLetter.objects.filter(id__in=list(dead_letter_ids)).order_by("id"):
+        try:
+            new = engine.requeue(dead.pk)
+        except (InvalidPayload, UnknownJobType) as exc:
+            outcome.skipped.append((dead.pk, f"{exc}; correct the payload and requeue it"))
+            continue
+        if new is None:
+            outcome.skipped.append((dead.pk, _closed_reason(dead)))
+            continue
+        audit(actor, "requeue", job=dead.job, dead_letter=dead, details=f"requeued as job #{new.pk}")
+        outcome.done.append(dead.pk)
+        outcome.created.append(new)
+    return outcome
+
+
+def requeue_type(actor, job_type: str) -> Outcome:
+    """Requeue every open dead letter of ``job_type``."""
+    ids = DeadLetter.objects.filter(
+        type=job_type, requeued_at__isnull=True, discarded_at__isnull=True
+    ).values_list("id", flat=True)
+    return requeue(actor, list(ids))
+
+
+def edit_and_requeue(actor, dead_letter_id: int, payload: dict) -> Job | None:
+    """Correct a dead letter's payload and requeue it. The payload is validated by the job type's
+    model (InvalidPayload, UnknownJobType: nothing changes). None if it was already closed."""
+    with transaction.atomic():
+        dead = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
+        before = dead.payload
+        new = engine.requeue(dead.pk, payload=payload)
+        if new is None:
+            return None
+        audit(actor, "edit", job=dead.job, dead_letter=dead, details=f"payload was {_json(before)}")
+        audit(actor, "requeue", job=dead.job, dead_letter=dead, details=f"requeued as job #{new.pk}")
+    return new
+
+
+def discard(actor, dead_letter_ids: Iterable[int], reason: str) -> Outcome:
+    """Close dead letters without running them again; a reason is required."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValueError("a reason is required to discard a dead letter")
+    user = _actor(actor)[0]
+    outcome = Outcome()
+    for dead in DeadLetter.objects.filter(id__in=list(dead_letter_ids)).order_by("id"):
+        with transaction.atomic():
+            closed = DeadLetter.objects.filter(
+                pk=dead.pk, requeued_at__isnull=True, discarded_at__isnull=True
+            ).update(discarded_at=timezone.now(), discarded_by=user, discard_reason=reason)
+            if closed:
+                audit(actor, "discard", job=dead.job, dead_letter=dead, details=reason)
+        if closed:
+            outcome.done.append(dead.pk)
+        else:
+            outcome.skipped.append((dead.pk, _closed_reason(dead)))
+    return outcome
+
+
+# -- queues --------------------------------------------------------------------------------------
+
+
+def known_queues() -> list[str]:
+    """Queues named by a job type, a queue state, or an unfinished job."""
+    names = {jt.queue for jt in job_types().values()}
+    names |= set(QueueState.objects.values_list("name", flat=True))
+    return sorted(names)
+
+
+def paused_queues() -> set[str]:
+    return set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
+
+
+def _set_paused(actor, name: str, paused: bool) -> bool:
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("a queue name is required")
+    by = _actor(actor)[1]
+    with transaction.atomic():
+        state, _ = QueueState.objects.select_for_update().get_or_create(name=name)
+        changed = state.paused != paused
+        state.paused, state.changed_at, state.changed_by = paused, timezone.now(), by
+        state.save()
+        audit(actor, "pause" if paused else "resume", target=name, details="" if changed else "no change")
+    return changed
+
+
+def pause_queue(actor, name: str) -> bool:
+    """Stop every worker claiming from ``name`` (running jobs finish); True if it was running."""
+    return _set_paused(actor, name, True)
+
+
+def resume_queue(actor, name: str) -> bool:
+    return _set_paused(actor, name, False)
+
+
+# -- schedules -----------------------------------------------------------------------------------
+
+
+def save_schedule(actor, schedule: CronSchedule, changed: Iterable[str] = ()) -> CronSchedule:
+    """Validate (expression, time zone, job type) and save, recomputing the next run."""
+    created = schedule.pk is None
+    scheduler.save_schedule(schedule)
+    details = "created" if created else "changed " + ", ".join(changed) if changed else "saved"
+    audit(actor, "schedule", target=schedule.name, details=details)
+    return schedule
+
+
+def set_schedule_enabled(actor, schedules: Iterable[CronSchedule], enabled: bool) -> Outcome:
+    outcome = Outcome()
+    for schedule in schedules:
+        if schedule.enabled == enabled:
+            outcome.skipped.append((schedule.pk, f"already {'enabled' if enabled else 'disabled'}"))
+            continue
+        schedule.enabled = enabled
+        if enabled:
+            scheduler.save_schedule(schedule)  # next run from now, not a stale one in the past
+        else:
+            schedule.save(update_fields=["enabled", "updated_at"])
+        audit(actor, "enable" if enabled else "disable", target=schedule.name)
+        outcome.done.append(schedule.pk)
+    return outcome
+
+
+def run_schedule(actor, schedule: CronSchedule) -> Job:
+    job = scheduler.run_now(schedule)
+    audit(actor, "run_schedule", job=job, target=schedule.name, details=f"enqueued job #{job.pk}")
+    return job
+
+
+# -- enqueue -------------------------------------------------------------------------------------
+
+
+def enqueue(actor, job_type: str, payload: dict, *, delay=None, priority: int | None = None) -> Job:
+    """Enqueue by hand (validated: UnknownJobType, InvalidPayload)."""
+    from jobs.api import enqueue as api_enqueue
+
+    if job_type not in job_types():
+        raise UnknownJobType(job_type)
+    with transaction.atomic():
+        job = api_enqueue(job_type, payload, delay=delay, priority=priority)
+        audit(actor, "enqueue", job=job, details=_json(job.payload))
+    return job
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)

@@ -1,0 +1,468 @@
+"""The worker loop: claim up to free capacity, run jobs on a pool of threads, heartbeat, stop gracefully.
+
+The main thread owns claiming, heartbeats, timeouts and the plugins (reaper, scheduler); handler
+threads only run jobs and record their outcomes. Each thread has its own database connection.
+"""
+
+import logging
+import os
+import queue as queue_module
+import secrets
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
+from django.utils import timezone
+
+from jobs import conf, db, engine, execution, stats, systemd
+from jobs.exceptions import JobTimeout
+from jobs.models import Job, WorkerProcess
+from jobs.registry import get_job_type
+
+log = logging.getLogger("jobs.worker")
+
+DB_ERRORS = (OperationalError, InterfaceError)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Running:
+    """One unit of work: a job, or a batch of jobs of one type. It is "queued" (claimed, waiting for a
+    thread), then "executing", then "completing" (returned; its success waits for the batched flush)."""
+
+    jobs: list[Job]
+    state: str = "queued"
+    deadline: float = float("inf")
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    pending: int = 0  # successes of this unit still waiting to be flushed
+
+    @property
+    def job(self) -> Job:
+        return self.jobs[0]
+
+
+class Worker:
+    """Composes the claim loop, a pool of handler threads, a batched completer, and the plugins
+    (reaper, scheduler) that run beside the loop."""
+
+    FLUSH_INTERVAL = 0.05  # seconds a success may wait to be recorded with others
+    FLUSH_SIZE = 100
+
+    def __init__(
+        self,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int = 1,
+        prefetch: int | None = None,
+        burst: bool = False,
+        max_jobs: int | None = None,
+        poll_interval: float | None = None,
+        grace_period: float | None = None,
+        worker_id: str | None = None,
+        stale_after: float | None = None,
+        plugins: list | None = None,
+    ):
+        from jobs.reaper import Reaper
+        from jobs.scheduler import Scheduler
+
+        self.queues = queues or None
+        self.concurrency = max(1, concurrency)
+        if prefetch is None:
+            prefetch = conf.get("JOBS_PREFETCH")
+        self.prefetch = self.concurrency if prefetch is None else max(0, prefetch)
+        self.burst = burst
+        self.max_jobs = max_jobs
+        self.poll_interval = poll_interval if poll_interval is not None else conf.get("JOBS_POLL_INTERVAL")
+        self.grace_period = grace_period if grace_period is not None else conf.get("JOBS_GRACE_PERIOD")
+        self.stale_after = stale_after if stale_after is not None else conf.get("JOBS_STALE_AFTER")
+        self.heartbeat_interval = min(conf.get("JOBS_HEARTBEAT_INTERVAL"), self.stale_after / 4)
+        self.id = worker_id or default_worker_id()
+        self.plugins = plugins if plugins is not None else [Reaper(self.stale_after), Scheduler()]
+        self.stopping = threading.Event()
+        self.wakeup = threading.Event()
+        self.flush_now = threading.Event()
+        self.lock = threading.Lock()
+        self.inflight: dict[int, Running] = {}
+        self.completions: list[tuple[Running, Job, object, float]] = []
+        self.abandoned_threads = 0
+        self.claimed_total = 0
+        self.done_total = 0
+        self.work: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        self.stats = stats.Recorder()
+        self.threads: list[threading.Thread] = []
+        self.completer: threading.Thread | None = None
+        self._completer_stop = threading.Event()
+        self._signals = 0
+        self._next_heartbeat = 0.0
+        self._next_plugin: dict[int, float] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("worker %s: second signal, exiting at once", self.id)
+            os._exit(1)
+        log.info("worker %s: %s received, stopping", self.id, signal.Signals(signum).name)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        self.wakeup.set()
+
+    def run(self) -> int:
+        log.info(
+            "worker %s started: queues=%s concurrency=%s prefetch=%s",
+            self.id,
+            ",".join(self.queues or ["*"]),
+            self.concurrency,
+            self.prefetch,
+        )
+        self._with_db_retry(self._register)
+        for _ in range(self.concurrency):
+            self._spawn_thread()
+        self.completer = threading.Thread(target=self._completer_main, name="jobs-completer", daemon=True)
+        self.completer.start()
+        if db.is_postgres() and conf.get("JOBS_LISTEN_NOTIFY"):
+            threading.Thread(target=self._listen, name="jobs-listen", daemon=True).start()
+        systemd.notify("READY=1", f"STATUS=worker {self.id} ready")
+        exit_code = 0
+        try:
+            exit_code = self._loop()
+        finally:
+            self._stop()
+        log.info("worker %s stopped: %s jobs run", self.id, self.done_total)
+        return exit_code
+
+    def _loop(self) -> int:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                idle = self._iteration()
+                backoff = 0.5
+            except DB_ERRORS as exc:
+                log.error("worker %s: database unavailable (%s); retrying in %.1fs", self.id, exc, backoff)
+                connection.close()
+                self._wait_alive(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            # From the loop itself, so that systemd restarts a worker whose loop is stuck.
+            systemd.notify("WATCHDOG=1", f"STATUS={self._executing()} job(s) running")
+            if self.abandoned_threads > 2 * self.concurrency + 2:
+                # Handlers that ignore their timeout pile up threads; a fresh process is the cure.
+                log.error(
+                    "worker %s: %s handlers stuck past their timeout; exiting",
+                    self.id,
+                    self.abandoned_threads,
+                )
+                return 1
+            if idle == "done":
+                return 0
+            if idle:
+                self.wakeup.wait(self._wait_time())
+                self.wakeup.clear()
+        return 0
+
+    def _wait_alive(self, seconds: float) -> None:
+        """Wait out a database outage in short steps, telling systemd's watchdog the loop is alive."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            systemd.notify("WATCHDOG=1", "STATUS=waiting for the database")
+            self.stopping.wait(min(1.0, deadline - time.monotonic()))
+
+    def _executing(self) -> int:
+        with self.lock:
+            return sum(1 for r in self.inflight.values() if r.state == "executing")
+
+    def _claimable(self) -> tuple[int, int]:
+        """(units queued or executing, units held in all, flushing included)."""
+        with self.lock:
+            busy = sum(1 for r in self.inflight.values() if r.state in ("queued", "executing"))
+            return busy, len(self.inflight)
+
+    def _iteration(self) -> bool | str:
+        """One pass of the loop. Returns True when there is nothing to do right now, "done" to exit."""
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + self.heartbeat_interval
+        for index, plugin in enumerate(self.plugins):
+            if now >= self._next_plugin.get(index, 0.0):
+                plugin.tick(self)
+                self._next_plugin[index] = now + plugin.interval
+        self._check_timeouts()
+        busy, held = self._claimable()
+        # Claim when a thread is (about to be) free, enough to fill the threads and the prefetch buffer.
+        free = self.concurrency + self.prefetch - busy if busy < self.concurrency else 0
+        if self.max_jobs is not None:
+            free = min(free, self.max_jobs - self.claimed_total)
+        claimed = []
+        if free > 0:
+            claimed = engine.claim(self.id, free, self.queues)
+            top_up = lambda job_type, n: engine.claim(self.id, n, self.queues, types=[job_type])  # noqa: E731
+            for group in execution.group_batches(claimed, top_up):
+                self._start(group)
+        if not claimed and not held:
+            if self.max_jobs is not None and self.claimed_total >= self.max_jobs:
+                return "done"
+            if self.burst:
+                return "done"
+        return not claimed or len(claimed) < free
+
+    def _wait_time(self) -> float:
+        return max(0.0, min(self.poll_interval, self._next_heartbeat - time.monotonic()))
+
+    def _stop(self) -> None:
+        systemd.notify("STOPPING=1", f"STATUS=stopping, {self._executing()} job(s) running")
+        with self.lock:
+            queued = [r for r in self.inflight.values() if r.state == "queued"]
+            for running in queued:
+                running.abandoned.set()  # claimed but not started: handed back below, never run
+        deadline = time.monotonic() + self.grace_period
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(r.state == "queued" for r in self.inflight.values()):
+                    break
+            self.wakeup.wait(0.05)
+            self.wakeup.clear()
+            try:
+                if time.monotonic() >= self._next_heartbeat:
+                    self._heartbeat()
+                    self._next_heartbeat = time.monotonic() + self.heartbeat_interval
+                self._check_timeouts()
+            except DB_ERRORS as exc:
+                log.error("worker %s: database unavailable while stopping (%s)", self.id, exc)
+        self._completer_stop.set()
+        self.flush_now.set()
+        if self.completer is not None:
+            self.completer.join(max(5.0, deadline - time.monotonic()))
+        with self.lock:
+            left = [job for r in self.inflight.values() for job in r.jobs]
+            for running in self.inflight.values():
+                running.abandoned.set()
+        if left:
+            released = self._with_db_retry(lambda: engine.release(left, "handed back at shutdown"), tries=5)
+            log.warning("worker %s: %s claimed job(s) handed back to pending", self.id, released)
+        for _ in self.threads:
+            self.work.put(None)
+        self._with_db_retry(self.stats.flush, tries=3)
+        self._with_db_retry(lambda: WorkerProcess.objects.filter(id=self.id).delete(), tries=3)
+        connection.close()
+
+    # -- running jobs -----------------------------------------------------------------------------
+
+    def _start(self, jobs: list[Job]) -> None:
+        running = Running(jobs=jobs)
+        with self.lock:
+            self.inflight[running.job.id] = running
+        self.claimed_total += len(jobs)
+        for job in jobs:
+            self.stats.started(job.type)
+        self.work.put(running)
+
+    def _spawn_thread(self) -> None:
+        thread = threading.Thread(target=self._thread_main, name=f"jobs-{len(self.threads)}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _thread_main(self) -> None:
+        try:
+            while True:
+                running = self.work.get()
+                if running is None:
+                    return
+                with self.lock:
+                    if running.abandoned.is_set() or self.inflight.get(running.job.id) is not running:
+                        continue  # handed back at shutdown before it started
+                    try:
+                        timeout = get_job_type(running.job.type).timeout
+                    except Exception:
+                        timeout = 300.0  # unknown type: sent to the dead letters at once below
+                    running.state = "executing"
+                    running.deadline = time.monotonic() + timeout
+                close_old_connections()
+                try:
+                    outcomes = execution.run_group(
+                        running.jobs,
+                        cancel_event=running.cancel_event,
+                        abandoned=running.abandoned,
+                        defer_success=lambda job, result, duration, r=running: self._defer(
+                            r, job, result, duration
+                        ),
+                    )
+                    for job, outcome in outcomes:
+                        if outcome.status != "completing":
+                            status = "failed" if outcome.status == "pending" else outcome.status
+                            self.stats.finished(job.type, status, outcome.duration)
+                except Exception:
+                    # Recording the outcome failed even after retries: the job stays running and the
+                    # reaper hands it back once its heartbeat stops.
+                    log.exception("job %s: outcome could not be recorded", running.job.id)
+                with self.lock:
+                    running.state = "completing" if running.pending else "done"
+                    if not running.pending and self.inflight.get(running.job.id) is running:
+                        del self.inflight[running.job.id]
+                        self.done_total += len(running.jobs)
+                self.wakeup.set()
+                if running.abandoned.is_set():
+                    with self.lock:
+                        self.abandoned_threads -= 1
+                    return  # a replacement thread took this one's place
+        finally:
+            connection.close()
+
+    # -- batched completion -----------------------------------------------------------------------
+
+    def _defer(self, running: Running, job: Job, result, duration: float) -> None:
+        with self.lock:
+            running.pending += 1
+            self.completions.append((running, job, result, duration))
+            if len(self.completions) >= self.FLUSH_SIZE:
+                self.flush_now.set()
+
+    def _completer_main(self) -> None:
+        """Record handlers' successes in batches: one statement and one commit per flush."""
+        try:
+            while True:
+                self.flush_now.wait(self.FLUSH_INTERVAL)
+                self.flush_now.clear()
+                stopping = self._completer_stop.is_set()
+                with self.lock:
+                    batch, self.completions = self.completions, []
+                if batch:
+                    self._flush(batch)
+                if stopping:
+                    with self.lock:
+                        if not self.completions and all(
+                            r.state != "executing" for r in self.inflight.values()
+                        ):
+                            return
+        finally:
+            connection.close()
+
+    def _flush(self, batch: list[tuple[Running, Job, object, float]]) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                done = engine.complete_many([(job, result) for _, job, result, _ in batch])
+                break
+            except DB_ERRORS as exc:
+                log.error("worker %s: could not record %s result(s) (%s); retrying", self.id, len(batch), exc)
+                connection.close()
+                if self.stopping.is_set() and backoff > 5:
+                    return  # left running: the reaper hands them back, and they run again
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        for running, job, _, duration in batch:
+            status = "succeeded" if job.id in done else "lost"
+            if job.id not in done:
+                log.warning("job %s %s: claim lost before completion; result discarded", job.id, job.type)
+            execution.log_outcome(job, status, duration)
+            self.stats.finished(job.type, status, duration)
+            with self.lock:
+                running.pending -= 1
+                if running.pending == 0 and running.state == "completing":
+                    if self.inflight.get(running.job.id) is running:
+                        del self.inflight[running.job.id]
+                        self.done_total += len(running.jobs)
+        self.wakeup.set()
+
+    # -- timeouts and heartbeats ------------------------------------------------------------------
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            late = [
+                r
+                for r in self.inflight.values()
+                if r.state == "executing" and now > r.deadline and not r.abandoned.is_set()
+            ]
+        for running in late:
+            running.abandoned.set()
+            with self.lock:
+                self.inflight.pop(running.job.id, None)
+                self.abandoned_threads += 1
+            seconds = get_job_type(running.job.type).timeout
+            for job in running.jobs:
+                status = engine.fail(job, JobTimeout(f"handler ran longer than its timeout of {seconds:g}s"))
+                log.warning("job %s %s: timed out after %.1fs (%s)", job.id, job.type, seconds, status)
+                self.stats.finished(job.type, "dead" if status == "dead" else "failed", seconds)
+            self._spawn_thread()
+
+    def _heartbeat(self) -> None:
+        with self.lock:
+            jobs = [job for r in self.inflight.values() if not r.abandoned.is_set() for job in r.jobs]
+        cancelled = engine.heartbeat(jobs)
+        if cancelled:
+            with self.lock:
+                for running in self.inflight.values():
+                    if any(job.id in cancelled for job in running.jobs):
+                        running.cancel_event.set()
+        WorkerProcess.objects.filter(id=self.id).update(
+            heartbeat_at=timezone.now(), current_jobs=[j.id for j in jobs], jobs_done=self.done_total
+        )
+        self.stats.flush()
+
+    def _register(self) -> None:
+        host, pid = socket.gethostname(), os.getpid()
+        WorkerProcess.objects.update_or_create(
+            id=self.id,
+            defaults=dict(
+                hostname=host,
+                pid=pid,
+                queues=self.queues or [],
+                concurrency=self.concurrency,
+                started_at=timezone.now(),
+                heartbeat_at=timezone.now(),
+                state="running",
+            ),
+        )
+
+    def _with_db_retry(self, fn, tries: int | None = None):
+        """Call ``fn`` until the database answers (bounded by ``tries``, or until stopping)."""
+        backoff, attempt = 0.5, 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except DB_ERRORS as exc:
+                if tries is not None and attempt >= tries:
+                    log.error("worker %s: giving up after %s tries: %s", self.id, attempt, exc)
+                    return None
+                log.error("worker %s: database unavailable (%s); retrying in %.1fs", self.id, exc, backoff)
+                connection.close()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    # -- LISTEN/NOTIFY ----------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        import psycopg
+
+        backoff = 0.5
+        params = db.listen_conninfo()
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(**params) as conn:
+                    conn.execute(f"LISTEN {db.NOTIFY_CHANNEL}")
+                    backoff = 0.5
+                    self.wakeup.set()  # anything enqueued while we were not listening
+                    while not self.stopping.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            if self.queues is None or note.payload in self.queues:
+                                self.wakeup.set()
+            except (psycopg.Error, DatabaseError) as exc:
+                log.warning("worker %s: LISTEN connection lost (%s); polling until it is back", self.id, exc)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
