@@ -1,0 +1,20 @@
+import time
+
+from pydantic import BaseModel
+
+from jobs.api import job
+
+
+class Item(BaseModel):
+    i: int = 0
+
+
+@job("bench.noop", payload=Item, queue="bench")
+def noop(payload, ctx):
+    return None
+
+
+@job("bench.latency", payload=Item, queue="bench")
+def latency(payload, ctx):
+    """Returns when the handler started (wall clock), for the enqueue-to-start latency."""
+    return time.time()

@@ -1,0 +1,328 @@
+"""The benchmark suite: `make bench` (or `python bench/run.py [--db sqlite,postgres] [scenario ...]`).
+
+Scenarios (each prints one line per database):
+  enqueue  jobs/s enqueueing one job per transaction, and with enqueue_many in batches of 1,000
+  drain    N no-op jobs drained by 1 and by 2 `runworker` processes
+  latency  enqueue commit -> handler start, p50/p95/p99 over 1,000 jobs at a steady rate, idle worker
+  depth    drain rate with 1,000,000 finished and 100,000 pending jobs in the table, vs an empty table
+  orders   POST /api/orders, 8 concurrent clients for 30 s against gunicorn with a worker running
+
+Every scenario starts from a fresh database: PostgreSQL `bench_shop` on 127.0.0.1, SQLite in /tmp.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+SQLITE_PATH = "/tmp/bench_shop.sqlite3"
+URLS = {"sqlite": f"sqlite:///{SQLITE_PATH}", "postgres": "postgres://postgres@127.0.0.1:5432/bench_shop"}
+SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders"]
+
+
+def env_for(db: str, **extra) -> dict:
+    env = dict(
+        os.environ, DATABASE_URL=URLS[db], DJANGO_SETTINGS_MODULE="bench.settings", PYTHONPATH=str(ROOT)
+    )
+    env.update(extra)
+    return env
+
+
+def reset(db: str) -> None:
+    if db == "postgres":
+        for sql in ("DROP DATABASE IF EXISTS bench_shop WITH (FORCE)", "CREATE DATABASE bench_shop"):
+            subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql, "postgres"], check=True)
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            Path(SQLITE_PATH + suffix).unlink(missing_ok=True)
+    subprocess.run([PY, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env_for(db), check=True)
+
+
+def start_workers(db: str, count: int, *args: str) -> list[subprocess.Popen]:
+    cmd = [PY, "manage.py", "runworker", "--queues", "bench", *args]
+    return [
+        subprocess.Popen(cmd, cwd=ROOT, env=env_for(db), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+
+
+# -- scenarios, run in a child process with Django set up on one database -------------------------
+
+
+def child_setup() -> None:
+    import django
+
+    django.setup()
+
+
+def scenario_enqueue(db: str, n: int) -> str:
+    from django.db import connection
+
+    from jobs.api import enqueue, enqueue_many
+    from jobs.models import Job
+
+    singles, bulks = [], []
+    for _ in range(3):
+        Job.objects.all().delete()
+        t = time.perf_counter()
+        for i in range(2000):
+            enqueue("bench.noop", {"i": i})
+        singles.append(2000 / (time.perf_counter() - t))
+        Job.objects.all().delete()
+        t = time.perf_counter()
+        for b in range(10):
+            enqueue_many("bench.noop", [{"i": b * 1000 + i} for i in range(1000)])
+        bulks.append(10_000 / (time.perf_counter() - t))
+    connection.close()
+    return (
+        f"enqueue  {db:8s} one per transaction {statistics.median(singles):8.0f} jobs/s   "
+        f"enqueue_many(1000) {statistics.median(bulks):8.0f} jobs/s"
+    )
+
+
+def _drain(db: str, n: int, workers: int, concurrency: int) -> tuple[float, float]:
+    """(wall-clock jobs/s from starting the processes to their exit, jobs/s first claim to last completion)"""
+    from django.db.models import Max, Min
+
+    from jobs.api import enqueue_many
+    from jobs.models import Job, JobStatus
+
+    Job.objects.all().delete()
+    for b in range(0, n, 1000):
+        enqueue_many("bench.noop", [{"i": i} for i in range(b, min(n, b + 1000))])
+    t = time.perf_counter()
+    procs = start_workers(db, workers, "--burst", "--concurrency", str(concurrency))
+    for p in procs:
+        p.wait(900)
+    wall = time.perf_counter() - t
+    done = Job.objects.filter(status=JobStatus.SUCCEEDED).count()
+    if done != n:
+        raise SystemExit(f"drain: only {done} of {n} jobs succeeded")
+    span = Job.objects.aggregate(a=Min("started_at"), b=Max("finished_at"))
+    return n / wall, n / (span["b"] - span["a"]).total_seconds()
+
+
+def scenario_drain(db: str, n: int) -> str:
+    parts = []
+    for workers in (1, 2):
+        wall, inner = _drain(db, n, workers, 4)
+        parts.append(
+            f"{workers} process(es) {wall:7.0f} jobs/s wall ({inner:7.0f} first claim to last completion)"
+        )
+    return f"drain    {db:8s} N={n}  " + "   ".join(parts)
+
+
+def scenario_latency(db: str, n: int) -> str:
+    from jobs.api import enqueue
+    from jobs.models import Job, JobStatus, WorkerProcess
+
+    procs = start_workers(db, 1, "--concurrency", "4")
+    try:
+        deadline = time.monotonic() + 30
+        while not WorkerProcess.objects.exists():
+            if time.monotonic() > deadline:
+                raise SystemExit("latency: worker did not start")
+            time.sleep(0.05)
+        time.sleep(1)  # let the worker settle into its idle wait
+        committed = {}
+        for i in range(1000):
+            job = enqueue("bench.latency", {"i": i})  # autocommit: committed when it returns
+            committed[job.id] = time.time()
+            time.sleep(0.005)
+        while Job.objects.filter(type="bench.latency").exclude(status=JobStatus.SUCCEEDED).exists():
+            if time.monotonic() > deadline + 120:
+                raise SystemExit("latency: jobs did not finish")
+            time.sleep(0.1)
+        lat = sorted(
+            (result - committed[job_id]) * 1000
+            for job_id, result in Job.objects.filter(type="bench.latency").values_list("id", "result")
+        )
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(30)
+
+    def pct(p):
+        return lat[min(len(lat) - 1, int(len(lat) * p / 100))]
+
+    return (
+        f"latency  {db:8s} 1000 jobs at 200/s   p50 {pct(50):6.1f} ms   p95 {pct(95):6.1f} ms"
+        f"   p99 {pct(99):6.1f} ms"
+    )
+
+
+def _fill_sql(vendor: str, status: str) -> str:
+    if vendor == "postgresql":
+        series, now = "generate_series(1, %s)", "now()"
+    else:
+        series = (
+            "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < %s) SELECT i FROM s)"
+        )
+        now = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+    finished, attempts = (now, 1) if status == "succeeded" else ("NULL", 0)
+    return (
+        "INSERT INTO jobs_job (type, queue, payload, payload_version, status, status_reason, priority,"
+        " run_at, attempts, max_attempts, errors, created_at, finished_at, waiting_on, cancel_requested)"
+        f" SELECT 'bench.noop', 'bench', '{{}}', 1, '{status}', '', 0, {now}, {attempts}, 3, '[]', {now},"
+        f" {finished}, 0, false FROM {series} AS g"
+    )
+
+
+def scenario_depth(db: str, n: int) -> str:
+    from django.db import connection
+
+    from jobs.models import Job
+
+    n = min(n, 10_000)
+    empty_wall, empty = _drain(db, n, 2, 4)
+    Job.objects.all().delete()
+    # 1,000,000 finished and 100,000 pending rows, written by the database itself
+    with connection.cursor() as cursor:
+        cursor.execute(_fill_sql(connection.vendor, "succeeded"), [1_000_000])
+        cursor.execute(_fill_sql(connection.vendor, "pending"), [100_000])
+        # the steady state of a busy table: statistics known, the bulk write flushed out of the WAL
+        if connection.vendor == "postgresql":
+            cursor.execute("VACUUM ANALYZE jobs_job")
+        else:
+            cursor.execute("ANALYZE jobs_job")
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    from django.db.models import Max, Min
+
+    from jobs.models import JobStatus
+
+    t = time.perf_counter()
+    procs = start_workers(db, 2, "--concurrency", "4", "--max-jobs", str(n // 2))
+    for p in procs:
+        p.wait(900)
+    wall = time.perf_counter() - t
+    done = Job.objects.filter(status=JobStatus.SUCCEEDED, started_at__isnull=False)  # not the filler
+    span = done.aggregate(a=Min("started_at"), b=Max("finished_at"))
+    deep = done.count() / (span["b"] - span["a"]).total_seconds()
+    return (
+        f"depth    {db:8s} 2 processes, 1M finished + 100k pending: {deep:7.0f} jobs/s vs {empty:7.0f} on an "
+        f"empty table = {deep / empty:4.2f}x   (wall {n / wall:7.0f} vs {empty_wall:7.0f})"
+    )
+
+
+def scenario_orders(db: str, n: int) -> str:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from django.core.management import call_command
+
+    from shop.models import Product
+
+    call_command("load_demo_catalog", verbosity=0)
+    Product.objects.update(stock=10_000_000)
+    skus = list(Product.objects.filter(active=True).values_list("sku", flat=True))
+    port = 8765
+    web = subprocess.Popen(
+        [PY, "-m", "gunicorn", "shop.wsgi", "-b", f"127.0.0.1:{port}", "-w", "3", "--log-level", "warning"],
+        cwd=ROOT,
+        env=env_for(db, DJANGO_SETTINGS_MODULE="bench.settings"),
+    )
+    worker = start_workers(
+        db, 1, "--queues", "email,default,inventory,webhooks,invoices", "--concurrency", "4"
+    )
+    lat, errors, stop = [], [], time.monotonic() + 30 + 5
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/orders/nope", timeout=2)
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("orders: gunicorn did not start") from None
+                time.sleep(0.1)
+        start = time.monotonic()
+        stop = start + 30
+
+        def client(k: int) -> None:
+            i = 0
+            while time.monotonic() < stop:
+                i += 1
+                body = json.dumps(
+                    {
+                        "email": f"c{k}-{i}@example.com",
+                        "name": "Bench Client",
+                        "shipping_address": {
+                            "line1": "1 Main St",
+                            "city": "Berlin",
+                            "postal_code": "10115",
+                            "country": "DE",
+                        },
+                        "lines": [{"sku": skus[(k + i) % len(skus)], "quantity": 1}],
+                        "payment_token": "tok_visa",
+                    }
+                ).encode()
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/orders",
+                    data=body,
+                    method="POST",
+                    headers={"Content-Type": "application/json"},
+                )
+                t = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as resp:
+                        ok = resp.status == 201
+                except (urllib.error.HTTPError, OSError) as exc:
+                    ok = False
+                    errors.append(str(exc))
+                lat.append((time.perf_counter() - t) * 1000)
+                if not ok and not errors:
+                    errors.append("unexpected status")
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        elapsed = time.monotonic() - start
+    finally:
+        web.terminate()
+        web.wait(30)
+        for p in worker:
+            p.terminate()
+            p.wait(30)
+    lat.sort()
+    return (
+        f"orders   {db:8s} 8 clients x 30 s: {len(lat) / elapsed:6.1f} orders/s"
+        f"   p50 {lat[len(lat) // 2]:6.1f} ms   p99 {lat[int(len(lat) * 0.99)]:6.1f} ms"
+        f"   errors {len(errors)}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    ap.add_argument("--db", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    ap.add_argument("-n", type=int, default=10_000, help="jobs per drain (default 10,000)")
+    ap.add_argument("--child", nargs=2, metavar=("DB", "SCENARIO"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        db, scenario = args.child
+        child_setup()
+        print(globals()[f"scenario_{scenario}"](db, args.n), flush=True)
+        return
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    for scenario in args.scenarios or SCENARIOS:
+        for db in args.db.split(","):
+            reset(db)
+            subprocess.run(
+                [PY, __file__, "--child", db, scenario, "-n", str(args.n)], env=env_for(db), check=True
+            )
+
+
+if __name__ == "__main__":
+    main()
