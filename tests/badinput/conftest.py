@@ -1,0 +1,1 @@
+from tests.jobs.conftest import workers  # noqa: F401  (real runworker processes)

@@ -1,0 +1,13 @@
+import pytest
+
+from tests.utils import subprocess_env  # noqa: F401  (re-exported for tests)
+
+# The browser fixtures, registered once for the whole session: a module importing them would get its
+# own session-wide Playwright, and a second one cannot start beside the first.
+pytest_plugins = ["tests.browser"]
+
+
+@pytest.fixture(autouse=True)
+def _media_root(settings, tmp_path):
+    """Each test writes files (invoices, reports) to its own directory."""
+    settings.MEDIA_ROOT = str(tmp_path / "media")

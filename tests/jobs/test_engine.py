@@ -1,0 +1,239 @@
+"""The job engine's rules, exercised in-process against the real database."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from jobs import engine, registry
+from jobs.api import HIGH, LOW, InvalidPayload, UnknownJobType, enqueue, enqueue_many
+from jobs.models import DeadLetter, Job, JobStatus
+from jobs.testing import assert_enqueued, immediate, run_jobs
+from tests.testapp.models import Run
+
+pytestmark = pytest.mark.django_db
+
+
+def test_enqueue_stores_validated_payload_with_type_defaults():
+    job = enqueue("test.sleep", {"key": "a", "seconds": "1.5"})
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING
+    assert job.payload == {"key": "a", "seconds": 1.5}
+    assert job.queue == "default" and job.max_attempts == 5 and job.attempts == 0
+
+
+def test_invalid_payload_raises_and_stores_nothing():
+    with pytest.raises(InvalidPayload, match="seconds"):
+        enqueue("test.sleep", {"key": "a"})
+    assert Job.objects.count() == 0
+
+
+def test_unknown_job_type_raises_and_stores_nothing():
+    with pytest.raises(UnknownJobType, match="no.such.type"):
+        enqueue("no.such.type", {})
+    assert Job.objects.count() == 0
+
+
+def test_rolled_back_transaction_leaves_no_job():
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            enqueue("test.noop", {})
+            raise RuntimeError("the order could not be saved")
+    assert Job.objects.count() == 0
+
+
+def test_enqueue_many_inserts_in_one_statement():
+    with CaptureQueriesContext(connection) as queries:
+        jobs = enqueue_many("test.record", [{"key": str(i)} for i in range(200)])
+    inserts = [q for q in queries.captured_queries if q["sql"].lstrip().upper().startswith("INSERT")]
+    assert len(inserts) == 1
+    assert len(jobs) == 200 and Job.objects.filter(type="test.record").count() == 200
+
+
+def test_enqueue_many_validates_every_payload_before_storing_any():
+    with pytest.raises(InvalidPayload):
+        enqueue_many("test.sleep", [{"seconds": 1}, {"seconds": "soon"}])
+    assert Job.objects.count() == 0
+
+
+def test_claim_takes_higher_priority_first_then_fifo():
+    low = enqueue("test.noop", {"key": "low"}, priority=LOW)
+    first = enqueue("test.noop", {"key": "1"})
+    second = enqueue("test.noop", {"key": "2"})
+    high = enqueue("test.noop", {"key": "high"}, priority=HIGH)
+    order = [engine.claim("w", 1)[0].id for _ in range(4)]
+    assert order == [high.id, first.id, second.id, low.id]
+
+
+def test_delayed_job_is_not_claimed_before_its_time():
+    job = enqueue("test.noop", {}, delay=timedelta(hours=1))
+    assert engine.claim("w", 10) == []
+    Job.objects.filter(id=job.id).update(run_at=timezone.now() - timedelta(seconds=1))
+    assert [j.id for j in engine.claim("w", 10)] == [job.id]
+
+
+def test_claim_marks_running_with_worker_and_token_and_counts_attempt():
+    enqueue("test.noop", {})
+    (job,) = engine.claim("worker-a", 5)
+    assert job.status == JobStatus.RUNNING
+    assert job.locked_by == "worker-a" and len(job.lock_token) == 32
+    assert job.attempts == 1 and job.started_at and job.heartbeat_at
+
+
+def test_claim_respects_queues():
+    enqueue("test.noop", {}, queue="email")
+    other = enqueue("test.noop", {}, queue="reports")
+    assert [j.id for j in engine.claim("w", 10, ["reports"])] == [other.id]
+
+
+def test_handler_result_is_stored():
+    job = enqueue("test.sleep", {"key": "r", "seconds": 0})
+    assert run_jobs() == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.result == {"slept": 0.0}
+    assert job.finished_at and job.lock_token is None
+
+
+def test_failed_attempts_back_off_exponentially_then_die_with_whole_history():
+    job = enqueue("test.flaky", {"key": "f", "failures": 10})
+    delays = []
+    for attempt in range(1, 5):
+        (claimed,) = engine.claim("w", 1)
+        assert claimed.attempts == attempt
+        before = timezone.now()
+        from jobs.execution import run
+
+        run(claimed)
+        job.refresh_from_db()
+        if attempt < 4:
+            assert job.status == JobStatus.PENDING
+            delays.append((job.run_at - before).total_seconds())
+            Job.objects.filter(id=job.id).update(run_at=timezone.now())
+    # base 0.01 s, doubling, capped at 0.05 s, no jitter for this type
+    assert delays == pytest.approx([0.01, 0.02, 0.04], abs=0.01)
+    assert job.status == JobStatus.DEAD
+    dead = DeadLetter.objects.get(job=job)
+    assert dead.attempts == 4
+    assert [e["attempt"] for e in dead.errors] == [1, 2, 3, 4]
+    assert all("RuntimeError" in e["exception"] and "Traceback" in e["traceback"] for e in dead.errors)
+    assert dead.error_class == "builtins.RuntimeError"
+
+
+def test_backoff_has_jitter_and_a_cap():
+    backoff = registry.Backoff(base=10, cap=60, jitter=0.5)
+    for attempt, ceiling in [(1, 10), (2, 20), (3, 40), (4, 60), (9, 60)]:
+        delays = [backoff.delay(attempt).total_seconds() for _ in range(50)]
+        assert all(ceiling * 0.5 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1
+
+
+def test_flaky_job_succeeds_on_a_later_attempt():
+    job = enqueue("test.flaky", {"key": "f", "failures": 2})
+    for _ in range(3):
+        Job.objects.filter(id=job.id).update(run_at=timezone.now())
+        run_jobs()
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 3 and len(job.errors) == 2
+
+
+def test_permanent_error_goes_to_dead_letters_at_once():
+    job = enqueue("test.permanent", {"key": "p"})
+    run_jobs()
+    job.refresh_from_db()
+    assert job.status == JobStatus.DEAD and job.attempts == 1
+    assert DeadLetter.objects.get(job=job).error_class == "jobs.exceptions.PermanentError"
+
+
+def test_job_of_unregistered_type_goes_to_dead_letters_without_retries():
+    job = enqueue("test.noop", {})
+    saved = registry.get_job_type("test.noop")
+    registry.unregister("test.noop")
+    try:
+        run_jobs()
+    finally:
+        registry._registry["test.noop"] = saved
+    job.refresh_from_db()
+    assert job.status == JobStatus.DEAD and job.attempts == 1
+    assert "UnknownJobType" in DeadLetter.objects.get(job=job).error_class
+
+
+def test_stored_payload_that_no_longer_validates_goes_to_dead_letters_without_retries():
+    job = enqueue("test.sleep", {"seconds": 1})
+    Job.objects.filter(id=job.id).update(payload={"seconds": "not a number"})
+    run_jobs()
+    job.refresh_from_db()
+    assert job.status == JobStatus.DEAD and job.attempts == 1
+    assert Run.objects.count() == 0
+    assert "InvalidPayload" in DeadLetter.objects.get(job=job).error_class
+
+
+def test_completion_with_a_stale_lock_token_changes_nothing():
+    enqueue("test.noop", {})
+    (first,) = engine.claim("worker-a", 1)
+    # worker-a went silent; the reaper hands the job back and worker-b claims it
+    Job.objects.filter(id=first.id).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    assert engine.reap_stale(30) == [first.id]
+    (second,) = engine.claim("worker-b", 1)
+    assert second.id == first.id and second.lock_token != first.lock_token
+    assert engine.complete(first, {"from": "a"}) is False
+    assert engine.fail(first, RuntimeError("late")) is None
+    row = Job.objects.get(id=first.id)
+    assert row.status == JobStatus.RUNNING and row.locked_by == "worker-b" and row.result is None
+    assert engine.complete(second, {"from": "b"}) is True
+    assert Job.objects.get(id=first.id).result == {"from": "b"}
+
+
+def test_reaper_counts_the_lost_attempt_and_buries_the_last_one():
+    job = enqueue("test.suicide", {})  # max_attempts=2
+    for expected in (JobStatus.PENDING, JobStatus.DEAD):
+        (claimed,) = engine.claim("w", 1)
+        Job.objects.filter(id=job.id).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+        engine.reap_stale(30)
+        job.refresh_from_db()
+        assert job.status == expected
+    assert [e["exception"] for e in job.errors] == ["jobs.exceptions.WorkerLost"] * 2
+
+
+def test_release_hands_a_claimed_job_back_without_counting_the_attempt():
+    job = enqueue("test.noop", {})
+    claimed = engine.claim("w", 1)
+    assert engine.release(claimed, "shutdown") == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING and job.attempts == 0 and job.locked_by is None
+
+
+def test_requeue_dead_letter_creates_one_fresh_job_linked_to_it():
+    job = enqueue("test.permanent", {"key": "x"})
+    run_jobs()
+    dead = DeadLetter.objects.get(job=job)
+    fresh = engine.requeue(dead.id)
+    assert fresh.status == JobStatus.PENDING and fresh.requeued_from_id == dead.id and fresh.attempts == 0
+    assert engine.requeue(dead.id) is None
+    assert Job.objects.filter(type="test.permanent").count() == 2
+
+
+def test_run_jobs_and_assert_enqueued_helpers():
+    enqueue("test.record", {"key": "one"})
+    enqueue("test.record", {"key": "two"})
+    assert assert_enqueued("test.record", key="two").payload == {"key": "two"}
+    with pytest.raises(AssertionError, match="expected a job 'test.record'"):
+        assert_enqueued("test.record", key="three")
+    assert run_jobs() == 2
+    assert sorted(Run.objects.values_list("key", flat=True)) == ["one", "two"]
+
+
+def test_immediate_mode_runs_jobs_at_enqueue():
+    with immediate():
+        job = enqueue("test.record", {"key": "now"})
+    assert job.status == JobStatus.SUCCEEDED
+    assert Run.objects.get().key == "now"
+
+
+def test_handler_context_carries_job_id_and_attempt():
+    job = enqueue("test.record", {"key": "ctx"})
+    run_jobs()
+    run = Run.objects.get()
+    assert (run.job_id, run.attempt) == (job.id, 1)

@@ -1,0 +1,254 @@
+"""`runworker` as real processes against the real test database: signals, crashes, fencing."""
+
+import collections
+import signal
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from jobs.api import enqueue, enqueue_many
+from jobs.models import DeadLetter, Job, JobStatus, WorkerProcess
+from tests.testapp.models import Run
+from tests.utils import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def statuses() -> collections.Counter:
+    return collections.Counter(Job.objects.values_list("status", flat=True))
+
+
+def test_two_workers_run_500_jobs_exactly_once_each(workers):
+    jobs = enqueue_many("test.record", [{"key": str(i)} for i in range(500)])
+    a = workers.start("--concurrency", "2", "--burst")
+    b = workers.start("--concurrency", "2", "--burst")
+    assert a.wait(120) == 0, workers.output(a)
+    assert b.wait(120) == 0, workers.output(b)
+    assert statuses() == {JobStatus.SUCCEEDED: 500}
+    runs = collections.Counter(Run.objects.values_list("job_id", flat=True))
+    assert set(runs) == {j.id for j in jobs}
+    assert set(runs.values()) == {1}
+    assert len(set(Run.objects.values_list("pid", flat=True))) == 2  # both took part
+
+
+def test_worker_wakes_for_a_job_enqueued_while_it_idles(workers):
+    proc = workers.start()
+    wait_for(lambda: WorkerProcess.objects.exists(), message="worker registered")
+    job = enqueue("test.record", {"key": "late"})
+    wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, message="job ran")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    out = workers.output(proc)
+    assert "started" in out and "stopped" in out
+    assert f"job {job.id} test.record attempt 1/5 succeeded" in out
+    assert not WorkerProcess.objects.exists()
+
+
+def test_sigkill_mid_job_is_recovered_by_another_worker(workers):
+    job = enqueue("test.sleep", {"key": "k", "seconds": 30})
+    victim = workers.start("--stale-after", "2")
+    wait_for(lambda: Run.objects.filter(job_id=job.id).exists(), message="victim started the job")
+    victim.kill()
+    victim.wait(10)
+    Job.objects.filter(id=job.id).update(payload={"key": "k", "seconds": 0.1})
+    killed_at = time.monotonic()
+    rescuer = workers.start("--stale-after", "2")
+    wait_for(
+        lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, timeout=2 + 10, message="recovered"
+    )
+    assert time.monotonic() - killed_at < 2 + 10
+    job.refresh_from_db()
+    assert job.attempts == 2 and job.errors[0]["exception"] == "jobs.exceptions.WorkerLost"
+    assert Run.objects.filter(job_id=job.id).count() == 2
+    rescuer.terminate()
+    assert rescuer.wait(20) == 0
+
+
+def test_sigterm_lets_the_running_job_finish_and_exits_zero(workers):
+    job = enqueue("test.sleep", {"key": "t", "seconds": 1.5})
+    proc = workers.start("--grace-period", "20")
+    wait_for(lambda: Run.objects.filter(job_id=job.id).exists(), message="job started")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, workers.output(proc)
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.attempts == 1
+    assert not Job.objects.filter(status=JobStatus.RUNNING).exists()
+
+
+def test_job_outlasting_the_grace_period_is_handed_back_to_pending(workers):
+    job = enqueue("test.sleep", {"key": "g", "seconds": 30})
+    proc = workers.start("--grace-period", "0.5")
+    wait_for(lambda: Run.objects.filter(job_id=job.id).exists(), message="job started")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0, workers.output(proc)
+    job.refresh_from_db()
+    assert job.status == JobStatus.PENDING and job.attempts == 0 and job.locked_by is None
+
+
+def test_second_signal_exits_at_once_and_recovery_picks_up_the_job(workers):
+    job = enqueue("test.sleep", {"key": "s", "seconds": 30})
+    proc = workers.start("--grace-period", "60")
+    wait_for(lambda: Run.objects.filter(job_id=job.id).exists(), message="job started")
+    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping" in workers.output(proc), message="stopping logged")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) != 0
+    assert Job.objects.get(id=job.id).status == JobStatus.RUNNING  # left for crash recovery
+
+
+def test_healthy_long_job_is_never_claimed_by_a_second_worker(workers):
+    job = enqueue("test.sleep", {"key": "long", "seconds": 4.5})  # 3x the 1.5 s stale limit
+    first = workers.start("--stale-after", "1.5")
+    wait_for(lambda: Run.objects.filter(job_id=job.id).exists(), message="job started")
+    second = workers.start("--stale-after", "1.5")
+    wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, timeout=30, message="done")
+    job.refresh_from_db()
+    assert job.attempts == 1 and job.errors == []
+    assert Run.objects.filter(job_id=job.id).count() == 1
+    for proc in (first, second):
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_frozen_worker_cannot_complete_a_job_another_worker_took(workers):
+    job = enqueue("test.sleep", {"key": "frozen", "seconds": 1})
+    frozen = workers.start("--stale-after", "1")
+    wait_for(lambda: Run.objects.filter(job_id=job.id).exists(), message="job started")
+    frozen.send_signal(signal.SIGSTOP)
+    rescuer = workers.start("--stale-after", "1")
+    wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, timeout=30, message="rescued")
+    rescued = Job.objects.get(id=job.id)
+    rescuer.terminate()
+    assert rescuer.wait(20) == 0
+    frozen.send_signal(signal.SIGCONT)
+    wait_for(lambda: "claim lost" in workers.output(frozen), timeout=20, message="frozen worker fenced off")
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.finished_at) == (JobStatus.SUCCEEDED, 2, rescued.finished_at)
+    assert job.locked_by is None
+
+
+def test_job_that_kills_its_worker_every_time_ends_dead_without_a_crash_loop(workers):
+    job = enqueue("test.suicide", {"key": "boom"})  # max_attempts=2
+    starts = 0
+    while Job.objects.get(id=job.id).status != JobStatus.DEAD:
+        assert starts < 6, "the job never reached the dead letters"
+        proc = workers.start("--stale-after", "1")
+        starts += 1
+        deadline = time.monotonic() + 15
+        while proc.poll() is None and Job.objects.get(id=job.id).status != JobStatus.DEAD:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    survivor = workers.procs[-1]
+    assert Run.objects.filter(job_id=job.id).count() == 2
+    assert DeadLetter.objects.get(job_id=job.id).error_class == "jobs.exceptions.WorkerLost"
+    # the worker that buried it stays up and keeps working
+    assert survivor.poll() is None
+    follow_up = enqueue("test.record", {"key": "after"})
+    wait_for(lambda: Job.objects.get(id=follow_up.id).status == JobStatus.SUCCEEDED, message="still working")
+    survivor.terminate()
+    assert survivor.wait(20) == 0
+
+
+def test_handler_past_its_timeout_is_failed_and_its_late_result_ignored(workers):
+    job = enqueue("test.timeout", {"key": "slow", "seconds": 1.5})  # timeout 0.5 s, 2 attempts
+    proc = workers.start("--concurrency", "1")
+    wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.DEAD, timeout=30, message="dead")
+    job.refresh_from_db()
+    assert [e["exception"] for e in job.errors] == ["jobs.exceptions.JobTimeout"] * 2
+    assert job.result is None
+    wait_for(lambda: "outcome ignored" in workers.output(proc), timeout=10, message="late result ignored")
+    proc.terminate()
+    assert proc.wait(20) == 0
+
+
+def test_stale_worker_rows_are_cleaned_up(workers):
+    WorkerProcess.objects.create(
+        id="gone-1-abc", hostname="gone", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
+    proc = workers.start("--stale-after", "1")
+    wait_for(lambda: not WorkerProcess.objects.filter(id="gone-1-abc").exists(), message="stale row removed")
+    proc.terminate()
+    assert proc.wait(20) == 0
+
+
+def test_cancelling_a_running_job_ends_it_cancelled(workers):
+    from jobs.api import cancel
+
+    job = enqueue("test.cancellable", {"key": "c"})
+    proc = workers.start("--stale-after", "2")
+    wait_for(lambda: Job.objects.get(id=job.id).progress == 50, message="job running")
+    assert cancel(job.id, "customer changed their mind") == JobStatus.RUNNING
+    wait_for(
+        lambda: Job.objects.get(id=job.id).status == JobStatus.CANCELLED, timeout=15, message="cancelled"
+    )
+    job.refresh_from_db()
+    assert job.status_reason == "customer changed their mind"
+    assert not DeadLetter.objects.filter(job=job).exists()
+    proc.terminate()
+    assert proc.wait(20) == 0
+
+
+def test_invalid_worker_options_are_refused(workers):
+    proc = workers.start("--concurrency", "0")
+    assert proc.wait(20) != 0
+    assert "invalid" in workers.output(proc).lower()
+
+
+def test_polling_carries_the_load_with_listen_notify_switched_off(workers):
+    proc = workers.start(env={"JOBS_LISTEN_NOTIFY": "0"})
+    wait_for(lambda: WorkerProcess.objects.exists(), message="worker registered")
+    jobs = [enqueue("test.record", {"key": str(i)}) for i in range(5)]
+    wait_for(
+        lambda: Job.objects.filter(id__in=[j.id for j in jobs], status=JobStatus.SUCCEEDED).count() == 5,
+        message="jobs ran by polling",
+    )
+    proc.terminate()
+    assert proc.wait(20) == 0
+
+
+@pytest.mark.skipif("not __import__('jobs.db').db.is_postgres()", reason="needs a database server to lose")
+def test_worker_rides_out_a_lost_database_and_resumes(workers):
+    import psycopg
+    from django.db import connection
+
+    from jobs.db import listen_conninfo
+
+    name = connection.settings_dict["NAME"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (own_pid,) = cursor.fetchone()
+    admin = psycopg.connect(**{**listen_conninfo(), "dbname": "postgres"})
+    proc = workers.start("--stale-after", "5")
+    wait_for(lambda: WorkerProcess.objects.exists(), message="worker registered")
+    admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> %s",
+        [name, own_pid],
+    )
+    try:
+        wait_for(lambda: "database unavailable" in workers.output(proc), message="worker noticed the outage")
+        wait_for(lambda: workers.output(proc).count("database unavailable") >= 3, message="kept retrying")
+        assert proc.poll() is None, "the worker crashed instead of retrying"
+    finally:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        admin.close()
+    job = enqueue("test.record", {"key": "after-outage"})
+    wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, timeout=60, message="resumed")
+    proc.terminate()
+    assert proc.wait(20) == 0
+
+
+def test_workers_add_their_counts_and_run_times_to_job_stats(workers):
+    from jobs.models import JobStat
+
+    enqueue_many("test.record", [{"key": str(i)} for i in range(20)])
+    enqueue("test.permanent", {"key": "p"})
+    proc = workers.start("--burst")
+    assert proc.wait(60) == 0, workers.output(proc)
+    started = JobStat.objects.get(type="test.record", outcome="started")
+    assert started.count == 20
+    succeeded = JobStat.objects.filter(type="test.record", outcome="succeeded")
+    assert sum(s.count for s in succeeded) == 20 and all(s.bucket for s in succeeded)
+    assert JobStat.objects.get(type="test.permanent", outcome="dead").count == 1

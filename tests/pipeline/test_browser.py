@@ -1,0 +1,53 @@
+"""A customer checks out in a real browser and watches the order page follow the pipeline."""
+
+import pytest
+
+from orders.models import Order
+from tests.factories import ProductFactory
+from tests.jobs.conftest import WorkerProcesses
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def workers(tmp_path):
+    procs = WorkerProcesses(tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+def test_order_page_timeline_reaches_fulfilled_without_a_reload(page, workers, tmp_path, settings):
+    ProductFactory(sku="LAMP", name="Desk lamp", price="39.00", stock=3)
+    page.goto("/products/LAMP/")
+    page.get_by_role("button", name="Add to cart").click()
+    page.goto("/checkout/")
+    page.fill("#id_email", "grace@example.com")
+    page.fill("#id_name", "Grace Hopper")
+    page.fill("#id_line1", "1 Compiler Way")
+    page.fill("#id_city", "Arlington")
+    page.fill("#id_postal_code", "22201")
+    page.fill("#id_country", "us")
+    page.get_by_role("button", name="Place order and pay").click()
+    page.wait_for_url("**/orders/*/")
+    order = Order.objects.get()
+    assert page.locator("#order-status").inner_text() == "Paid"
+    assert page.locator('[data-step="confirmation"]').get_attribute("data-state") == "pending"
+    page.evaluate("window.stillTheSamePage = true")
+
+    # Only now does a worker start: everything after this point reaches the page by polling.
+    mail_dir = tmp_path / "mail"
+    mail_dir.mkdir()
+    workers.start(env={"EMAIL_URL": f"filemail://{mail_dir}", "MEDIA_ROOT": settings.MEDIA_ROOT})
+    page.wait_for_selector('[data-step="fulfilled"][data-state="done"]', timeout=30_000)
+
+    assert page.locator("#order-status").inner_text() == "Fulfilled"
+    for step in ("confirmation", "invoice", "inventory"):
+        assert page.locator(f'[data-step="{step}"]').get_attribute("data-state") == "done"
+    link = page.get_by_role("link", name="Download invoice (PDF)")
+    assert link.is_visible()
+    assert link.get_attribute("href") == f"/orders/{order.token}/invoice.pdf"
+    assert page.evaluate("window.stillTheSamePage") is True
+    assert "Traceback" not in page.content()
+    with page.expect_download() as download:
+        link.click()
+    assert download.value.suggested_filename == f"INV-{order.number}.pdf"

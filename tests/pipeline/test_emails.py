@@ -1,0 +1,129 @@
+"""send_order_confirmation and send_followup_email."""
+
+import socket
+from email import message_from_bytes
+
+import pytest
+from aiosmtpd.controller import Controller
+from django.core import mail
+
+from jobs.api import enqueue
+from jobs.models import Job, JobStatus
+from jobs.testing import run_jobs
+from orders.models import OrderEmail
+from orders.services import cancel_order, refund
+
+pytestmark = pytest.mark.django_db
+
+
+def run_confirmation(order) -> Job:
+    run_jobs(max_jobs=1)  # the confirmation: high priority, the only job due
+    return Job.objects.get(unique_key=f"order:{order.id}:confirmation")
+
+
+def test_confirmation_is_html_and_text_with_number_lines_total_and_link(place, settings):
+    order = place()
+    job = run_confirmation(order)
+    assert job.status == JobStatus.SUCCEEDED
+    (message,) = mail.outbox
+    assert message.to == ["ada@example.com"]
+    assert order.number in message.subject
+    link = f"{settings.SHOP_BASE_URL}/orders/{order.token}/"
+    html, mimetype = message.alternatives[0]
+    assert mimetype == "text/html"
+    for body in (message.body, html):
+        assert order.number in body
+        assert "Coffee mug" in body and "MUG" in body
+        assert "23.80 EUR" in body  # 2 x 11.90
+        assert link in body
+    assert OrderEmail.objects.filter(order=order, kind="confirmation").count() == 1
+
+
+def test_confirmation_job_run_twice_sends_one_email(place):
+    order = place()
+    run_confirmation(order)
+    again = enqueue("send_order_confirmation", {"order_id": order.id})
+    run_jobs()
+    assert Job.objects.get(id=again.id).result == {"sent": False}
+    assert len([m for m in mail.outbox if "Your order" in m.subject]) == 1
+
+
+def test_confirmation_releases_invoice_and_inventory_and_then_fulfilment(place):
+    order = place()
+    run_jobs()
+    order.refresh_from_db()
+    assert order.status == "fulfilled"
+    assert order.invoice.number == f"INV-{order.number}"
+    assert order.inventory_sync.target == "local"
+
+
+def test_followup_is_sent_once(place):
+    order = place()
+    run_jobs()
+    mail.outbox.clear()
+    for _ in range(2):
+        job = enqueue("send_followup_email", {"order_id": order.id})
+        run_jobs()
+    (message,) = mail.outbox
+    assert order.number in message.subject and message.alternatives
+    assert Job.objects.get(id=job.id).result == {"sent": False}
+
+
+def test_no_confirmation_goes_out_for_an_order_cancelled_before_it_was_sent(place):
+    order = place()
+    cancel_order(order)
+    job = run_confirmation(order)
+    assert job.status == JobStatus.SUCCEEDED and job.result == {"sent": False}
+    assert not mail.outbox
+
+
+@pytest.mark.parametrize("undo", [cancel_order, refund], ids=["cancelled", "refunded"])
+def test_followup_does_nothing_for_an_order_cancelled_or_refunded_meanwhile(place, undo):
+    order = place()
+    undo(order)
+    job = enqueue("send_followup_email", {"order_id": order.id})
+    run_jobs()
+    assert Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED
+    assert not any("How was" in m.subject for m in mail.outbox)
+    assert not OrderEmail.objects.filter(order=order, kind="followup").exists()
+
+
+class Collector:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        self.messages.append(envelope)
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server():
+    with socket.socket() as s:  # a free port (aiosmtpd's readiness check needs a real one)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    collector = Collector()
+    controller = Controller(collector, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield collector, port
+    controller.stop()
+
+
+def test_confirmation_goes_through_a_real_smtp_server(place, settings, smtp_server):
+    collector, port = smtp_server
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    order = place()
+    assert run_confirmation(order).status == JobStatus.SUCCEEDED
+    (envelope,) = collector.messages
+    assert envelope.rcpt_tos == ["ada@example.com"]
+    message = message_from_bytes(envelope.content)
+    assert order.number in message["Subject"]
+    parts = {
+        part.get_content_type(): part.get_payload(decode=True).decode()
+        for part in message.walk()
+        if not part.is_multipart()
+    }
+    assert order.number in parts["text/plain"] and order.number in parts["text/html"]

@@ -1,0 +1,82 @@
+"""The dashboard and a retry from the admin in a real browser (Debian chromium via Playwright)."""
+
+import io
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from PIL import Image
+
+from jobs import staff
+from jobs.models import DeadLetter, JobStatus
+from tests.staff import factories
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+GREEN, RED = (0x2E, 0x7D, 0x32), (0xC6, 0x28, 0x28)
+
+
+def pixels_like(png: bytes, colour: tuple[int, int, int], tolerance: int = 12) -> int:
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    colours = image.getcolors(maxcolors=image.width * image.height)
+    return sum(
+        n for n, rgb in colours if all(abs(a - b) <= tolerance for a, b in zip(rgb, colour, strict=True))
+    )
+
+
+def test_dashboard_draws_charts_and_refreshes_without_reloading(page, login, tmp_path):
+    for minutes_ago, count in ((1, 4), (7, 9), (30, 2)):
+        factories.finished(count, minutes_ago=minutes_ago)
+    factories.finished(3, minutes_ago=5, status=JobStatus.DEAD)
+    factories.finished(6, minutes_ago=300)
+    factories.job(status=JobStatus.PENDING, queue="mail", run_at=timezone.now() - timedelta(minutes=2))
+    staff.pause_queue("cli", "mail")
+    factories.worker()
+    login(factories.support_user())
+
+    page.goto("/admin/")
+    page.click("#jobs-dashboard-link a >> nth=0")
+    page.wait_for_url("**/staff/jobs/")
+    assert page.locator('tr[data-queue="mail"] .jobs-badge').inner_text() == "paused"
+
+    for chart in ("#chart-per-minute", "#chart-per-hour"):
+        box = page.locator(chart).bounding_box()
+        assert box and box["width"] > 300 and box["height"] > 80, (chart, box)
+        assert page.locator(f"{chart} rect.bar").count() >= 2
+        bar = page.locator(f"{chart} rect.bar").first.bounding_box()
+        assert bar["width"] > 0 and bar["height"] > 0
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    minute_png = page.locator("#chart-per-minute").screenshot(path=str(tmp_path / "per-minute.png"))
+    assert pixels_like(minute_png, GREEN) > 50 and pixels_like(minute_png, RED) > 20
+
+    # New facts arrive through the 5-second refresh; the page itself is never reloaded.
+    page.evaluate("window.__notReloaded = true")
+    staff.resume_queue("cli", "mail")
+    factories.dead_job()
+    page.wait_for_function(
+        "document.querySelector('tr[data-queue=\"mail\"] .jobs-badge').textContent === 'running'",
+        timeout=12_000,
+    )
+    assert page.locator("#panel-dead-letters .count").inner_text() == "1"
+    assert page.evaluate("window.__notReloaded") is True
+
+
+def test_staff_retry_a_dead_job_from_the_admin(page, login):
+    job, dead = factories.dead_job(payload={"key": "order-1001"})
+    login(factories.operator())
+
+    page.goto("/admin/jobs/job/?status=dead")
+    page.locator(f"#result_list a[href*='/admin/jobs/job/{job.pk}/change/']").first.click()
+    page.wait_for_selector("button.jobs-action-retry_jobs")
+    assert "PermanentError" in page.content() and "order-1001" in page.content()
+    page.click("button.jobs-action-retry_jobs")
+    page.wait_for_selector(".messagelist .success")
+    dead.refresh_from_db()
+    assert dead.requeued_job is not None and dead.requeued_job.status == JobStatus.PENDING
+    assert f"new job #{dead.requeued_job_id}" in page.locator(".messagelist").inner_text()
+    assert "operator" in page.locator("#audit-group, .inline-group").first.inner_text()
+
+    page.goto(f"/admin/jobs/deadletter/{dead.pk}/change/")
+    page.click(f"a[href='/admin/jobs/job/{dead.requeued_job_id}/change/']")
+    page.wait_for_url(f"**/admin/jobs/job/{dead.requeued_job_id}/change/")
+    assert DeadLetter.objects.get(pk=dead.pk).requeued_at is not None

@@ -1,0 +1,161 @@
+"""Job types for the queue's own tests. Handlers record each run in the Run table."""
+
+import os
+import signal
+import time
+
+from django.utils import timezone
+from pydantic import BaseModel
+
+from jobs.api import Backoff, PermanentError, job
+from tests.testapp.models import Run
+
+
+class Key(BaseModel):
+    key: str = ""
+
+
+class Sleep(BaseModel):
+    key: str = ""
+    seconds: float
+
+
+class Flaky(BaseModel):
+    key: str = ""
+    failures: int
+
+
+def record(payload, ctx) -> Run:
+    return Run.objects.create(
+        key=payload.key, job_id=ctx.job_id, attempt=ctx.attempt, pid=os.getpid(), started_at=timezone.now()
+    )
+
+
+@job("test.noop", payload=Key)
+def noop(payload, ctx):
+    return None
+
+
+@job("test.record", payload=Key, max_attempts=5, backoff=Backoff(base=0.01, cap=0.05))
+def record_run(payload, ctx):
+    run = record(payload, ctx)
+    return {"run": run.id}
+
+
+@job("test.sleep", payload=Sleep, max_attempts=5, backoff=Backoff(base=0.01, cap=0.05))
+def sleep(payload, ctx):
+    run = record(payload, ctx)
+    time.sleep(payload.seconds)
+    run.finished_at = timezone.now()
+    run.save(update_fields=["finished_at"])
+    return {"slept": payload.seconds}
+
+
+@job("test.flaky", payload=Flaky, max_attempts=4, backoff=Backoff(base=0.01, cap=0.05, jitter=0))
+def flaky(payload, ctx):
+    record(payload, ctx)
+    if ctx.attempt <= payload.failures:
+        raise RuntimeError(f"failure on attempt {ctx.attempt}")
+    return "ok"
+
+
+@job("test.permanent", payload=Key, max_attempts=5)
+def permanent(payload, ctx):
+    record(payload, ctx)
+    raise PermanentError("the card number is malformed; retrying cannot help")
+
+
+@job("test.suicide", payload=Key, max_attempts=2)
+def suicide(payload, ctx):
+    record(payload, ctx)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@job("test.timeout", payload=Sleep, timeout=0.5, max_attempts=2, backoff=Backoff(base=0.01, cap=0.05))
+def too_slow(payload, ctx):
+    record(payload, ctx)
+    time.sleep(payload.seconds)
+    return "late"
+
+
+@job("test.cancellable", payload=Key, timeout=60)
+def cancellable(payload, ctx):
+    record(payload, ctx)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ctx.raise_if_cancelled()
+        ctx.progress(50)
+        time.sleep(0.05)
+    return "not cancelled"
+
+
+class Group(BaseModel):
+    key: str = ""
+    group: str
+    seconds: float = 0.2
+
+
+@job("test.limited", payload=Key, rate_limit="10/s", max_attempts=1)
+def limited(payload, ctx):
+    record(payload, ctx)
+
+
+@job(
+    "test.keyed",
+    payload=Group,
+    concurrency_key=lambda p: f"group:{p.group}",
+    concurrency_limit=1,
+    max_attempts=3,
+    backoff=Backoff(base=0.01, cap=0.05),
+)
+def keyed(payload, ctx):
+    run = record(Key(key=payload.group), ctx)
+    time.sleep(payload.seconds)
+    run.finished_at = timezone.now()
+    run.save(update_fields=["finished_at"])
+
+
+class Greeting(BaseModel):
+    """Version 2: ``name`` was split into first and last name."""
+
+    first_name: str
+    last_name: str
+
+
+def upgrade_greeting(data: dict, version: int) -> dict:
+    if version < 2:
+        first, _, last = data.pop("name").partition(" ")
+        data.update(first_name=first, last_name=last)
+    return data
+
+
+@job("test.versioned", payload=Greeting, payload_version=2, upgrade=upgrade_greeting)
+def versioned(payload, ctx):
+    return f"hello {payload.first_name} {payload.last_name}"
+
+
+class Number(BaseModel):
+    n: int
+
+
+@job("test.batch", payload=Number, batch_size=5, max_attempts=1)
+def batch(items, ctx):
+    Run.objects.create(
+        key=",".join(str(p.n) for _, p in items),
+        job_id=ctx.job_id,
+        attempt=ctx.attempt,
+        pid=os.getpid(),
+        started_at=timezone.now(),
+    )
+    return {job_id: (ValueError(f"{p.n} is unlucky") if p.n == 13 else p.n * 2) for job_id, p in items}
+
+
+@job("test.effect", payload=Key)
+def effect(payload, ctx):
+    from jobs.effects import effect_once, external_effect
+
+    with effect_once(f"ledger:{payload.key}") as first:
+        if first:
+            record(payload, ctx)
+    sent, _ = external_effect(f"mail:{payload.key}", lambda: record(Key(key=f"mail:{payload.key}"), ctx))
+    return {"sent": sent}
