@@ -22,6 +22,9 @@ DEFAULTS = {
     "JOBS_IMMEDIATE": False,
     # Finished jobs older than this are pruned by the cleanup_completed_jobs schedule.
     "JOBS_PRUNE_AFTER_DAYS": 7,
+    # Seconds a worker thread keeps its database connection across jobs when CONN_MAX_AGE is 0 (which
+    # would open a connection per job); broken connections are replaced at once (health checks).
+    "JOBS_WORKER_CONN_MAX_AGE": 300,
     # Bearer token for the Prometheus endpoint; empty: only a staff session can read it.
     "JOBS_METRICS_TOKEN": "",
 }

@@ -14,7 +14,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    connections,
+)
 from django.utils import timezone
 
 from jobs import conf, db, engine, execution, stats, systemd
@@ -129,6 +136,34 @@ class Worker:
             self.concurrency,
             self.prefetch,
         )
+        restore = self._keep_connections()
+        try:
+            return self._run()
+        finally:
+            restore()
+
+    def _keep_connections(self):
+        """Keep each thread's connection between jobs: with Django's default CONN_MAX_AGE=0,
+        ``close_old_connections()`` before each job would open a new one per job (a process fork on
+        PostgreSQL). Health checks stay on, so a connection the database dropped is replaced before
+        the next job, and every database error path closes its connection anyway. Returns a function
+        putting the settings back (a worker run inside a test process)."""
+        age = conf.get("JOBS_WORKER_CONN_MAX_AGE")
+        saved = []
+        for alias in connections:
+            params = connections.settings[alias]
+            saved.append((params, params.get("CONN_MAX_AGE"), params.get("CONN_HEALTH_CHECKS")))
+            if not params.get("CONN_MAX_AGE"):
+                params["CONN_MAX_AGE"] = age
+            params["CONN_HEALTH_CHECKS"] = True
+
+        def restore():
+            for params, max_age, checks in saved:
+                params["CONN_MAX_AGE"], params["CONN_HEALTH_CHECKS"] = max_age, checks
+
+        return restore
+
+    def _run(self) -> int:
         self._with_db_retry(self._register)
         for _ in range(self.concurrency):
             self._spawn_thread()

@@ -75,6 +75,7 @@ DATABASES = {
     "default": env.db_url_config(env.str("DATABASE_URL", default="") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["ENGINE"] = "shop.backends.sqlite3"  # fair turns at the write lock (see there)
     # WAL lets readers and one writer work side by side; IMMEDIATE transactions take the write lock
     # up front, so a transaction never fails half-way with "database is locked" when it upgrades from
     # reading to writing; the busy timeout makes waiting writers queue instead of erroring.

@@ -25,7 +25,7 @@ MEDIA_ROOT = os.environ.get("MEDIA_ROOT") or str(VAR_DIR / "test-media")
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False
 
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not :memory:, so that worker processes started by tests share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 

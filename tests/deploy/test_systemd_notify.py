@@ -77,7 +77,7 @@ def test_worker_sends_ready_then_watchdog_status_and_stopping(workers, notify_so
     assert len([t for t in notify_socket.times_of("WATCHDOG=1") if t > busy_from]) >= 5  # busy loop too
 
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(20) == 0, workers.output(proc)
+    assert workers.exit_code(proc, 20) == 0, workers.output(proc)
     lines = notify_socket.lines()
     assert "STOPPING=1" in lines
     assert lines.index("READY=1") == 0 and lines.index("STOPPING=1") > lines.index("WATCHDOG=1")

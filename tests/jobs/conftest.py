@@ -26,6 +26,14 @@ class WorkerProcesses:
     def output(self, proc: subprocess.Popen) -> str:
         return Path(proc.log_path).read_text(errors="replace")
 
+    def exit_code(self, proc: subprocess.Popen, timeout: float) -> int:
+        """The process's exit code once it exits; fails with its log if it is still alive after
+        ``timeout`` seconds."""
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout}s:\n{self.output(proc)[-5000:]}") from None
+
     def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
