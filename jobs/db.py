@@ -316,6 +316,9 @@ def _bulk_insert_postgres(jobs: list) -> list[int]:
     return ids
 
 
+_insert_sql: dict[str, str] = {}
+
+
 def insert_job(job) -> None:
     """Insert one job and, on PostgreSQL, queue its NOTIFY in the same statement: one round trip, so
     an enqueue outside a transaction costs what a plain INSERT does."""
@@ -326,14 +329,19 @@ def insert_job(job) -> None:
         return
     model = type(job)
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    query = InsertQuery(model)
-    query.insert_values(fields, [job])
-    ((sql, params),) = query.get_compiler(connection=connection).as_sql()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH ins AS ({sql} RETURNING id, queue) SELECT id, pg_notify(%s, queue) FROM ins",
-            [*params, NOTIFY_CHANNEL],
+    sql = _insert_sql.get(connection.alias)
+    if sql is None:
+        # The statement's text is the same for every job (placeholders only): compile it once.
+        query = InsertQuery(model)
+        query.insert_values(fields, [job])
+        ((insert, _),) = query.get_compiler(connection=connection).as_sql()
+        sql = _insert_sql[connection.alias] = (
+            f"WITH ins AS ({insert} RETURNING id, queue) SELECT id, pg_notify(%s, queue) FROM ins"
         )
+    # What the compiler does per value: pre_save (auto_now_add) then the database's form of it.
+    params = [f.get_db_prep_save(f.pre_save(job, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, NOTIFY_CHANNEL])
         job.pk = cursor.fetchone()[0]
     job._state.adding = False
     job._state.db = connection.alias
