@@ -20,7 +20,6 @@ import time
 
 from django.db.backends.sqlite3 import base
 
-
 READS = ("SELECT", "PRAGMA", "SAVEPOINT", "RELEASE", "EXPLAIN")
 
 
