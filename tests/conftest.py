@@ -1,5 +1,6 @@
 import pytest
 
+from tests.pipeline.servers import LocalServer
 from tests.utils import subprocess_env  # noqa: F401  (re-exported for tests)
 
 # The browser fixtures, registered once for the whole session: a module importing them would get its
@@ -11,3 +12,18 @@ pytest_plugins = ["tests.browser"]
 def _media_root(settings, tmp_path):
     """Each test writes files (invoices, reports) to its own directory."""
     settings.MEDIA_ROOT = str(tmp_path / "media")
+
+
+@pytest.fixture
+def http_server():
+    """Start LocalServer(...)s; they are stopped after the test."""
+    servers = []
+
+    def start(*args, **kwargs) -> LocalServer:
+        server = LocalServer(*args, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

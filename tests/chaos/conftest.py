@@ -11,7 +11,6 @@ import pytest
 from django.db import connection
 
 from tests.jobs.conftest import WorkerProcesses
-from tests.pipeline.servers import LocalServer
 from tests.utils import wait_for
 
 PG_VERSION_DIRS = Path("/etc/postgresql")
@@ -68,20 +67,6 @@ def crew(tmp_path):
 
     yield start
     procs.stop_all()
-
-
-@pytest.fixture
-def local_server():
-    servers = []
-
-    def start(*args, **kwargs) -> LocalServer:
-        server = LocalServer(*args, **kwargs)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def restart_postgresql() -> float:

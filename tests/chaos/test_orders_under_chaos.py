@@ -158,13 +158,13 @@ def restart_database_under(workers) -> float:
 
 
 def test_orders_under_worker_kills_and_a_database_restart_are_each_processed_exactly_once(
-    crew, local_server, live_server, settings, tmp_path
+    crew, http_server, live_server, settings, tmp_path
 ):
     postgres = connection.vendor == "postgresql"
     mail_dir = tmp_path / "mail"
     mail_dir.mkdir()
-    warehouse = local_server(secret=WAREHOUSE_SECRET)
-    receiver = local_server(secret=WEBHOOK_SECRET)
+    warehouse = http_server(secret=WAREHOUSE_SECRET)
+    receiver = http_server(secret=WEBHOOK_SECRET)
     WebhookEndpoint.objects.create(url=receiver.url, secret=WEBHOOK_SECRET, events=["order.fulfilled"])
     for n in range(PRODUCTS):
         ProductFactory(sku=f"CHAOS-{n}", stock=INITIAL_STOCK)

@@ -2,7 +2,6 @@ import pytest
 
 from orders.services import ShippingAddress, place_order
 from tests.factories import ProductFactory
-from tests.pipeline.servers import LocalServer
 
 ADDRESS = ShippingAddress(line1="1 Analytical Street", city="Berlin", postal_code="10115", country="DE")
 
@@ -22,18 +21,3 @@ def place(product):
         return place_order(items=items or {product.sku: 2}, payment_token=token, **kwargs)
 
     return _place
-
-
-@pytest.fixture
-def http_server():
-    """Start LocalServer(...)s; they are stopped after the test."""
-    servers = []
-
-    def start(*args, **kwargs) -> LocalServer:
-        server = LocalServer(*args, **kwargs)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
