@@ -250,10 +250,18 @@ def relax_commit() -> None:
 def complete_ids(items: list[tuple[int, str, object]], now: datetime) -> list[int]:
     """Mark running jobs succeeded with their results in one statement, each fenced by its lock token
     and skipped if its cancellation was requested; returns the ids it changed."""
-    import json
-
     if not items:
         return []
+    sql, params = complete_sql(items, now)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def complete_sql(items: list[tuple[int, str, object]], now: datetime) -> tuple[str, list]:
+    """The statement of :func:`complete_ids`, and its parameters."""
+    import json
+
     results = [None if r is None else json.dumps(r) for _, _, r in items]
     set_done = (
         "status = 'succeeded', result = v.result, finished_at = %s, locked_by = NULL, lock_token = NULL,"
@@ -263,6 +271,13 @@ def complete_ids(items: list[tuple[int, str, object]], now: datetime) -> list[in
         "jobs_job.id = v.id AND jobs_job.lock_token = v.token AND jobs_job.status = 'running'"
         " AND NOT jobs_job.cancel_requested"
     )
+    if not is_postgres():
+        # Walk the batch and look each job up by id. Left to itself SQLite walks every running job
+        # through the status index and re-reads the whole batch for each (58 ms for 100 jobs among
+        # 1,000 running, 1 ms this way); the unary + keeps it off those indexes.
+        fence = fence.replace("jobs_job.lock_token", "+jobs_job.lock_token").replace(
+            "jobs_job.status", "+jobs_job.status"
+        )
     if is_postgres():
         sql = (
             f"UPDATE jobs_job SET {set_done} FROM (SELECT unnest(%s::bigint[]) AS id,"
@@ -277,9 +292,7 @@ def complete_ids(items: list[tuple[int, str, object]], now: datetime) -> list[in
             f" AS v WHERE {fence} RETURNING jobs_job.id"
         )
         params = [dt(now), json.dumps([[i, t, r] for (i, t, _), r in zip(items, results, strict=True)])]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [row[0] for row in cursor.fetchall()]
+    return sql, params
 
 
 def _bulk_insert_postgres(jobs: list) -> list[int]:

@@ -61,6 +61,10 @@ class Worker:
 
     FLUSH_INTERVAL = 0.05  # seconds a success may wait to be recorded with others
     FLUSH_SIZE = 100
+    # Adaptive prefetch (no --prefetch given): hold about this much work beyond the running jobs,
+    # judged by the recent mean handler duration, and at most PREFETCH_MAX jobs.
+    PREFETCH_WINDOW = 0.05
+    PREFETCH_MAX = 200
 
     def __init__(
         self,
@@ -83,7 +87,9 @@ class Worker:
         self.concurrency = max(1, concurrency)
         if prefetch is None:
             prefetch = conf.get("JOBS_PREFETCH")
+        self.adaptive_prefetch = prefetch is None
         self.prefetch = self.concurrency if prefetch is None else max(0, prefetch)
+        self.mean_duration: float | None = None  # recent handler seconds per job (moving average)
         self.burst = burst
         self.max_jobs = max_jobs
         self.poll_interval = poll_interval if poll_interval is not None else conf.get("JOBS_POLL_INTERVAL")
@@ -238,8 +244,11 @@ class Worker:
                 self._next_plugin[index] = now + plugin.interval
         self._check_timeouts()
         busy, held = self._claimable()
-        # Claim when a thread is (about to be) free, enough to fill the threads and the prefetch buffer.
-        free = self.concurrency + self.prefetch - busy if busy < self.concurrency else 0
+        # Claim when a thread is (about to be) free, enough to fill the threads and the prefetch buffer;
+        # a buffer grown for short jobs is refilled once half of what it adds is used up.
+        prefetch = self._prefetch()
+        low_water = self.concurrency + (prefetch - self.prefetch) // 2
+        free = self.concurrency + prefetch - busy if busy < low_water else 0
         if self.max_jobs is not None:
             free = min(free, self.max_jobs - self.claimed_total)
         claimed = []
@@ -254,6 +263,25 @@ class Worker:
             if self.burst:
                 return "done"
         return not claimed or len(claimed) < free
+
+    def _prefetch(self) -> int:
+        """Jobs to hold claimed beyond the running ones: ``--prefetch`` when given, else at least as
+        many as there are threads, more when jobs are short: about PREFETCH_WINDOW seconds of work for
+        all threads, so a buffered job waits some tens of milliseconds at most and one claim
+        statement feeds many short jobs instead of a few."""
+        if not self.adaptive_prefetch or not self.mean_duration:
+            return self.prefetch
+        ahead = int(self.concurrency * self.PREFETCH_WINDOW / self.mean_duration)
+        return max(self.prefetch, min(self.PREFETCH_MAX, ahead))
+
+    def _observe(self, outcomes) -> None:
+        """Fold a unit's handler durations into the moving average that sizes the adaptive prefetch."""
+        if not outcomes:
+            return
+        seconds = sum(outcome.duration for _, outcome in outcomes) / len(outcomes)
+        with self.lock:
+            mean = self.mean_duration
+            self.mean_duration = seconds if mean is None else 0.8 * mean + 0.2 * seconds
 
     def _wait_time(self) -> float:
         return max(0.0, min(self.poll_interval, self._next_heartbeat - time.monotonic()))
@@ -340,6 +368,7 @@ class Worker:
                         if outcome.status != "completing":
                             status = "failed" if outcome.status == "pending" else outcome.status
                             self.stats.finished(job.type, status, outcome.duration)
+                    self._observe(outcomes)
                 except Exception:
                     # Recording the outcome failed even after retries: the job stays running and the
                     # reaper hands it back once its heartbeat stops.

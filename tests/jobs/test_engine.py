@@ -186,6 +186,38 @@ def test_completion_with_a_stale_lock_token_changes_nothing():
     assert Job.objects.get(id=first.id).result == {"from": "b"}
 
 
+def test_batched_completion_records_only_its_own_claims_among_many_running():
+    enqueue_many("test.noop", [{"key": str(i)} for i in range(400)])
+    mine = engine.claim("worker-a", 100)
+    others = engine.claim("worker-b", 300)
+    stale = others[0]
+    stale.lock_token = "not-the-token"
+    cancelled = others[1]
+    Job.objects.filter(id=cancelled.id).update(cancel_requested=True)
+    done = engine.complete_many([(job, {"n": job.id}) for job in [*mine, stale]])
+    assert done == {job.id for job in mine}
+    assert Job.objects.filter(status=JobStatus.SUCCEEDED).count() == 100
+    assert all(j.result == {"n": j.id} for j in Job.objects.filter(status=JobStatus.SUCCEEDED))
+    assert Job.objects.get(id=stale.id).status == JobStatus.RUNNING
+    assert engine.complete_many([(cancelled, "late")]) == {cancelled.id}
+    assert Job.objects.get(id=cancelled.id).status == JobStatus.CANCELLED
+
+
+@pytest.mark.skipif(
+    "__import__('jobs.db').db.is_postgres()",
+    reason="SQLite's planner has no statistics here; PostgreSQL's picks its join by cost",
+)
+def test_batched_completion_looks_jobs_up_by_id_not_through_every_running_job():
+    from jobs import db
+
+    sql, params = db.complete_sql([(1, "t", None), (2, "t", None)], timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        plan = [row[3] for row in cursor.fetchall()]
+    assert plan[0].startswith("SCAN json_each"), plan
+    assert "USING INTEGER PRIMARY KEY" in plan[1], plan
+
+
 def test_reaper_counts_the_lost_attempt_and_buries_the_last_one():
     job = enqueue("test.suicide", {})  # max_attempts=2
     for expected in (JobStatus.PENDING, JobStatus.DEAD):

@@ -196,6 +196,42 @@ def test_invalid_worker_options_are_refused(workers):
     assert "invalid" in workers.output(proc).lower()
 
 
+def claim_sizes(job_type: str) -> list[int]:
+    """Jobs per claim statement: one claim stamps all its jobs with the same started_at."""
+    started = Job.objects.filter(type=job_type).values_list("started_at", flat=True)
+    return sorted(collections.Counter(started).values(), reverse=True)
+
+
+def test_short_jobs_are_claimed_many_per_statement(workers):
+    enqueue_many("test.noop", [{"key": str(i)} for i in range(600)])
+    proc = workers.start("--concurrency", "2", "--burst")
+    assert workers.exit_code(proc, 120) == 0
+    assert statuses() == {JobStatus.SUCCEEDED: 600}
+    assert set(Job.objects.values_list("attempts", flat=True)) == {1}
+    sizes = claim_sizes("test.noop")
+    # The first claim fills 2 threads + a prefetch of 2; once jobs prove short the buffer grows
+    # (up to PREFETCH_MAX), so most jobs arrive in claims far larger than the threads.
+    assert sizes[-1] >= 1 and sizes[0] > 4, sizes
+    assert sizes[0] <= 2 + 200, sizes
+    assert len(sizes) < 600 / 4, sizes
+
+
+def test_slow_jobs_keep_the_prefetch_to_the_thread_count(workers):
+    enqueue_many("test.sleep", [{"key": str(i), "seconds": 0.2} for i in range(12)])
+    proc = workers.start("--concurrency", "2", "--burst")
+    assert workers.exit_code(proc, 120) == 0
+    assert statuses() == {JobStatus.SUCCEEDED: 12}
+    assert max(claim_sizes("test.sleep")) <= 4  # threads + prefetch (as many as threads)
+
+
+def test_a_fixed_prefetch_is_kept_for_short_jobs(workers):
+    enqueue_many("test.noop", [{"key": str(i)} for i in range(200)])
+    proc = workers.start("--concurrency", "2", "--prefetch", "0", "--burst")
+    assert workers.exit_code(proc, 120) == 0
+    assert statuses() == {JobStatus.SUCCEEDED: 200}
+    assert max(claim_sizes("test.noop")) <= 2
+
+
 def test_polling_carries_the_load_with_listen_notify_switched_off(workers):
     proc = workers.start(env={"JOBS_LISTEN_NOTIFY": "0"})
     wait_for(lambda: WorkerProcess.objects.exists(), message="worker registered")
