@@ -17,6 +17,7 @@ DEFAULTS = {
     # PostgreSQL: claims and completions commit without waiting for the WAL flush (see db.relax_commit).
     "JOBS_RELAXED_COMMIT": True,
     # Jobs a worker may hold claimed beyond its running ones (fewer claims; a slow job's followers wait).
+    # None: adaptive, as many as threads, more for short jobs (about 50 ms of work, at most 200).
     "JOBS_PREFETCH": None,
     # Run jobs inline at enqueue (unit tests of code that enqueues).
     "JOBS_IMMEDIATE": False,

@@ -28,7 +28,10 @@ class Command(BaseCommand):
             "--prefetch",
             type=int,
             default=None,
-            help="Jobs claimed ahead of free threads (default: as many as --concurrency; 0 for none).",
+            help=(
+                "Jobs claimed ahead of free threads (default: adaptive, as many as --concurrency and"
+                " more for short jobs; 0 for none)."
+            ),
         )
         parser.add_argument("--burst", action="store_true", help="Exit 0 once nothing is due.")
         parser.add_argument("--max-jobs", type=positive(int), default=None, help="Exit after this many jobs.")
