@@ -85,6 +85,13 @@ class Job(models.Model):
                 name="jobs_job_concurrency_idx",
                 condition=models.Q(status="running", concurrency_key__isnull=False),
             ),
+            # Jobs by key whatever their status (an order's pipeline, the enqueue-time duplicate check,
+            # staff searching a key): the unique constraint below only holds unfinished ones.
+            models.Index(
+                fields=["unique_key"],
+                name="jobs_job_unique_key_idx",
+                condition=models.Q(unique_key__isnull=False),
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

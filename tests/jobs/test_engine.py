@@ -218,6 +218,27 @@ def test_batched_completion_looks_jobs_up_by_id_not_through_every_running_job():
     assert "USING INTEGER PRIMARY KEY" in plan[1], plan
 
 
+@pytest.mark.parametrize(
+    "lookup",
+    [
+        {"unique_key__in": ["order:1:invoice", "order:1:inventory"]},  # an order's pipeline, any status
+        {"unique_key": "order:1:invoice", "status__in": ["blocked", "pending", "running"]},  # enqueue
+    ],
+)
+def test_jobs_are_found_by_unique_key_through_an_index(lookup):
+    sql, params = Job.objects.filter(**lookup).query.sql_with_params()
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # A tiny test table would be scanned anyway; the question is whether an index can serve.
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("EXPLAIN " + sql, params)
+        else:
+            cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+        plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    assert "jobs_job_unique_key_idx" in plan or "jobs_job_unique_active_key" in plan, plan
+    assert "Seq Scan" not in plan and "SCAN jobs_job" not in plan, plan
+
+
 def test_reaper_counts_the_lost_attempt_and_buries_the_last_one():
     job = enqueue("test.suicide", {})  # max_attempts=2
     for expected in (JobStatus.PENDING, JobStatus.DEAD):
