@@ -174,64 +174,78 @@ def listen_conninfo() -> dict:
     return params
 
 
-_BULK_COLUMNS = (
-    "type",
-    "queue",
-    "payload",
-    "payload_version",
-    "status",
-    "priority",
-    "run_at",
-    "max_attempts",
-    "created_at",
-    "concurrency_key",
-    "concurrency_limit",
-)
+# Columns enqueue_many sets, with their PostgreSQL types; the rest take the defaults in the statement.
+_BULK_COLUMNS = {
+    "type": "text",
+    "queue": "text",
+    "payload": "jsonb",
+    "payload_version": "int",
+    "status": "text",
+    "priority": "int",
+    "run_at": "timestamptz",
+    "max_attempts": "int",
+    "created_at": "timestamptz",
+    "concurrency_key": "text",
+    "concurrency_limit": "int",
+}
 
 
 def bulk_insert_jobs(jobs: list) -> list[int]:
     """Insert unsaved jobs in one statement and return their ids (in order).
 
-    The rows travel as a few parameters whatever their number: one array per column unpacked by
-    unnest on PostgreSQL, one JSON document unpacked by json_each on SQLite (which caps parameters).
+    A column with one value for every job (the type, queue, run_at... of an ``enqueue_many`` call)
+    travels once as a parameter; the payloads, and any other column that varies, travel as one JSON
+    document unpacked by the database (jsonb_array_elements / json_each), which is cheaper to build
+    and to parse than an escaped text array per column, and keeps SQLite under its parameter cap.
     """
-    if is_postgres():
-        return _bulk_insert_postgres(jobs)
     import json
 
-    rows = [
-        [
-            j.type,
-            j.queue,
-            json.dumps(j.payload),
-            j.payload_version,
-            j.status,
-            j.priority,
-            dt(j.run_at),
-            j.max_attempts,
-            dt(j.created_at),
-            j.concurrency_key,
-            j.concurrency_limit,
-        ]
-        for j in jobs
-    ]
-    columns = ", ".join(_BULK_COLUMNS)
-    values = ", ".join(
-        f"json_extract(value, '$[{i}]')" if name != "payload" else f"json(json_extract(value, '$[{i}]'))"
-        for i, name in enumerate(_BULK_COLUMNS)
-    )
-    defaults = "status_reason, attempts, errors, waiting_on, cancel_requested"
+    postgres = is_postgres()
+    values = {}
+    for name in _BULK_COLUMNS:
+        column = [getattr(j, name) for j in jobs]
+        if not postgres and name in ("run_at", "created_at"):
+            column = [dt(v) for v in column]
+        values[name] = column
+    varying = [n for n in _BULK_COLUMNS if n == "payload" or any(v != values[n][0] for v in values[n])]
+    # default=: a varying datetime (PostgreSQL; SQLite's are text already) as ISO 8601, with its offset
+    rows = json.dumps([[values[n][i] for n in varying] for i in range(len(jobs))], default=_iso)
+    select, params = [], []
+    for name, kind in _BULK_COLUMNS.items():
+        if name in varying:
+            at = varying.index(name)
+            if postgres:
+                item = f"(r.value -> {at})" if kind == "jsonb" else f"(r.value ->> {at})::{kind}"
+            else:
+                item = f"json_extract(r.value, '$[{at}]')"
+                item = f"json({item})" if name == "payload" else item
+            select.append(item)
+        else:
+            select.append(f"%s::{kind}" if postgres else "%s")
+            params.append(values[name][0])
+    if postgres:
+        source = "jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(value, n) ORDER BY r.n"
+        defaults = "'', 0, '[]'::jsonb, 0, false"
+    else:
+        source = "json_each(%s) AS r ORDER BY r.key"
+        defaults = "'', 0, '[]', 0, 0"
     sql = (
-        f"INSERT INTO jobs_job ({columns}, {defaults}) SELECT {values}, '', 0, '[]', 0, 0"
-        " FROM json_each(%s) ORDER BY key RETURNING id"
+        f"INSERT INTO jobs_job ({', '.join(_BULK_COLUMNS)}, status_reason, attempts, errors, waiting_on,"
+        f" cancel_requested) SELECT {', '.join(select)}, {defaults} FROM {source} RETURNING id"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [json.dumps(rows)])
+        cursor.execute(sql, [*params, rows])
         ids = sorted(row[0] for row in cursor.fetchall())
     for job, pk in zip(jobs, ids, strict=True):
         job.pk = pk
         job._state.adding = False
     return ids
+
+
+def _iso(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def relax_commit() -> None:
@@ -293,40 +307,6 @@ def complete_sql(items: list[tuple[int, str, object]], now: datetime) -> tuple[s
         )
         params = [dt(now), json.dumps([[i, t, r] for (i, t, _), r in zip(items, results, strict=True)])]
     return sql, params
-
-
-def _bulk_insert_postgres(jobs: list) -> list[int]:
-    import json
-
-    columns = {
-        "type": "text",
-        "queue": "text",
-        "payload": "text",
-        "payload_version": "int",
-        "status": "text",
-        "priority": "int",
-        "run_at": "timestamptz",
-        "max_attempts": "int",
-        "created_at": "timestamptz",
-        "concurrency_key": "text",
-        "concurrency_limit": "int",
-    }
-    arrays = [[getattr(j, name) for j in jobs] for name in columns]
-    arrays[2] = [json.dumps(p) for p in arrays[2]]
-    select = ", ".join(f"u.{name}::jsonb" if name == "payload" else f"u.{name}" for name in columns)
-    sql = (
-        f"INSERT INTO jobs_job ({', '.join(columns)}, status_reason, attempts, errors, waiting_on,"
-        f" cancel_requested) SELECT {select}, '', 0, '[]'::jsonb, 0, false"
-        f" FROM unnest({', '.join(f'%s::{kind}[]' for kind in columns.values())}) AS u({', '.join(columns)})"
-        " RETURNING id"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, arrays)
-        ids = sorted(row[0] for row in cursor.fetchall())
-    for job, pk in zip(jobs, ids, strict=True):
-        job.pk = pk
-        job._state.adding = False
-    return ids
 
 
 _insert_sql: dict[str, str] = {}

@@ -52,6 +52,36 @@ def test_enqueue_many_inserts_in_one_statement():
     assert len(jobs) == 200 and Job.objects.filter(type="test.record").count() == 200
 
 
+def test_bulk_insert_stores_each_jobs_own_values_whether_shared_or_not():
+    from jobs import db
+
+    base = timezone.now().replace(microsecond=123456)
+    jobs = [
+        Job(
+            type="test.noop",
+            queue=f"q{i % 2}",
+            payload={"key": f"k{i}", "nested": {"n": i, "text": 'quote " and \\ backslash'}},
+            payload_version=1,
+            status=JobStatus.PENDING,
+            priority=i,
+            run_at=base + timedelta(seconds=i),
+            max_attempts=3,
+            created_at=base,
+            concurrency_key=None if i % 2 else f"c{i}",
+            concurrency_limit=None if i % 2 else 2,
+        )
+        for i in range(5)
+    ]
+    with transaction.atomic():
+        ids = db.bulk_insert_jobs(jobs)
+    assert ids == [j.pk for j in jobs] == sorted(ids)
+    for job, row in zip(jobs, Job.objects.filter(id__in=ids).order_by("id"), strict=True):
+        for name in ("type", "queue", "payload", "priority", "run_at", "max_attempts", "created_at"):
+            assert getattr(row, name) == getattr(job, name), name
+        assert (row.concurrency_key, row.concurrency_limit) == (job.concurrency_key, job.concurrency_limit)
+        assert (row.status, row.attempts, row.errors, row.waiting_on) == (JobStatus.PENDING, 0, [], 0)
+
+
 def test_enqueue_many_validates_every_payload_before_storing_any():
     with pytest.raises(InvalidPayload):
         enqueue_many("test.sleep", [{"seconds": 1}, {"seconds": "soon"}])
