@@ -1,6 +1,7 @@
 """`runworker` as real processes against the real test database: signals, crashes, fencing."""
 
 import collections
+import re
 import signal
 import time
 from datetime import timedelta
@@ -222,6 +223,29 @@ def test_slow_jobs_keep_the_prefetch_to_the_thread_count(workers):
     assert workers.exit_code(proc, 120) == 0
     assert statuses() == {JobStatus.SUCCEEDED: 12}
     assert max(claim_sizes("test.sleep")) <= 4  # threads + prefetch (as many as threads)
+
+
+def test_sigterm_hands_back_the_prefetched_jobs_uncounted(workers):
+    jobs = enqueue_many("test.sleep", [{"key": str(i), "seconds": 0.005} for i in range(400)])
+    proc = workers.start("--concurrency", "2")
+    wait_for(
+        lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() >= 60,
+        message="the prefetch has grown for these short jobs",
+    )
+    proc.send_signal(signal.SIGTERM)
+    assert workers.exit_code(proc, 30) == 0
+    rows = Job.objects.filter(id__in=[j.id for j in jobs])
+    assert not rows.filter(status=JobStatus.RUNNING).exists()
+    left = rows.filter(status=JobStatus.PENDING)
+    assert left.exists() and set(left.values_list("attempts", flat=True)) == {0}
+    assert rows.filter(status=JobStatus.SUCCEEDED).count() + left.count() == 400
+    runs = collections.Counter(Run.objects.values_list("job_id", flat=True))
+    assert set(runs.values()) == {1}
+    assert set(runs) == set(rows.filter(status=JobStatus.SUCCEEDED).values_list("id", flat=True))
+    handed = re.search(r"(\d+) claimed job\(s\) handed back to pending", workers.output(proc))
+    assert handed, workers.output(proc)[-3000:]
+    back = left.filter(status_reason="handed back at shutdown")
+    assert back.count() == int(handed.group(1)) >= 1
 
 
 def test_a_fixed_prefetch_is_kept_for_short_jobs(workers):
