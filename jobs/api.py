@@ -126,21 +126,16 @@ def enqueue(
         _run_immediately()
         return _refreshed(new)
     with transaction.atomic():
-        if unique_key is not None:
+        for _ in range(3):
+            if _insert(new, parents):
+                break
+            # An unfinished job holds the key (the unique index decides, races included): it stands.
             existing = Job.objects.filter(unique_key=unique_key, status__in=ACTIVE_STATUSES).first()
             if existing is not None:
                 return existing
-            try:
-                with transaction.atomic():
-                    _insert(new, parents)
-            except IntegrityError:
-                # Lost a race for the key: the constraint, not the check above, decides.
-                existing = Job.objects.filter(unique_key=unique_key, status__in=ACTIVE_STATUSES).first()
-                if existing is None:
-                    raise
-                return existing
+            # It finished between the insert and this look: the key is free again, try once more.
         else:
-            _insert(new, parents)
+            raise IntegrityError(f"unique_key {unique_key!r} stays taken by jobs finishing meanwhile")
         children = [then] if isinstance(then, Job) else list(then or ())
         for child in children:
             _attach_child(new, child)
@@ -161,7 +156,8 @@ def _refreshed(job: Job) -> Job:
     return job
 
 
-def _insert(job: Job, parents: list[Job | int]) -> None:
+def _insert(job: Job, parents: list[Job | int]) -> bool:
+    """Store ``job`` waiting on ``parents``; False (nothing stored) if an unfinished job holds its key."""
     parent_ids = [p.pk if isinstance(p, Job) else int(p) for p in parents]
     waiting = 0
     if parent_ids:
@@ -179,11 +175,11 @@ def _insert(job: Job, parents: list[Job | int]) -> None:
     if waiting and job.status != JobStatus.CANCELLED:
         job.status = JobStatus.BLOCKED
         job.waiting_on = waiting
-    job.save(force_insert=True)
+    if not db.insert_job(job, unless_key_taken=job.unique_key is not None):  # NOTIFY included
+        return False
     if parent_ids:
         JobDependency.objects.bulk_create([JobDependency(parent_id=p, child=job) for p in parent_ids])
-    if job.status == JobStatus.PENDING:
-        db.notify([job.queue])
+    return True
 
 
 def prepare(job_type: str, payload: Any = None, **options) -> Job:

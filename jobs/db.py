@@ -309,32 +309,49 @@ def complete_sql(items: list[tuple[int, str, object]], now: datetime) -> tuple[s
     return sql, params
 
 
-_insert_sql: dict[str, str] = {}
+_insert_sql: dict[tuple, str] = {}
 
 
-def insert_job(job) -> None:
-    """Insert one job and, on PostgreSQL, queue its NOTIFY in the same statement: one round trip, so
-    an enqueue outside a transaction costs what a plain INSERT does."""
+def insert_job(job, *, unless_key_taken: bool = False) -> bool:
+    """Insert one job in one statement, queueing its NOTIFY in that statement on PostgreSQL when it is
+    pending: one round trip, so an enqueue outside a transaction costs what a plain INSERT does.
+
+    ``unless_key_taken``: when an unfinished job already holds the job's ``unique_key`` nothing is
+    inserted (``ON CONFLICT DO NOTHING``: no error, so no savepoint is needed) and False is returned.
+    On PostgreSQL a concurrent insert of the same key waits for the other transaction to end.
+    """
     from django.db.models.sql import InsertQuery
 
-    if not is_postgres() or not conf.get("JOBS_LISTEN_NOTIFY"):
-        job.save(force_insert=True)
-        return
     model = type(job)
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    sql = _insert_sql.get(connection.alias)
+    notify = is_postgres() and conf.get("JOBS_LISTEN_NOTIFY")
+    key = (connection.alias, notify, unless_key_taken)
+    sql = _insert_sql.get(key)
     if sql is None:
         # The statement's text is the same for every job (placeholders only): compile it once.
         query = InsertQuery(model)
         query.insert_values(fields, [job])
         ((insert, _),) = query.get_compiler(connection=connection).as_sql()
-        sql = _insert_sql[connection.alias] = (
-            f"WITH ins AS ({insert} RETURNING id, queue) SELECT id, pg_notify(%s, queue) FROM ins"
-        )
+        if unless_key_taken:
+            insert += " ON CONFLICT DO NOTHING"  # the only unique index a new row can hit: unique_key's
+        if notify:
+            sql = (
+                f"WITH ins AS ({insert} RETURNING id, queue, status)"
+                " SELECT id, CASE WHEN status = 'pending' THEN pg_notify(%s, queue) END FROM ins"
+            )
+        else:
+            sql = f"{insert} RETURNING id"
+        _insert_sql[key] = sql
     # What the compiler does per value: pre_save (auto_now_add) then the database's form of it.
     params = [f.get_db_prep_save(f.pre_save(job, True), connection) for f in fields]
+    if notify:
+        params.append(NOTIFY_CHANNEL)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, NOTIFY_CHANNEL])
-        job.pk = cursor.fetchone()[0]
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    job.pk = row[0]
     job._state.adding = False
     job._state.db = connection.alias
+    return True

@@ -109,6 +109,23 @@ def test_unique_key_returns_the_unfinished_job_instead_of_a_second_one():
     assert later.id != first.id  # the first one finished, the key is free again
 
 
+def test_a_duplicate_keyed_enqueue_adds_no_job_child_or_dependency():
+    from jobs.models import JobDependency
+
+    parent = enqueue("test.record", {"key": "p"})
+    child = prepare("test.record", {"key": "c"})
+    first = enqueue("test.record", {"key": "a"}, unique_key="wf", then=[child], depends_on=[parent])
+    late_child = prepare("test.record", {"key": "c2"})
+    again = enqueue("test.record", {"key": "a"}, unique_key="wf", then=[late_child], depends_on=[parent])
+    assert again.id == first.id and late_child.pk is None
+    assert Job.objects.count() == 3
+    assert set(JobDependency.objects.values_list("parent_id", "child_id")) == {
+        (parent.id, first.id),
+        (first.id, child.pk),
+    }
+    assert status(first) == JobStatus.BLOCKED and Job.objects.get(id=first.id).waiting_on == 1
+
+
 @pytest.mark.django_db(transaction=True)
 def test_unique_key_holds_under_concurrent_enqueues():
     ids, errors = [], []
