@@ -22,6 +22,43 @@ def run(cmd: list[str]) -> str:
     return out.stdout
 
 
+def stop_stray_celery_workers() -> None:
+    """peers.sh stops Celery by terminating the shell it started it from, which can leave the Celery
+    worker and its pool running: a stray worker takes the next sitting's tasks as they are enqueued
+    (seen: 415,000 "jobs/s"). Stop any before and after the peers run, and say so."""
+    import os
+    import signal
+    import time
+
+    def strays() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue  # exited meanwhile
+                if b"celery" in cmdline and b"celery_app worker" in cmdline:
+                    pids.append(int(entry.name))
+        return pids
+
+    found = strays()
+    if not found:
+        return
+    print(f"stopping {len(found)} stray Celery worker process(es) of the peers' benchmark: {found}")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in strays():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while strays() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    if strays():
+        raise SystemExit(f"stray Celery workers still running: {strays()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=10_000)
@@ -31,7 +68,12 @@ def main() -> None:
             f"{PEERS} not found: the peers' benchmark lives in the shared folder beside the repo"
         )
     peers: dict[str, tuple[float, float]] = {}
-    for line in run(["bash", str(PEERS), "-n", str(args.n), "-w", "2"]).splitlines():
+    stop_stray_celery_workers()
+    try:
+        output = run(["bash", str(PEERS), "-n", str(args.n), "-w", "2"])
+    finally:
+        stop_stray_celery_workers()
+    for line in output.splitlines():
         m = re.match(rf"(\S+)\s+enqueue\s+{NUMBER} jobs/s\s+drain\(2 workers\)\s+{NUMBER} jobs/s", line)
         if m:
             peers[m.group(1)] = (float(m.group(2)), float(m.group(3)))
