@@ -281,17 +281,14 @@ def complete_sql(items: list[tuple[int, str, object]], now: datetime) -> tuple[s
         "status = 'succeeded', result = v.result, finished_at = %s, locked_by = NULL, lock_token = NULL,"
         " heartbeat_at = NULL, progress = 100"
     )
+    # SQLite must walk the batch and look each job up by id. Left to itself it walks every running
+    # job through the status index and re-reads the whole batch for each (58 ms for 100 jobs among
+    # 1,000 running, 1 ms this way); a unary + keeps it off those indexes.
+    plus = "" if is_postgres() else "+"
     fence = (
-        "jobs_job.id = v.id AND jobs_job.lock_token = v.token AND jobs_job.status = 'running'"
+        f"jobs_job.id = v.id AND {plus}jobs_job.lock_token = v.token AND {plus}jobs_job.status = 'running'"
         " AND NOT jobs_job.cancel_requested"
     )
-    if not is_postgres():
-        # Walk the batch and look each job up by id. Left to itself SQLite walks every running job
-        # through the status index and re-reads the whole batch for each (58 ms for 100 jobs among
-        # 1,000 running, 1 ms this way); the unary + keeps it off those indexes.
-        fence = fence.replace("jobs_job.lock_token", "+jobs_job.lock_token").replace(
-            "jobs_job.status", "+jobs_job.status"
-        )
     if is_postgres():
         sql = (
             f"UPDATE jobs_job SET {set_done} FROM (SELECT unnest(%s::bigint[]) AS id,"
