@@ -181,6 +181,9 @@ class WorkerProcess(models.Model):
     jobs_done = models.PositiveIntegerField(default=0)
     state = models.CharField(max_length=16, default="running")
 
+    class Meta:
+        verbose_name_plural = "worker processes"
+
     def __str__(self) -> str:
         return self.id
 

@@ -341,7 +341,9 @@ def test_audit_trail_is_read_only(admin_client):
 
 
 def test_admin_index_links_to_the_dashboard(admin_client):
-    assert 'href="/staff/jobs/"' in admin_client.get("/admin/").content.decode()
+    page = admin_client.get("/admin/").content.decode()
+    assert 'href="/staff/jobs/"' in page
+    assert "Worker processes" in page and "processs" not in page
 
 
 def test_requeue_of_a_payload_that_no_longer_validates_says_to_edit_it(operator_client):
