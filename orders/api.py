@@ -8,13 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils import timezone
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import ValidationError
 
+from orders import idempotency
 from orders.api_schemas import OrderIn
 from orders.models import IdempotencyKey, Order
 from orders.serializers import order_to_dict
@@ -89,8 +88,9 @@ def order_detail(request: HttpRequest, token: str) -> JsonResponse:
 @api_view("POST")
 def create_order(request: HttpRequest) -> JsonResponse:
     """Place an order. See ``OrderIn`` for the body; an ``Idempotency-Key`` header makes retries safe:
-    the same key and body replays the first response, another body is 422, a request still running
-    with that key is 409 (retry shortly). Each client is limited to ``settings.API_RATE_LIMIT``."""
+    the same key and body replays the first final response (2xx, 4xx), or resumes a request that failed
+    with 5xx or died where it stopped (see ``orders.idempotency``); another body is 422; a request still
+    running with that key is 409 with Retry-After. Each client is limited to ``settings.API_RATE_LIMIT``."""
     decision = throttle.check(request, "api-orders", "API_RATE_LIMIT")
     if not decision.allowed:
         response = error(
@@ -121,21 +121,46 @@ def create_order(request: HttpRequest) -> JsonResponse:
             400, "invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters."
         )
     fingerprint = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    taken = idempotency.take(IdempotencyKey.Scope.API, key, fingerprint)
+    if isinstance(taken, idempotency.Mismatch):
+        return error(422, "idempotency_key_reused", "This Idempotency-Key was used with a different body.")
+    if isinstance(taken, idempotency.InProgress):
+        return _in_progress(taken.retry_after)
+    if isinstance(taken, idempotency.Finished):
+        response = JsonResponse(taken.record.response_body, status=taken.record.response_status)
+        response["Idempotent-Replayed"] = "true"
+        return response
+    return _create_order_with_lease(data, taken)
+
+
+def _in_progress(retry_after: int) -> JsonResponse:
+    response = error(409, "request_in_progress", "A request with this Idempotency-Key is in progress; retry.")
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
+def _create_order_with_lease(data: Any, lease: idempotency.Lease) -> JsonResponse:
+    """Run (or resume) the request under the key's lease. A final answer is stored for replays; an error
+    worth retrying (5xx) leaves the recovery point for the retry, which resumes from it."""
     try:
-        with transaction.atomic():
-            record = IdempotencyKey.objects.create(key=key, fingerprint=fingerprint)
-    except IntegrityError:
-        return _replay(key, fingerprint)
-    try:
-        response = _create_order(data)
+        response = _create_order(data, lease)
+    except idempotency.LeaseLost:
+        return _in_progress(1)
     except BaseException:
-        IdempotencyKey.objects.filter(pk=record.pk).delete()  # nothing was stored: let a retry run it
+        try:
+            lease.release()
+        except Exception:  # the database went away with the request: the lease expires instead
+            logger.warning(
+                "Could not release idempotency key %s; it expires by itself", lease.record_id, exc_info=True
+            )
         raise
-    IdempotencyKey.objects.filter(pk=record.pk).update(
-        response_status=response.status_code,
-        response_body=json.loads(response.content),
-        completed_at=timezone.now(),
-    )
+    try:
+        if response.status_code >= 500:
+            lease.release()
+        else:
+            lease.finish(response.status_code, json.loads(response.content))
+    except idempotency.LeaseLost:
+        logger.info("Idempotency key %s was taken over; its retry records the answer", lease.record_id)
     return response
 
 
@@ -154,24 +179,7 @@ def _holds_nul(data: Any) -> bool:
     return False
 
 
-def _replay(key: str, fingerprint: str) -> JsonResponse:
-    record = IdempotencyKey.objects.filter(key=key).first()
-    if record is None:  # the first request failed and gave its key back
-        return error(409, "request_in_progress", "A request with this Idempotency-Key is in progress; retry.")
-    if record.fingerprint != fingerprint:
-        return error(422, "idempotency_key_reused", "This Idempotency-Key was used with a different body.")
-    if record.response_status is None:
-        response = error(
-            409, "request_in_progress", "A request with this Idempotency-Key is in progress; retry."
-        )
-        response["Retry-After"] = "1"
-        return response
-    response = JsonResponse(record.response_body, status=record.response_status)
-    response["Idempotent-Replayed"] = "true"
-    return response
-
-
-def _create_order(data: Any) -> JsonResponse:
+def _create_order(data: Any, lease: idempotency.Lease | None = None) -> JsonResponse:
     try:
         body = OrderIn.model_validate(data)
     except ValidationError as exc:
@@ -187,6 +195,7 @@ def _create_order(data: Any) -> JsonResponse:
             shipping_address=body.shipping_address.to_address(),
             items=body.items(),
             payment_token=body.payment_token,
+            lease=lease,
         )
     except UnknownProduct as exc:
         index = {line.sku: i for i, line in enumerate(body.lines)}

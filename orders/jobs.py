@@ -35,7 +35,7 @@ class ReportDay(BaseModel):
 
 
 class ReconcileOptions(BaseModel):
-    older_than_minutes: int = Field(default=10, ge=1)
+    older_than_minutes: int = Field(default=1, ge=1)
 
 
 class NoOptions(BaseModel):
@@ -130,5 +130,6 @@ def purge_idempotency_keys(payload: NoOptions, ctx) -> dict:
 
 
 scheduler.declare("daily_sales_report", "0 0 * * *", "daily_sales_report", time_zone=settings.TIME_ZONE)
-scheduler.declare("reconcile_pending_payments", "*/5 * * * *", "reconcile_pending_payments")
+# Every minute: an order left pending_payment by a crash holds stock (and maybe money) until settled.
+scheduler.declare("reconcile_pending_payments", "* * * * *", "reconcile_pending_payments")
 scheduler.declare("purge_idempotency_keys", "30 3 * * *", "purge_idempotency_keys")

@@ -147,16 +147,48 @@ class FakeGatewayCharge(models.Model):
         return self.reference
 
 
-class IdempotencyKey(models.Model):
-    """One row per ``Idempotency-Key`` seen by the JSON API. The row is inserted (under the unique
-    constraint) before any work is done; ``response_status`` stays null while the request runs."""
+class RecoveryPoint(models.TextChoices):
+    """How far the request behind an idempotency key got; each is committed with the work it records."""
 
-    key = models.CharField(max_length=255, unique=True)
+    STARTED = "started", "Started"
+    RESERVED = "reserved", "Order reserved"
+    CHARGE_ATTEMPTED = "charge_attempted", "Charge attempted"
+    FINISHED = "finished", "Finished"
+
+
+class IdempotencyKey(models.Model):
+    """One row per idempotency key: an ``Idempotency-Key`` of the JSON API (scope "api") or the one-time
+    token of a checkout form (scope "checkout"). Never deleted while a retry may come (see
+    ``orders.idempotency``): it records how far its request got and the order it made, so that a retry
+    resumes instead of starting over. ``lease`` and ``locked_at`` say which request works on it now; a
+    lease older than ``settings.IDEMPOTENCY_LEASE`` seconds belongs to a request that died."""
+
+    class Scope(models.TextChoices):
+        API = "api", "API"
+        CHECKOUT = "checkout", "Checkout form"
+
+    RecoveryPoint = RecoveryPoint
+
+    scope = models.CharField(max_length=10, choices=Scope.choices, default=Scope.API)
+    key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64)
+    recovery_point = models.CharField(
+        max_length=20, choices=RecoveryPoint.choices, default=RecoveryPoint.STARTED
+    )
+    order = models.ForeignKey(
+        Order, null=True, blank=True, on_delete=models.PROTECT, related_name="idempotency_keys"
+    )
+    lease = models.CharField(max_length=32, blank=True)
+    locked_at = models.DateTimeField(null=True, blank=True)
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
     response_body = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "key"], name="idempotencykey_unique_per_scope")
+        ]
 
     def __str__(self) -> str:
         return self.key

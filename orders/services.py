@@ -14,10 +14,12 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Now
 from django.utils import timezone
 
-from orders.gateways import ChargeResult, GatewayError, get_gateway
-from orders.models import IdempotencyKey, Order, OrderLine, Payment
+from orders.gateways import ChargeResult, GatewayError, PaymentGateway, get_gateway
+from orders.idempotency import Lease
+from orders.models import IdempotencyKey, Order, OrderLine, Payment, RecoveryPoint
 from orders.pipeline import on_order_fulfilled, on_order_paid
 from shop.models import Product
 
@@ -75,6 +77,7 @@ def place_order(
     shipping_address: ShippingAddress,
     items: Mapping[str, int],
     payment_token: str,
+    lease: Lease | None = None,
 ) -> Order:
     """Reserve stock, charge, and record the outcome; return the order, paid or payment_failed.
 
@@ -82,9 +85,38 @@ def place_order(
     OutOfStock before anything is stored or charged, and PaymentGatewayError when the gateway fails.
     A declined card is not an exception: the order comes back payment_failed with its stock released
     and a declined Payment carrying the reason.
+
+    With the ``lease`` of an idempotency key, each step records its recovery point in the transaction
+    that does its work, and a lease whose request already reserved an order resumes with that order:
+    the gateway is asked what became of its charge (by the order number, its idempotency key) and the
+    charge is made only if it never was. Raises LeaseLost if a retry took the key over meanwhile.
     """
     gateway = get_gateway()
-    order = _reserve(email=email, name=name, shipping_address=shipping_address, items=items)
+    if lease is not None and lease.order_id is not None:
+        return _resume(Order.objects.get(pk=lease.order_id), payment_token, lease)
+    order = _reserve(email=email, name=name, shipping_address=shipping_address, items=items, lease=lease)
+    return _charge(gateway, order, payment_token, lease)
+
+
+def _resume(order: Order, payment_token: str, lease: Lease) -> Order:
+    if order.status != Order.Status.PENDING_PAYMENT:
+        return order  # settled: by the request that died, by the reconciliation job, or by staff
+    gateway = get_gateway()
+    if lease.recovery_point == RecoveryPoint.CHARGE_ATTEMPTED:
+        try:
+            result = gateway.retrieve(order.number)
+        except GatewayError as error:
+            raise PaymentGatewayError(order, error) from error
+        if result is not None:
+            _record_charge(order, result)
+            return order
+    return _charge(gateway, order, payment_token, lease)
+
+
+def _charge(gateway: PaymentGateway, order: Order, payment_token: str, lease: Lease | None) -> Order:
+    if lease is not None:
+        with transaction.atomic():
+            lease.advance(RecoveryPoint.CHARGE_ATTEMPTED)
     try:
         result = gateway.charge(order.total, order.currency, payment_token, idempotency_key=order.number)
     except GatewayError as error:
@@ -99,7 +131,14 @@ def place_order(
     return order
 
 
-def _reserve(*, email: str, name: str, shipping_address: ShippingAddress, items: Mapping[str, int]) -> Order:
+def _reserve(
+    *,
+    email: str,
+    name: str,
+    shipping_address: ShippingAddress,
+    items: Mapping[str, int],
+    lease: Lease | None = None,
+) -> Order:
     if not items:
         raise InvalidOrder("The order has no lines.")
     if len(items) > MAX_LINES:
@@ -149,6 +188,8 @@ def _reserve(*, email: str, name: str, shipping_address: ShippingAddress, items:
             )
             for sku, quantity in sorted(items.items())
         )
+        if lease is not None:
+            lease.advance(RecoveryPoint.RESERVED, order=order)
     return order
 
 
@@ -295,22 +336,28 @@ def _release_stock(order: Order) -> None:
 
 
 def purge_idempotency_keys(*, older_than: timedelta = timedelta(hours=24)) -> int:
-    """Forget API idempotency keys older than ``older_than`` (at least 24 hours). Returns how many."""
+    """Forget idempotency keys older than ``older_than`` (at least 24 hours). Returns how many."""
     older_than = max(older_than, timedelta(hours=24))
     deleted, _ = IdempotencyKey.objects.filter(created_at__lt=timezone.now() - older_than).delete()
     return deleted
 
 
-def reconcile_pending_payments(*, older_than: timedelta = timedelta(minutes=10)) -> dict[str, int]:
+def reconcile_pending_payments(*, older_than: timedelta = timedelta(minutes=1)) -> dict[str, int]:
     """Settle with the gateway every order left in pending_payment for longer than ``older_than`` (a
-    crash between charge and commit), so that none holds stock forever.
+    crash between reserving and recording the charge), so that none holds stock or money for long.
 
-    Younger orders are left alone: their checkout may still be talking to the gateway. An order the
-    gateway cannot answer for stays pending for the next run. Returns counts by outcome.
+    Younger orders are left alone, and so are orders whose request still holds its idempotency key's
+    lease: their checkout may still be talking to the gateway. An order the gateway cannot answer for
+    stays pending for the next run. Returns counts by outcome.
     """
     counts = {"paid": 0, "payment_failed": 0, "unreachable": 0}
     cutoff = timezone.now() - older_than
-    stuck = Order.objects.filter(status=Order.Status.PENDING_PAYMENT, created_at__lt=cutoff).order_by("id")
+    live = Now() - timedelta(seconds=settings.IDEMPOTENCY_LEASE)
+    stuck = (
+        Order.objects.filter(status=Order.Status.PENDING_PAYMENT, created_at__lt=cutoff)
+        .exclude(idempotency_keys__locked_at__gte=live)
+        .order_by("id")
+    )
     for order in stuck:
         try:
             settle_pending_payment(order, not_charged_reason="payment not completed (reconciled)")

@@ -133,6 +133,11 @@ SHOP_NAME = env.str("SHOP_NAME", default="Demo Shop")
 SHOP_CURRENCY = env.str("SHOP_CURRENCY", default="EUR")
 SHOP_BASE_URL = env.str("SHOP_BASE_URL", default="http://127.0.0.1:8000")
 PAYMENT_GATEWAY = env.str("PAYMENT_GATEWAY", default="orders.gateways.FakeGateway")
+# Seconds a request may hold an idempotency key (an API Idempotency-Key or a checkout form's token)
+# without a sign of life: a retry of a request that died (its process or its database connection) takes
+# the key over after this long and resumes where the request stopped. A request still running past it is
+# fenced: what it has not yet recorded is left to the retry.
+IDEMPOTENCY_LEASE = env.float("IDEMPOTENCY_LEASE", default=5.0)
 # Requests per client to POST /api/orders, counted in the database across all web processes
 # (shop/throttle.py): "<n>/<s|m|h|d>", empty for no limit.
 API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="60/m")

@@ -4,6 +4,7 @@ import threading
 import pytest
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
 
 from orders.models import FakeGatewayCharge, IdempotencyKey, Order
 from shop.models import Product
@@ -211,11 +212,14 @@ def test_same_key_with_same_json_formatted_differently_is_a_replay(client):
     assert again.status_code == 201 and again.json() == first.json()
 
 
-def test_key_of_a_request_still_running_is_409_in_progress(client):
+def test_key_of_a_request_still_running_is_409_in_progress_with_retry_after(client):
     first = post(client, body(), **{"Idempotency-Key": "key-1"})
-    IdempotencyKey.objects.filter(key="key-1").update(response_status=None, response_body=None)
+    IdempotencyKey.objects.filter(key="key-1").update(
+        recovery_point="charge_attempted", lease="another-request", locked_at=timezone.now()
+    )
     response = post(client, body(), **{"Idempotency-Key": "key-1"})
     assert response.status_code == 409 and response.json()["error"] == "request_in_progress"
+    assert int(response["Retry-After"]) >= 1
     assert first.status_code == 201 and Order.objects.count() == 1
 
 
@@ -255,13 +259,19 @@ def test_concurrent_requests_with_the_same_key_charge_once():
     assert Product.objects.get(sku="A").stock == 3
 
 
-def test_unexpected_error_is_json_500_and_frees_the_key(client, settings):
+def test_unexpected_error_is_json_500_and_a_retry_with_the_key_resumes(client, settings):
     settings.PAYMENT_GATEWAY = "orders.gateways.NoSuchGateway"
     response = post(client, body(), **{"Idempotency-Key": "key-1"})
     assert response.status_code == 500
     assert response.json() == {"error": "server_error", "message": "Internal server error."}
-    assert not IdempotencyKey.objects.filter(key="key-1").exists()
+    record = IdempotencyKey.objects.get(key="key-1")
+    assert record.recovery_point == "started" and record.lease == "" and record.locked_at is None
     assert not Order.objects.exists() and Product.objects.get(sku="A").stock == 5
+
+    settings.PAYMENT_GATEWAY = "orders.gateways.FakeGateway"
+    again = post(client, body(), **{"Idempotency-Key": "key-1"})
+    assert again.status_code == 201
+    assert Order.objects.count() == 1 and FakeGatewayCharge.objects.count() == 1
 
 
 def test_error_handlers_answer_json_under_api_and_html_elsewhere(rf):

@@ -154,17 +154,47 @@ def test_stuck_pending_orders_are_settled_with_the_gateway(product):
     assert Job.objects.filter(type="send_order_confirmation", payload={"order_id": charged.id}).exists()
 
 
+def test_a_crashed_checkout_is_settled_within_two_minutes(product):
+    crashed = pending_order(product, minutes_ago=2, charged=True)
+    job = enqueue("reconcile_pending_payments", {})
+    run_jobs(max_jobs=1)
+    assert Job.objects.get(id=job.id).result == {"paid": 1, "payment_failed": 0, "unreachable": 0}
+    crashed.refresh_from_db()
+    assert crashed.status == "paid"
+
+
 def test_recent_pending_orders_are_left_to_their_checkout(product):
-    order = pending_order(product, minutes_ago=2, charged=False)
+    order = pending_order(product, minutes_ago=0, charged=False)
     enqueue("reconcile_pending_payments", {})
     run_jobs(max_jobs=1)
     order.refresh_from_db()
     assert order.status == "pending_payment"
 
 
+def test_a_pending_order_whose_request_holds_its_key_is_left_to_it(product):
+    order = pending_order(product, minutes_ago=5, charged=False)
+    IdempotencyKey.objects.create(
+        key="k",
+        fingerprint="x",
+        order=order,
+        recovery_point="charge_attempted",
+        lease="live",
+        locked_at=timezone.now(),
+    )
+    enqueue("reconcile_pending_payments", {})
+    run_jobs(max_jobs=1)
+    order.refresh_from_db()
+    assert order.status == "pending_payment"
+    IdempotencyKey.objects.update(locked_at=timezone.now() - timedelta(minutes=1))  # its request died
+    enqueue("reconcile_pending_payments", {})
+    run_jobs(max_jobs=1)
+    order.refresh_from_db()
+    assert order.status == "payment_failed" and not order.stock_reserved
+
+
 def test_reconcile_and_purge_schedules_are_registered():
     sync_declared()
-    assert CronSchedule.objects.get(name="reconcile_pending_payments").expression == "*/5 * * * *"
+    assert CronSchedule.objects.get(name="reconcile_pending_payments").expression == "* * * * *"
     assert CronSchedule.objects.get(name="purge_idempotency_keys").job_type == "purge_idempotency_keys"
 
 
