@@ -22,6 +22,7 @@ from orders.services import (
     OutOfStock,
     PaymentGatewayError,
     UnknownProduct,
+    decline_reason,
     place_order,
 )
 from shop import throttle
@@ -208,6 +209,5 @@ def _create_order(data: Any, lease: idempotency.Lease | None = None) -> JsonResp
     except PaymentGatewayError as exc:
         return error(502, "gateway_error", str(exc), order=order_to_dict(exc.order))
     if order.status == Order.Status.PAYMENT_FAILED:
-        reason = order.payments.order_by("-id").first().decline_reason
-        return error(402, "payment_declined", reason, order=order_to_dict(order))
+        return error(402, "payment_declined", decline_reason(order), order=order_to_dict(order))
     return JsonResponse(order_to_dict(order), status=201)

@@ -98,6 +98,12 @@ def place_order(
     return _charge(gateway, order, payment_token, lease)
 
 
+def decline_reason(order: Order) -> str:
+    """Why a payment_failed order's last payment failed, in words for the customer."""
+    payment = order.payments.order_by("-id").first()
+    return payment.decline_reason if payment else "The payment did not go through."
+
+
 def _resume(order: Order, payment_token: str, lease: Lease) -> Order:
     if order.status != Order.Status.PENDING_PAYMENT:
         return order  # settled: by the request that died, by the reconciliation job, or by staff

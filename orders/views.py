@@ -1,11 +1,17 @@
 """The HTML checkout and order page. The work is done by ``orders.services.place_order``."""
 
+import logging
+import secrets
+import time
+
+from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from orders import idempotency, services
 from orders.forms import CheckoutForm
-from orders.models import Invoice, Order
+from orders.models import IdempotencyKey, Invoice, Order
 from orders.pipeline import pipeline_steps
 from orders.services import (
     InvalidOrder,
@@ -17,10 +23,23 @@ from orders.services import (
 )
 from shop.cart import Cart, cart_total
 
+logger = logging.getLogger(__name__)
+
+
+CHECKOUT_TOKENS = "checkout_tokens"  # session key: the one-time tokens of the checkout forms shown
+MAX_CHECKOUT_TOKENS = 20
+IN_PROGRESS_WAIT = 0.1  # seconds between two looks at a checkout that another request is placing
+
 
 def _render_checkout(request: HttpRequest, form: CheckoutForm, cart: Cart, status: int = 200) -> HttpResponse:
+    """The checkout page with a fresh one-time token: the form's idempotency key, so that a double
+    submit or a resubmitted POST places one order (see ``create_order``)."""
+    token = secrets.token_urlsafe(24)
+    request.session[CHECKOUT_TOKENS] = [*request.session.get(CHECKOUT_TOKENS, [])][
+        -MAX_CHECKOUT_TOKENS + 1 :
+    ] + [token]
     lines = cart.lines()
-    context = {"form": form, "lines": lines, "total": cart_total(lines)}
+    context = {"form": form, "lines": lines, "total": cart_total(lines), "checkout_token": token}
     return render(request, "orders/checkout.html", context, status=status)
 
 
@@ -34,12 +53,53 @@ def checkout(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 def create_order(request: HttpRequest) -> HttpResponse:
+    """Place the order of the session's cart. The form's one-time token is the idempotency key: the
+    first request with it places the order; another one (a double click, a resubmitted POST) shows
+    what the first one did, waiting for it if it is still running; a request that died is resumed."""
     cart = Cart(request)
     form = CheckoutForm(request.POST)
-    if not cart.lines():
-        form.add_error(None, "Your cart is empty.")
-    if not form.is_valid():
+    token = request.POST.get("checkout_token", "")
+    if token not in request.session.get(CHECKOUT_TOKENS, []):
+        form.is_valid()
+        form.add_error(None, "This checkout page has expired. Please check your order and place it again.")
         return _render_checkout(request, form, cart, status=400)
+    scope = IdempotencyKey.Scope.CHECKOUT
+    if not IdempotencyKey.objects.filter(scope=scope, key=token).exists():
+        if not cart.lines():
+            form.add_error(None, "Your cart is empty.")
+        if not form.is_valid():
+            return _render_checkout(request, form, cart, status=400)
+    taken = idempotency.take(scope, token, "")
+    deadline = time.monotonic() + settings.IDEMPOTENCY_LEASE
+    while isinstance(taken, idempotency.InProgress):
+        record = IdempotencyKey.objects.filter(scope=scope, key=token).select_related("order").first()
+        if (
+            record is not None and record.order is not None
+        ):  # the other request has made the order: show it, live
+            cart.clear()
+            return redirect(record.order)
+        if time.monotonic() > deadline:
+            form.add_error(None, "Your order is already being placed. Please wait a moment and reload.")
+            return _render_checkout(request, form, cart, status=409)
+        time.sleep(IN_PROGRESS_WAIT)
+        taken = idempotency.take(scope, token, "")
+    if isinstance(taken, idempotency.Finished):
+        return _replay_checkout(request, form, cart, taken.record)
+    if not form.is_valid():  # a takeover of a request that died, resubmitted with other data
+        return _render_checkout(request, form, cart, status=400)
+    status, error, order = _place_order(form, cart, taken)
+    try:
+        if status >= 500:
+            taken.release()
+        else:
+            taken.finish(status, {"error": error}, order=order)
+    except idempotency.LeaseLost:
+        logger.info("Checkout key %s was taken over; its retry records the answer", taken.record_id)
+    return _checkout_answer(request, form, cart, status, error, order)
+
+
+def _place_order(form: CheckoutForm, cart: Cart, lease: idempotency.Lease) -> tuple[int, str, Order | None]:
+    """(status, error message, order) of placing the cart's order under the token's lease."""
     data = form.cleaned_data
     try:
         order = place_order(
@@ -50,24 +110,37 @@ def create_order(request: HttpRequest) -> HttpResponse:
             ),
             items=dict(cart.items),
             payment_token=data["payment_token"],
+            lease=lease,
         )
     except UnknownProduct as exc:
         for sku in exc.skus:
             cart.remove(sku)
-        form.add_error(None, f"{exc} It was removed from your cart.")
-        return _render_checkout(request, form, cart, status=409)
+        return 409, f"{exc} It was removed from your cart.", None
     except (InvalidOrder, OutOfStock) as exc:
-        form.add_error(None, str(exc))
-        return _render_checkout(request, form, cart, status=409)
-    except PaymentGatewayError:
-        form.add_error(None, "The payment service is unavailable, please try again in a moment.")
-        return _render_checkout(request, form, cart, status=502)
+        return 409, str(exc), None
+    except PaymentGatewayError as exc:
+        return 502, "The payment service is unavailable, please try again in a moment.", exc.order
     if order.status == Order.Status.PAYMENT_FAILED:
-        reason = order.payments.order_by("-id").first().decline_reason
-        form.add_error("payment_token", f"Payment declined: {reason}")
-        return _render_checkout(request, form, cart, status=402)
-    cart.clear()
-    return redirect(order)
+        return 402, f"Payment declined: {services.decline_reason(order)}", order
+    return 201, "", order
+
+
+def _replay_checkout(
+    request: HttpRequest, form: CheckoutForm, cart: Cart, record: IdempotencyKey
+) -> HttpResponse:
+    body = record.response_body or {}
+    return _checkout_answer(request, form, cart, record.response_status, body.get("error", ""), record.order)
+
+
+def _checkout_answer(
+    request: HttpRequest, form: CheckoutForm, cart: Cart, status: int, error: str, order: Order | None
+) -> HttpResponse:
+    if status < 400:
+        cart.clear()
+        return redirect(order)
+    form.is_valid()
+    form.add_error("payment_token" if status == 402 else None, error)
+    return _render_checkout(request, form, cart, status=status)
 
 
 @require_GET

@@ -55,3 +55,12 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for: {message or condition}")
         time.sleep(interval)
+
+
+def checkout_token(client) -> str:
+    """The one-time token of a checkout form freshly shown to ``client`` (whose cart is not empty)."""
+    import re
+
+    page = client.get("/checkout/")
+    assert page.status_code == 200, page.status_code
+    return re.search(rb'name="checkout_token" value="([^"]+)"', page.content)[1].decode()

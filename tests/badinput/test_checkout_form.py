@@ -12,6 +12,7 @@ from orders.models import Order
 from shop.models import Product
 from tests.badinput.strategies import FUZZ, text
 from tests.factories import ProductFactory
+from tests.utils import checkout_token
 
 pytestmark = pytest.mark.django_db
 
@@ -77,6 +78,7 @@ def broken_forms(draw) -> dict:
 @given(broken_forms())
 def test_a_checkout_form_broken_in_one_field_shows_errors_and_changes_nothing(form):
     client = shopper()
+    form = {**form, "checkout_token": checkout_token(client)}
     assert_form_refused_without_effect(client, client.post("/orders/", form))
 
 
@@ -84,6 +86,8 @@ def test_a_checkout_form_broken_in_one_field_shows_errors_and_changes_nothing(fo
 @given(st.dictionaries(text, st.lists(text, max_size=3) | text, max_size=8))
 def test_any_form_fields_are_refused_with_form_errors(fields):
     client = shopper()
+    assert_form_refused_without_effect(client, client.post("/orders/", fields))
+    fields = {**fields, "checkout_token": checkout_token(client)}
     assert_form_refused_without_effect(client, client.post("/orders/", fields))
 
 
@@ -98,13 +102,17 @@ def test_any_raw_body_is_refused_with_form_errors(body, content_type):
 @given(text.filter(lambda t: t.strip() not in ACCEPTED_TOKENS))
 def test_an_unknown_payment_token_is_declined_on_the_form(token):
     client = shopper()
-    response = client.post("/orders/", {**FORM, "payment_token": token})
+    response = client.post(
+        "/orders/", {**FORM, "payment_token": token, "checkout_token": checkout_token(client)}
+    )
     assert_form_refused_without_effect(client, response)
 
 
 def test_an_empty_cart_is_a_form_error_and_creates_nothing():
-    client = Client()
-    response = client.post("/orders/", FORM)
+    client = shopper()
+    token = checkout_token(client)
+    client.post("/cart/remove/A/")
+    response = client.post("/orders/", {**FORM, "checkout_token": token})
     assert response.status_code == 400 and b"Your cart is empty." in response.content
     assert not Order.objects.exists() and not Job.objects.exists()
 
