@@ -60,13 +60,28 @@ def generate_invoice(order: Order) -> Invoice:
             currency=order.currency,
             created_at=issued_at,
         )
-        invoice.file.save(f"{number}.pdf", ContentFile(pdf), save=False)
-        try:
-            invoice.save()
-        except BaseException:
-            invoice.file.delete(save=False)
-            raise
+        invoice.file.name = _write_file(invoice_path(number), pdf)
+        invoice.save()
     return invoice
+
+
+def invoice_path(number: str) -> str:
+    return f"invoices/{number}.pdf"
+
+
+def _write_file(name: str, content: bytes) -> str:
+    """Store ``content`` at exactly ``name``, replacing what is there. A run killed between writing the
+    file and committing its row leaves the file at this same name, and the retry overwrites it: never
+    an orphan beside a renamed copy (the storage's default, ``INV-<n>_<random>.pdf``). Only the run
+    holding the order's lock writes, so nobody reads a half-replaced file of a committed invoice."""
+    storage = Invoice._meta.get_field("file").storage
+    if storage.exists(name):
+        storage.delete(name)
+    stored = storage.save(name, ContentFile(content))
+    if stored != name:  # somebody wrote the name between the delete and the save: not us, never expected
+        storage.delete(stored)
+        raise RuntimeError(f"invoice file {name} appeared while it was being replaced")
+    return stored
 
 
 def _text(value: object) -> str:

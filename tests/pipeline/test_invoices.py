@@ -2,9 +2,12 @@
 
 import io
 from decimal import Decimal
+from pathlib import Path
 
+import psycopg
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.utils import timezone
 from pypdf import PdfReader
 
@@ -13,7 +16,9 @@ from jobs.models import Job
 from jobs.testing import run_jobs
 from orders.invoices import split_vat
 from orders.models import Invoice
-from tests.factories import ProductFactory
+from tests.factories import OrderFactory, OrderLineFactory, ProductFactory
+from tests.jobs.conftest import WorkerProcesses
+from tests.utils import database_url, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -92,3 +97,69 @@ def test_invoice_is_downloadable_from_admin_by_staff_only(place, client):
     response = client.get(url)
     assert response.status_code == 200
     assert f"INV-{order.number}" in pdf_text(b"".join(response.streaming_content))
+
+
+# -- a run killed between writing the file and committing its row ---------------------------------------
+
+
+def test_a_file_left_by_a_killed_run_is_overwritten_not_renamed(place, settings):
+    order = place()
+    orphan = Path(settings.MEDIA_ROOT) / "invoices" / f"INV-{order.number}.pdf"
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"%PDF- cut short by SIGKILL")
+    run_jobs()
+    invoice = Invoice.objects.get(order=order)
+    assert invoice.file.name == f"invoices/INV-{order.number}.pdf"
+    assert [p.name for p in orphan.parent.iterdir()] == [orphan.name]
+    assert f"Invoice INV-{order.number}" in pdf_text(orphan.read_bytes())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_between_the_invoice_file_and_its_row_leaves_one_file(product, settings, tmp_path):
+    """The worker is held at the invoice's INSERT (a concurrent transaction holds the number) once its
+    file is written, and SIGKILLed there; the rescued job writes the same name, and only it."""
+    if connection.vendor != "postgresql":
+        pytest.skip("holding one INSERT while the rest of the transaction runs needs row-level locks")
+    order = OrderFactory(status="paid", paid_at=timezone.now(), total=Decimal("11.90"))
+    OrderLineFactory(order=order, product=product)
+    enqueue("generate_invoice", {"order_id": order.id})
+    other = OrderFactory()
+    path = Path(settings.MEDIA_ROOT) / "invoices" / f"INV-{order.number}.pdf"
+    blocker = psycopg.connect(database_url(), autocommit=False)
+    try:
+        blocker.execute(
+            "INSERT INTO orders_invoice"
+            " (order_id, number, file, net, vat, vat_rate, total, currency, created_at)"
+            " VALUES (%s, %s, 'held', 0, 0, 0, 0, 'EUR', now())",
+            [other.pk, f"INV-{order.number}"],
+        )
+        procs = WorkerProcesses(tmp_path)
+        try:
+            worker = procs.start("--stale-after", "1", env={"MEDIA_ROOT": settings.MEDIA_ROOT})
+
+            def held_at_the_insert() -> bool:
+                # Not on the blocker's connection: a transaction sees one snapshot of pg_stat_activity.
+                with psycopg.connect(database_url(), autocommit=True) as probe:
+                    row = probe.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE 'INSERT INTO \"orders_invoice\"%%'"
+                    ).fetchone()
+                return path.exists() and row[0] == 1
+
+            wait_for(held_at_the_insert, timeout=60, message="the worker wrote the file and waits to insert")
+            worker.kill()
+            worker.wait(10)
+            blocker.rollback()
+            assert not Invoice.objects.filter(order=order).exists() and path.exists()
+            procs.start("--stale-after", "1", env={"MEDIA_ROOT": settings.MEDIA_ROOT})
+            wait_for(lambda: Invoice.objects.filter(order=order).exists(), timeout=60, message="invoice made")
+        finally:
+            procs.stop_all()
+    finally:
+        blocker.close()
+    invoice = Invoice.objects.get(order=order)
+    assert invoice.file.name == f"invoices/INV-{order.number}.pdf"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert f"Invoice INV-{order.number}" in pdf_text(path.read_bytes())
+    job = Job.objects.get(type="generate_invoice")
+    assert job.status == "succeeded" and any(e["exception"].endswith("WorkerLost") for e in job.errors)
