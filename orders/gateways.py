@@ -21,28 +21,100 @@ class GatewayError(Exception):
     not have happened; ask ``retrieve`` later."""
 
 
+class InvalidSignature(Exception):
+    """A payment-provider webhook whose signature does not verify (or is too old): refuse it."""
+
+
+class ChargeStatus:
+    SUCCEEDED = "succeeded"  # the money is captured
+    AUTHORIZED = "authorized"  # the money is held, to be captured later (PAYMENT_CAPTURE=on_fulfilment)
+    DECLINED = "declined"  # nothing was charged; ``decline_reason`` says why, for the customer
+    REQUIRES_ACTION = "requires_action"  # 3-D Secure: send the customer to ``action_url``
+    PROCESSING = "processing"  # the bank answers later (a webhook settles it)
+    CANCELED = "canceled"  # cancelled before it was captured: nothing was charged
+
+
 @dataclass(frozen=True)
 class ChargeResult:
+    """What the gateway says of a charge (a Stripe PaymentIntent). ``reference`` is the gateway's id of
+    the payment, which ``retrieve``, ``capture``, ``cancel`` and ``refund`` take."""
+
     succeeded: bool
     reference: str
     amount: Decimal
     currency: str
     decline_reason: str = ""
+    status: str = ""
+    action_url: str = ""
+    decline_code: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            object.__setattr__(
+                self, "status", ChargeStatus.SUCCEEDED if self.succeeded else ChargeStatus.DECLINED
+            )
+
+    @property
+    def settled(self) -> bool:
+        """The outcome is final for checkout: the money is ours (or held), or it never will be."""
+        return self.status in (
+            ChargeStatus.SUCCEEDED,
+            ChargeStatus.AUTHORIZED,
+            ChargeStatus.DECLINED,
+            ChargeStatus.CANCELED,
+        )
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    reference: str
+    amount: Decimal
+    status: str  # "succeeded", "pending" (settles later, by webhook) or "failed"
+    failure_reason: str = ""
 
 
 class PaymentGateway(Protocol):
     name: str
 
-    def charge(self, amount: Decimal, currency: str, token: str, idempotency_key: str) -> ChargeResult:
-        """Charge once per idempotency key; a repeated key returns the first result."""
+    def charge(
+        self,
+        amount: Decimal,
+        currency: str,
+        token: str,
+        idempotency_key: str,
+        *,
+        return_url: str = "",
+        capture: bool = True,
+        metadata: dict[str, str] | None = None,
+    ) -> ChargeResult:
+        """Charge once per idempotency key; a repeated key returns the first result. ``token`` is a card
+        token or a PaymentMethod id; ``return_url`` is where 3-D Secure sends the customer back;
+        ``capture=False`` only authorizes."""
         ...
 
-    def retrieve(self, idempotency_key: str) -> ChargeResult | None:
-        """The result of an earlier charge, or None if the gateway never charged with this key."""
+    def retrieve(
+        self, idempotency_key: str, *, reference: str = "", amount: Decimal | None = None, currency: str = ""
+    ) -> ChargeResult | None:
+        """The state of an earlier charge, by its ``reference`` when known, else by replaying its
+        idempotency key; None if the gateway never charged with this key. Never charges."""
         ...
 
-    def refund(self, reference: str, idempotency_key: str) -> None:
-        """Return the whole amount of a successful charge; repeating it changes nothing."""
+    def capture(self, reference: str, idempotency_key: str) -> ChargeResult:
+        """Capture an authorized charge in full; repeating it changes nothing."""
+        ...
+
+    def cancel(self, reference: str, idempotency_key: str) -> ChargeResult:
+        """Cancel a charge that is not captured (waiting for 3-D Secure, processing or authorized);
+        repeating it changes nothing. Returns the charge's state (it may have succeeded meanwhile)."""
+        ...
+
+    def refund(self, reference: str, idempotency_key: str, amount: Decimal | None = None) -> RefundResult:
+        """Return ``amount`` (default: all) of a successful charge; repeating a key changes nothing."""
+        ...
+
+    def verify_webhook(self, payload: bytes, signature: str) -> dict:
+        """The event of a payment-provider webhook, after verifying its signature header on the raw body;
+        raises InvalidSignature."""
         ...
 
 
