@@ -156,8 +156,8 @@ def _create_order_with_lease(data: Any, lease: idempotency.Lease) -> JsonRespons
             )
         raise
     try:
-        if response.status_code >= 500:
-            lease.release()
+        if response.status_code >= 500 or response.status_code == 202:
+            lease.release()  # not final: the retry resumes (and may find the payment settled)
         else:
             lease.finish(response.status_code, json.loads(response.content))
     except idempotency.LeaseLost:
@@ -210,4 +210,12 @@ def _create_order(data: Any, lease: idempotency.Lease | None = None) -> JsonResp
         return error(502, "gateway_error", str(exc), order=order_to_dict(exc.order))
     if order.status == Order.Status.PAYMENT_FAILED:
         return error(402, "payment_declined", decline_reason(order), order=order_to_dict(order))
+    if order.status == Order.Status.PENDING_PAYMENT:
+        # 3-D Secure or a processing payment: accepted, not settled. The customer's return, the
+        # provider's webhook or a retry with the same key settles it; the order page shows it live.
+        body = order_to_dict(order)
+        waiting = {"status": body["payment"]["status"] if body["payment"] else "processing", "order": body}
+        if body["payment"] and body["payment"]["action_url"]:
+            waiting["action_url"] = body["payment"]["action_url"]
+        return JsonResponse(waiting, status=202)
     return JsonResponse(order_to_dict(order), status=201)

@@ -5,13 +5,18 @@ order number), so a retried request never charges twice and ``retrieve`` can lat
 a charge whose answer was lost.
 """
 
+import hashlib
+import json
 import secrets
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Protocol
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -123,11 +128,16 @@ def get_gateway() -> PaymentGateway:
 
 
 class FakeGateway:
-    """Behaves like a card processor in test mode.
+    """Behaves like a card processor in test mode, with Stripe's shapes, so that every path of a real
+    payment runs under ``make run`` with no account.
 
-    ``tok_visa`` and ``tok_mastercard`` succeed; ``tok_chargeDeclined`` and ``tok_insufficient_funds``
-    are declined; ``tok_processing_error`` raises GatewayError and charges nothing; any other token is
-    declined as invalid. Charges are kept in the database (``FakeGatewayCharge``).
+    ``tok_visa`` and ``tok_mastercard`` succeed (or are authorized, with ``capture=False``);
+    ``tok_chargeDeclined`` and ``tok_insufficient_funds`` are declined; ``tok_threeDSecureRequired``
+    needs 3-D Secure: the customer is sent to a local page that authenticates or fails it and returns
+    to ``return_url``; ``tok_processing`` stays processing and settles a few seconds later
+    (``FAKE_GATEWAY_SETTLE_AFTER``) through a webhook signed like Stripe's, sent by a delayed job;
+    ``tok_processing_error`` raises GatewayError and charges nothing; any other token is declined as
+    invalid. Charges are kept in the database (``FakeGatewayCharge``).
     """
 
     name = "fake"
@@ -137,54 +147,224 @@ class FakeGateway:
         "tok_chargeDeclined": "Your card was declined.",
         "tok_insufficient_funds": "Your card has insufficient funds.",
     }
+    THREE_D_SECURE_TOKEN = "tok_threeDSecureRequired"
+    PROCESSING_TOKEN = "tok_processing"
     ERROR_TOKEN = "tok_processing_error"
+    HINT_TOKENS = [*TEST_TOKENS, THREE_D_SECURE_TOKEN, PROCESSING_TOKEN, ERROR_TOKEN]
 
-    def charge(self, amount: Decimal, currency: str, token: str, idempotency_key: str) -> ChargeResult:
+    def charge(
+        self,
+        amount: Decimal,
+        currency: str,
+        token: str,
+        idempotency_key: str,
+        *,
+        return_url: str = "",
+        capture: bool = True,
+        metadata: dict[str, str] | None = None,
+    ) -> ChargeResult:
         from orders.models import FakeGatewayCharge
 
         existing = FakeGatewayCharge.objects.filter(idempotency_key=idempotency_key).first()
         if existing is None:
             if token == self.ERROR_TOKEN:
                 raise GatewayError("An error occurred while processing the card.")
-            decline_reason = self.TEST_TOKENS.get(token, "The payment token is invalid.")
+            if token == self.THREE_D_SECURE_TOKEN:
+                status, decline_reason = ChargeStatus.REQUIRES_ACTION, ""
+            elif token == self.PROCESSING_TOKEN:
+                status, decline_reason = ChargeStatus.PROCESSING, ""
+            else:
+                decline_reason = self.TEST_TOKENS.get(token, "The payment token is invalid.")
+                succeeded = ChargeStatus.SUCCEEDED if capture else ChargeStatus.AUTHORIZED
+                status = ChargeStatus.DECLINED if decline_reason else succeeded
             try:
                 with transaction.atomic():
                     existing = FakeGatewayCharge.objects.create(
                         idempotency_key=idempotency_key,
-                        reference=f"ch_{secrets.token_hex(12)}",
+                        reference=f"pi_{secrets.token_hex(12)}",
                         token=token,
                         amount=amount,
                         currency=currency,
-                        succeeded=not decline_reason,
+                        succeeded=status == ChargeStatus.SUCCEEDED,
+                        status=status,
                         decline_reason=decline_reason,
+                        return_url=return_url,
                     )
             except IntegrityError:
                 # A concurrent request with the same key won the insert: return its result.
                 existing = FakeGatewayCharge.objects.get(idempotency_key=idempotency_key)
+            else:
+                if status == ChargeStatus.PROCESSING:
+                    from jobs.api import enqueue
+
+                    enqueue(
+                        "fake_gateway_settle",
+                        {"reference": existing.reference},
+                        delay=timedelta(seconds=settings.FAKE_GATEWAY_SETTLE_AFTER),
+                    )
         if existing.amount != amount or existing.currency != currency:
             raise GatewayError("Idempotency key reused with different parameters.")
         return self._result(existing)
 
-    def retrieve(self, idempotency_key: str) -> ChargeResult | None:
+    def retrieve(
+        self, idempotency_key: str, *, reference: str = "", amount: Decimal | None = None, currency: str = ""
+    ) -> ChargeResult | None:
         from orders.models import FakeGatewayCharge
 
-        existing = FakeGatewayCharge.objects.filter(idempotency_key=idempotency_key).first()
+        charges = FakeGatewayCharge.objects
+        existing = (charges.filter(reference=reference) if reference else charges.none()).first()
+        existing = existing or charges.filter(idempotency_key=idempotency_key).first()
         return None if existing is None else self._result(existing)
 
-    def refund(self, reference: str, idempotency_key: str) -> None:
+    def capture(self, reference: str, idempotency_key: str) -> ChargeResult:
+        charge = self._charge(reference)
+        if charge.status == ChargeStatus.AUTHORIZED:
+            type(charge).objects.filter(pk=charge.pk, status=ChargeStatus.AUTHORIZED).update(
+                status=ChargeStatus.SUCCEEDED, succeeded=True
+            )
+            charge.refresh_from_db()
+        if charge.status != ChargeStatus.SUCCEEDED:
+            raise GatewayError(f"Charge {reference} cannot be captured: it is {charge.status}.")
+        return self._result(charge)
+
+    def cancel(self, reference: str, idempotency_key: str) -> ChargeResult:
+        charge = self._charge(reference)
+        waiting = [ChargeStatus.REQUIRES_ACTION, ChargeStatus.PROCESSING, ChargeStatus.AUTHORIZED]
+        type(charge).objects.filter(pk=charge.pk, status__in=waiting).update(status=ChargeStatus.CANCELED)
+        charge.refresh_from_db()
+        return self._result(charge)
+
+    def refund(self, reference: str, idempotency_key: str, amount: Decimal | None = None) -> RefundResult:
+        from orders.models import FakeGatewayCharge, FakeGatewayRefund
+
+        with transaction.atomic():
+            charge = FakeGatewayCharge.objects.select_for_update().filter(reference=reference).first()
+            if charge is None or charge.status != ChargeStatus.SUCCEEDED:
+                raise GatewayError(f"No successful charge {reference}.")
+            done = FakeGatewayRefund.objects.filter(idempotency_key=idempotency_key).first()
+            if done is None:
+                remaining = charge.amount - charge.refunded_amount
+                amount = remaining if amount is None else amount
+                failure = "" if 0 < amount <= remaining else "The refund exceeds what is left of the charge."
+                done = FakeGatewayRefund.objects.create(
+                    idempotency_key=idempotency_key,
+                    reference=f"re_{secrets.token_hex(12)}",
+                    charge=charge,
+                    amount=amount,
+                    status="failed" if failure else "succeeded",
+                    failure_reason=failure,
+                )
+                if not failure:
+                    FakeGatewayCharge.objects.filter(pk=charge.pk).update(
+                        refunded_amount=charge.refunded_amount + amount, refunded_at=timezone.now()
+                    )
+        return RefundResult(done.reference, done.amount, done.status, done.failure_reason)
+
+    def verify_webhook(self, payload: bytes, signature: str) -> dict:
+        from orders.webhooks import verify_signature
+
+        if not verify_signature(signature or "", payload, fake_webhook_secret()):
+            raise InvalidSignature("The webhook signature does not verify.")
+        try:
+            return json.loads(payload)
+        except ValueError as exc:
+            raise InvalidSignature("The webhook body is not JSON.") from exc
+
+    def complete_action(self, reference: str, *, succeed: bool) -> ChargeResult:
+        """The customer passed (or failed) 3-D Secure on the fake gateway's page, or a processing
+        payment settled: the charge succeeds or is declined, and a signed webhook is sent as Stripe
+        would (through the same door a real one comes in)."""
         from orders.models import FakeGatewayCharge
 
-        charge = FakeGatewayCharge.objects.filter(reference=reference, succeeded=True).first()
+        charge = self._charge(reference)
+        waiting = [ChargeStatus.REQUIRES_ACTION, ChargeStatus.PROCESSING]
+        if succeed:
+            changes = {"status": ChargeStatus.SUCCEEDED, "succeeded": True}
+        else:
+            changes = {
+                "status": ChargeStatus.DECLINED,
+                "decline_reason": "The card could not be authenticated.",
+            }
+        changed = FakeGatewayCharge.objects.filter(pk=charge.pk, status__in=waiting).update(**changes)
+        charge.refresh_from_db()
+        if changed:
+            from orders.payment_events import receive_event
+
+            event_type = "payment_intent.succeeded" if succeed else "payment_intent.payment_failed"
+            payload = json.dumps(fake_event(event_type, charge)).encode()
+            receive_event(payload, sign_fake_event(payload), gateway=self)
+        return self._result(charge)
+
+    @staticmethod
+    def _charge(reference: str):
+        from orders.models import FakeGatewayCharge
+
+        charge = FakeGatewayCharge.objects.filter(reference=reference).first()
         if charge is None:
-            raise GatewayError(f"No successful charge {reference}.")
-        FakeGatewayCharge.objects.filter(pk=charge.pk, refunded_at=None).update(refunded_at=timezone.now())
+            raise GatewayError(f"No charge {reference}.")
+        return charge
 
     @staticmethod
     def _result(charge) -> ChargeResult:
+        action_url = ""
+        if charge.status == ChargeStatus.REQUIRES_ACTION:
+            action_url = reverse("fake-gateway-authenticate", args=[charge.reference])
         return ChargeResult(
-            succeeded=charge.succeeded,
+            succeeded=charge.status == ChargeStatus.SUCCEEDED,
             reference=charge.reference,
             amount=charge.amount,
             currency=charge.currency,
             decline_reason=charge.decline_reason,
+            status=charge.status,
+            action_url=action_url,
         )
+
+
+def fake_webhook_secret() -> str:
+    """The fake gateway signs its webhooks with this (STRIPE_WEBHOOK_SECRET if set, else derived)."""
+    if settings.STRIPE_WEBHOOK_SECRET:
+        return settings.STRIPE_WEBHOOK_SECRET
+    return "whsec_fake_" + hashlib.sha256(settings.SECRET_KEY.encode()).hexdigest()[:32]
+
+
+def sign_fake_event(payload: bytes) -> str:
+    from orders.webhooks import sign
+
+    return sign(payload, fake_webhook_secret())
+
+
+def fake_event(event_type: str, charge) -> dict:
+    """A Stripe-shaped event about a fake charge (a PaymentIntent)."""
+    return {
+        "id": f"evt_{secrets.token_hex(12)}",
+        "object": "event",
+        "type": event_type,
+        "created": int(time.time()),
+        "data": {
+            "object": {
+                "id": charge.reference,
+                "object": "payment_intent",
+                "status": charge.status
+                if charge.status != ChargeStatus.DECLINED
+                else "requires_payment_method",
+                "amount": minor_units(charge.amount, charge.currency),
+                "currency": charge.currency.lower(),
+                "metadata": {"order_number": charge.idempotency_key},
+                "last_payment_error": {"message": charge.decline_reason} if charge.decline_reason else None,
+            }
+        },
+    }
+
+
+ZERO_DECIMAL_CURRENCIES = {"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF"}
+
+
+def minor_units(amount: Decimal, currency: str) -> int:
+    """An amount in the currency's smallest unit, as Stripe counts it (cents; yen are yen)."""
+    exponent = 0 if currency.upper() in ZERO_DECIMAL_CURRENCIES else 2
+    return int((amount * (10**exponent)).to_integral_value())
+
+
+def from_minor_units(value: int, currency: str) -> Decimal:
+    exponent = 0 if currency.upper() in ZERO_DECIMAL_CURRENCIES else 2
+    return (Decimal(value) / (10**exponent)).quantize(Decimal(1) if exponent == 0 else Decimal("0.01"))

@@ -10,10 +10,10 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.core.files.base import ContentFile
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from orders.models import Invoice, Order
+from orders.models import CreditNote, DocumentSequence, Invoice, Order, Refund
 
 CENT = Decimal("0.01")
 # The PDF core fonts speak Latin-1; these are the usual characters outside it in product names.
@@ -157,4 +157,104 @@ def render_pdf(
     pdf.set_font("Helvetica", size=9)
     thanks = f"All prices include VAT. Paid in full. Thank you for your order at {settings.SELLER_NAME}."
     pdf.multi_cell(0, 5, _text(thanks))
+    return bytes(pdf.output())
+
+
+# -- credit notes ----------------------------------------------------------------------------------------
+
+
+def next_number(kind: str, prefix: str) -> str:
+    """The next number of a kind of document this year, gap-free: the sequence row is locked until the
+    caller's transaction ends, and a rollback gives the number back. Call inside a transaction."""
+    year = timezone.localdate().year
+    try:
+        with transaction.atomic():
+            DocumentSequence.objects.get_or_create(kind=kind, year=year)
+    except IntegrityError:  # created concurrently: it exists now
+        pass
+    sequence = DocumentSequence.objects.select_for_update().get(kind=kind, year=year)
+    DocumentSequence.objects.filter(pk=sequence.pk).update(last=sequence.last + 1)
+    return f"{prefix}-{year}-{sequence.last + 1:05d}"
+
+
+def issue_credit_note(refund: Refund) -> CreditNote:
+    """The credit note of a succeeded refund, made once (the order's invoice first, if it has none)."""
+    existing = CreditNote.objects.filter(refund=refund).first()
+    if existing is not None:
+        return existing
+    order = refund.order
+    invoice = generate_invoice(order)
+    with transaction.atomic():
+        Order.objects.select_for_update().filter(pk=order.pk).first()
+        existing = CreditNote.objects.filter(refund=refund).first()
+        if existing is not None:
+            return existing
+        number = next_number("credit_note", "CN")
+        issued_at = timezone.now()
+        pdf = render_credit_note(refund, number=number, invoice=invoice, issued_at=issued_at)
+        note = CreditNote(
+            refund=refund,
+            order=order,
+            number=number,
+            amount=refund.amount,
+            currency=refund.currency,
+            created_at=issued_at,
+        )
+        note.file.name = _write_file(f"credit_notes/{number}.pdf", pdf)
+        note.save()
+    return note
+
+
+def render_credit_note(refund: Refund, *, number: str, invoice: Invoice, issued_at: datetime) -> bytes:
+    """The credit note as PDF bytes: seller, buyer, its number, the invoice it corrects, what is refunded."""
+    from fpdf import FPDF
+
+    order = refund.order
+    rate = invoice.vat_rate
+    net, vat = split_vat(refund.amount, rate)
+    pdf = FPDF(format="A4")
+    pdf.set_title(f"Credit note {number}")
+    pdf.add_page()
+    pdf.set_font("Helvetica", "B", 18)
+    pdf.cell(0, 10, _text(settings.SELLER_NAME), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=10)
+    for line in [*settings.SELLER_ADDRESS, f"VAT ID {settings.SELLER_VAT_ID}"]:
+        pdf.cell(0, 5, _text(line), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(8)
+    for line in [order.name, order.shipping_line1, f"{order.shipping_postal_code} {order.shipping_city}"]:
+        pdf.cell(0, 5, _text(line), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(8)
+    pdf.set_font("Helvetica", "B", 14)
+    pdf.cell(0, 8, f"Credit note {_text(number)}", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("Helvetica", size=10)
+    pdf.cell(0, 5, f"Date: {timezone.localtime(issued_at):%Y-%m-%d}", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(
+        0,
+        5,
+        f"Corrects invoice {_text(invoice.number)} of order {_text(order.number)}",
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
+    pdf.cell(0, 5, f"Reason: {_text(refund.reason)}", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(4)
+    prices = {line.sku: line for line in order.lines.all()}
+    for sku, quantity in sorted((refund.lines or {}).items()):
+        line = prices.get(sku)
+        if line is not None:
+            pdf.cell(
+                0,
+                5,
+                _text(f"{quantity} x {sku} {line.name[:45]} at {line.unit_price:.2f}"),
+                new_x="LMARGIN",
+                new_y="NEXT",
+            )
+    pdf.ln(2)
+    percent = (rate * 100).normalize()
+    for label, amount in [
+        ("Net refunded", net),
+        (f"VAT {percent:f}%", vat),
+        ("Total refunded", refund.amount),
+    ]:
+        pdf.cell(150, 6, label, align="R")
+        pdf.cell(35, 6, f"{amount:.2f} {refund.currency}", align="R", new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())

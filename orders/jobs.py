@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field
 
 from jobs import scheduler
 from jobs.api import HIGH, Backoff, PermanentError, job
-from orders import inventory, invoices, notifications, reports, services, webhooks
+from orders import inventory, invoices, notifications, payment_events, reports, services, webhooks
 from orders.http import PermanentHTTPError
-from orders.models import Order, WebhookEvent
+from orders.models import Order, PaymentEvent, Refund, WebhookEvent
 
 
 class OrderRef(BaseModel):
@@ -26,6 +26,19 @@ class WebhookDeliveryRef(BaseModel):
     endpoint_id: int
     event: WebhookEvent
     order_id: int
+    message_id: int | None = None
+
+
+class PaymentEventRef(BaseModel):
+    event_id: str
+
+
+class RefundRef(BaseModel):
+    refund_id: int
+
+
+class FakeChargeRef(BaseModel):
+    reference: str
 
 
 class ReportDay(BaseModel):
@@ -83,9 +96,10 @@ def sync_inventory(payload: OrderRef, ctx) -> dict:
     return {"target": sync.target, "status": sync.response_status}
 
 
-@job("mark_order_fulfilled", payload=OrderRef, max_attempts=5, backoff=_backoff())
+@job("mark_order_fulfilled", payload=OrderRef, max_attempts=5, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
 def mark_order_fulfilled(payload: OrderRef, ctx) -> dict:
     order = _order(payload)
+    services.capture_payment(order)  # with PAYMENT_CAPTURE=on_fulfilment: no capture, no shipping
     changed = services.mark_fulfilled(order)
     return {"fulfilled": changed, "status": order.status}
 
@@ -104,7 +118,7 @@ def send_followup_email(payload: OrderRef, ctx) -> dict:
 )
 def deliver_webhook(payload: WebhookDeliveryRef, ctx) -> dict:
     try:
-        delivery = webhooks.deliver(payload.endpoint_id, payload.event, payload.order_id)
+        delivery = webhooks.deliver(payload.endpoint_id, payload.event, payload.order_id, payload.message_id)
     except PermanentHTTPError as exc:
         raise PermanentError(str(exc)) from exc
     except Order.DoesNotExist:
@@ -127,6 +141,67 @@ def reconcile_pending_payments(payload: ReconcileOptions, ctx) -> dict:
 @job("purge_idempotency_keys", payload=NoOptions, max_attempts=3, timeout=600)
 def purge_idempotency_keys(payload: NoOptions, ctx) -> dict:
     return {"deleted": services.purge_idempotency_keys()}
+
+
+@job(
+    "apply_payment_event",
+    payload=PaymentEventRef,
+    max_attempts=8,
+    backoff=_backoff(),
+    timeout=_NETWORK_TIMEOUT,
+)
+def apply_payment_event(payload: PaymentEventRef, ctx) -> dict:
+    event = PaymentEvent.objects.filter(event_id=payload.event_id).first()
+    if event is None:
+        raise PermanentError(f"payment event {payload.event_id} is not stored")
+    try:
+        outcome = payment_events.apply_event(event)
+    except payment_events.EventError as exc:
+        raise PermanentError(str(exc)) from exc
+    return {"outcome": outcome, "type": event.type}
+
+
+@job("expire_unpaid_order", payload=OrderRef, max_attempts=10, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
+def expire_unpaid_order(payload: OrderRef, ctx) -> dict:
+    return {"status": services.expire_unpaid_order(_order(payload)).status}
+
+
+def _refund_of(payload: RefundRef) -> Refund:
+    refund = Refund.objects.filter(pk=payload.refund_id).select_related("payment", "order").first()
+    if refund is None:
+        raise PermanentError(f"refund {payload.refund_id} does not exist")
+    return refund
+
+
+@job("process_refund", payload=RefundRef, max_attempts=10, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
+def process_refund(payload: RefundRef, ctx) -> dict:
+    refund = services.process_refund(_refund_of(payload))
+    return {"status": refund.status}
+
+
+@job("issue_credit_note", payload=RefundRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
+def issue_credit_note(payload: RefundRef, ctx) -> dict:
+    note = invoices.issue_credit_note(_refund_of(payload))
+    return {"credit_note": note.number, "emailed": notifications.send_credit_note(note)}
+
+
+@job(
+    "notify_staff_of_dispute", payload=OrderRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT
+)
+def notify_staff_of_dispute(payload: OrderRef, ctx) -> dict:
+    return {"sent": notifications.send_dispute_alert(_order(payload))}
+
+
+@job("fake_gateway_settle", payload=FakeChargeRef, max_attempts=3, backoff=_backoff())
+def fake_gateway_settle(payload: FakeChargeRef, ctx) -> dict:
+    """The fake gateway's bank answers a processing payment (it succeeds) and sends the webhook."""
+    from orders.gateways import FakeGateway, GatewayError
+
+    try:
+        result = FakeGateway().complete_action(payload.reference, succeed=True)
+    except GatewayError as exc:
+        raise PermanentError(str(exc)) from exc
+    return {"status": result.status}
 
 
 scheduler.declare("daily_sales_report", "0 0 * * *", "daily_sales_report", time_zone=settings.TIME_ZONE)

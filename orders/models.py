@@ -30,6 +30,7 @@ class OrderStatus(models.TextChoices):
     FULFILLED = "fulfilled", "Fulfilled"
     CANCELLED = "cancelled", "Cancelled"
     REFUNDED = "refunded", "Refunded"
+    EXPIRED = "expired", "Expired (not paid in time)"
 
 
 class Order(models.Model):
@@ -52,6 +53,9 @@ class Order(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     paid_at = models.DateTimeField(null=True, blank=True)
+    disputed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the customer's bank opened a dispute (chargeback)."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -103,11 +107,22 @@ class OrderLine(models.Model):
 
 
 class Payment(models.Model):
+    """One attempt to take the order's money at the gateway. Refunds are rows of their own (``Refund``);
+    ``status`` follows their sum (partially_refunded, refunded), it is never overwritten by a refund."""
+
     class Status(models.TextChoices):
+        REQUIRES_ACTION = "requires_action", "Requires action (3-D Secure)"
+        PROCESSING = "processing", "Processing"
+        AUTHORIZED = "authorized", "Authorized (to be captured)"
         SUCCEEDED = "succeeded", "Succeeded"
+        PARTIALLY_REFUNDED = "partially_refunded", "Partially refunded"
+        REFUNDED = "refunded", "Refunded"
         DECLINED = "declined", "Declined"
         FAILED = "failed", "Failed"
-        REFUNDED = "refunded", "Refunded"
+        CANCELED = "canceled", "Canceled"
+
+    CAPTURED = (Status.SUCCEEDED, Status.PARTIALLY_REFUNDED, Status.REFUNDED)
+    WAITING = (Status.REQUIRES_ACTION, Status.PROCESSING)
 
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="payments")
     gateway = models.CharField(max_length=100)
@@ -116,6 +131,10 @@ class Payment(models.Model):
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=20, choices=Status.choices)
     decline_reason = models.CharField(max_length=255, blank=True)
+    decline_code = models.CharField(max_length=100, blank=True)
+    action_url = models.URLField(
+        max_length=2000, blank=True, help_text="Where 3-D Secure sends the customer."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -136,7 +155,10 @@ class FakeGatewayCharge(models.Model):
     amount = models.DecimalField(max_digits=12, decimal_places=2)
     currency = models.CharField(max_length=3)
     succeeded = models.BooleanField()
+    status = models.CharField(max_length=20, default="succeeded")
     decline_reason = models.CharField(max_length=255, blank=True)
+    return_url = models.CharField(max_length=2000, blank=True)
+    refunded_amount = models.DecimalField(max_digits=12, decimal_places=2, default=0)
     refunded_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -145,6 +167,113 @@ class FakeGatewayCharge(models.Model):
 
     def __str__(self) -> str:
         return self.reference
+
+
+class FakeGatewayRefund(models.Model):
+    """A refund in the fake gateway's ledger, once per idempotency key."""
+
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    reference = models.CharField(max_length=64, unique=True)
+    charge = models.ForeignKey(FakeGatewayCharge, on_delete=models.CASCADE, related_name="refunds")
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    status = models.CharField(max_length=10)
+    failure_reason = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.reference
+
+
+class PaymentEvent(models.Model):
+    """A payment provider's webhook event, stored once (by its id) as it arrived, raw, and applied by a
+    job (``apply_payment_event``). Staff see the raw event here when its job failed."""
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "Waiting to be applied"
+        APPLIED = "applied", "Applied"
+        IGNORED = "ignored", "Ignored (nothing to do)"
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
+    note = models.CharField(max_length=255, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class Refund(models.Model):
+    """Money given back for an order: the whole order, some lines, or an amount. The gateway call runs
+    as a job (its idempotency key is this row), so a timeout or a crash never refunds twice. The sum of
+    a payment's refunds never exceeds what was captured (checked under the order's row lock)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="refunds")
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    lines = models.JSONField(default=dict, blank=True, help_text="SKU to quantity refunded, if by line.")
+    reason = models.CharField(max_length=255)
+    actor = models.CharField(max_length=200, help_text="Who asked for it: a staff user, the customer, a job.")
+    restock = models.BooleanField(default=False, help_text="Give the lines' stock back when it succeeds.")
+    gateway_reference = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    failure_reason = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(amount__gt=0), name="refund_amount_positive")
+        ]
+
+    def __str__(self) -> str:
+        return f"Refund {self.amount} {self.currency} of {self.order} ({self.status})"
+
+
+class DocumentSequence(models.Model):
+    """The last number given to a kind of document in a year. Its row is locked by the transaction that
+    issues the next number, so numbers are sequential and gap-free (a rollback gives the number back)."""
+
+    kind = models.CharField(max_length=20)
+    year = models.PositiveIntegerField()
+    last = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "year"], name="documentsequence_one_per_year")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.year}: {self.last}"
+
+
+class CreditNote(models.Model):
+    """The document of a succeeded refund (PDF), numbered ``CN-<year>-<n>`` without gaps."""
+
+    refund = models.OneToOneField(Refund, on_delete=models.PROTECT, related_name="credit_note")
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="credit_notes")
+    number = models.CharField(max_length=40, unique=True)
+    file = models.FileField(upload_to="credit_notes/")
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(default=timezone.now)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.number
 
 
 class RecoveryPoint(models.TextChoices):
@@ -264,6 +393,27 @@ class InventorySync(models.Model):
 class WebhookEvent(models.TextChoices):
     ORDER_PAID = "order.paid", "order.paid"
     ORDER_FULFILLED = "order.fulfilled", "order.fulfilled"
+    ORDER_REFUNDED = "order.refunded", "order.refunded"
+    ORDER_CANCELLED = "order.cancelled", "order.cancelled"
+    ORDER_EXPIRED = "order.expired", "order.expired"
+    ORDER_DISPUTED = "order.disputed", "order.disputed"
+
+
+class OrderMessage(models.Model):
+    """An outgoing webhook event as it happened: its body is recorded in the transaction that makes the
+    change, and every delivery attempt sends this body (``created`` is the event's time), never a
+    re-read of the order."""
+
+    order = models.ForeignKey("Order", on_delete=models.CASCADE, related_name="messages")
+    event = models.CharField(max_length=40, choices=WebhookEvent.choices)
+    body = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.event} of {self.order}"
 
 
 class WebhookEndpoint(models.Model):
@@ -293,6 +443,9 @@ class WebhookDelivery(models.Model):
     endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
     event = models.CharField(max_length=40, choices=WebhookEvent.choices)
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    message = models.ForeignKey(
+        OrderMessage, null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
+    )
     response_status = models.PositiveSmallIntegerField()
     delivered_at = models.DateTimeField(default=timezone.now)
 
@@ -301,8 +454,11 @@ class WebhookDelivery(models.Model):
         verbose_name_plural = "webhook deliveries"
         constraints = [
             models.UniqueConstraint(
-                fields=["endpoint", "event", "order"], name="webhookdelivery_once_per_event"
-            )
+                fields=["endpoint", "event", "order"],
+                name="webhookdelivery_once_per_event",
+                condition=models.Q(message__isnull=True),
+            ),
+            models.UniqueConstraint(fields=["endpoint", "message"], name="webhookdelivery_once_per_message"),
         ]
 
     def __str__(self) -> str:

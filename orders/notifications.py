@@ -6,9 +6,10 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 
-from orders.models import Order, OrderEmail, SalesReport
+from orders.models import CreditNote, Order, OrderEmail, SalesReport
 
 # Orders a customer is told about: paid and not since cancelled or refunded.
 CONFIRMED_STATUSES = {Order.Status.PAID, Order.Status.FULFILLED}
@@ -92,4 +93,46 @@ def send_sales_report(report: SalesReport) -> bool:
     )
     SalesReport.objects.filter(pk=report.pk).update(emailed_at=timezone.now())
     report.refresh_from_db()
+    return True
+
+
+def send_credit_note(note: CreditNote) -> bool:
+    """Email the customer their credit note (the refund's document, PDF attached) once; False if sent
+    before. The ``emailed_at`` mark is written right after the send."""
+    note.refresh_from_db()
+    if note.emailed_at is not None:
+        return False
+    order = note.order
+    context = {
+        "order": order,
+        "note": note,
+        "refund": note.refund,
+        "order_url": _absolute(order.get_absolute_url()),
+        "shop_name": settings.SHOP_NAME,
+    }
+    with note.file.open("rb") as handle:
+        pdf = handle.read()
+    _send(
+        "credit_note",
+        context,
+        f"Your refund for order {order.number} at {settings.SHOP_NAME}",
+        [order.email],
+        attachments=[(f"{note.number}.pdf", pdf, "application/pdf")],
+    )
+    CreditNote.objects.filter(pk=note.pk, emailed_at=None).update(emailed_at=timezone.now())
+    return True
+
+
+def send_dispute_alert(order: Order) -> bool:
+    """Tell staff (``settings.MANAGERS``, else ``PAYMENT_ALERT_EMAILS``) that a customer's bank opened a
+    dispute. No customer data beyond the order number and its admin link."""
+    recipients = list(settings.PAYMENT_ALERT_EMAILS) or [address for _, address in settings.MANAGERS]
+    if not recipients:
+        return False
+    context = {
+        "order": order,
+        "admin_url": _absolute(reverse("admin:orders_order_change", args=[order.pk])),
+        "shop_name": settings.SHOP_NAME,
+    }
+    _send("dispute_alert", context, f"Payment dispute on order {order.number}", recipients)
     return True

@@ -11,7 +11,15 @@ from django.conf import settings
 
 from jobs.api import HIGH, enqueue, prepare
 from jobs.models import Job, JobStatus
-from orders.models import InventorySync, Invoice, Order, OrderEmail, WebhookEndpoint, WebhookEvent
+from orders.models import (
+    InventorySync,
+    Invoice,
+    Order,
+    OrderEmail,
+    OrderMessage,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 
 # The steps the customer sees, in order, with their label once done.
 STEPS = [
@@ -43,8 +51,9 @@ def job_key(order_id: int, step: str) -> str:
     return f"order:{order_id}:{step}"
 
 
-def webhook_key(endpoint_id: int, event: str, order_id: int) -> str:
-    return f"webhook:{endpoint_id}:{event}:order:{order_id}"
+def webhook_key(endpoint_id: int, event: str, order_id: int, message_id: int | None = None) -> str:
+    key = f"webhook:{endpoint_id}:{event}:order:{order_id}"
+    return key if message_id is None else f"{key}:{message_id}"
 
 
 def on_order_paid(order: Order) -> None:
@@ -85,14 +94,31 @@ def on_order_fulfilled(order: Order) -> None:
     enqueue_webhooks(order, WebhookEvent.ORDER_FULFILLED)
 
 
-def enqueue_webhooks(order: Order, event: str) -> list[Job]:
-    """One delivery job per active endpoint subscribed to ``event``."""
+def on_order_event(order: Order, event: str, **facts: Any) -> list[Job]:
+    """An order event (refunded, cancelled, expired, disputed) for the webhook endpoints; called inside
+    the transaction that makes the change."""
+    return enqueue_webhooks(order, event, **facts)
+
+
+def enqueue_webhooks(order: Order, event: str, **facts: Any) -> list[Job]:
+    """Record the event's body as it is now (an ``OrderMessage``) and enqueue one delivery job per
+    active endpoint subscribed to ``event``: every attempt sends this body, whatever the order became."""
     endpoints = [e for e in WebhookEndpoint.objects.filter(active=True).order_by("id") if e.wants(event)]
+    if not endpoints:
+        return []
+    from orders.webhooks import event_body  # webhooks reads the order's pipeline: imported late
+
+    # An order's first event of a kind keeps the plain key and id; a later one (a second partial
+    # refund) is told apart by its message.
+    first = not OrderMessage.objects.filter(order=order, event=event).exists()
+    message = OrderMessage.objects.create(order=order, event=event, body={})
+    body = event_body(event, order, message=None if first else message, created=message.created_at, **facts)
+    OrderMessage.objects.filter(pk=message.pk).update(body=body)
     return [
         enqueue(
             "deliver_webhook",
-            {"endpoint_id": endpoint.id, "event": str(event), "order_id": order.id},
-            unique_key=webhook_key(endpoint.id, event, order.id),
+            {"endpoint_id": endpoint.id, "event": str(event), "order_id": order.id, "message_id": message.id},
+            unique_key=webhook_key(endpoint.id, event, order.id, None if first else message.id),
         )
         for endpoint in endpoints
     ]

@@ -1,4 +1,5 @@
 from typing import Any
+from urllib.parse import urljoin
 
 from django.conf import settings
 from django.urls import reverse
@@ -40,6 +41,7 @@ def order_to_dict(order: Order) -> dict[str, Any]:
             "status": payment.status,
             "amount": money(payment.amount),
             "decline_reason": payment.decline_reason,
+            "action_url": urljoin(settings.SHOP_BASE_URL, payment.action_url) if payment.action_url else "",
         },
         "created_at": order.created_at.isoformat(),
         "paid_at": order.paid_at.isoformat() if order.paid_at else None,

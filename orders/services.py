@@ -15,12 +15,14 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Now
+from django.urls import reverse
 from django.utils import timezone
 
-from orders.gateways import ChargeResult, GatewayError, PaymentGateway, get_gateway
+from jobs.api import enqueue
+from orders.gateways import ChargeResult, ChargeStatus, GatewayError, PaymentGateway, get_gateway
 from orders.idempotency import Lease
-from orders.models import IdempotencyKey, Order, OrderLine, Payment, RecoveryPoint
-from orders.pipeline import on_order_fulfilled, on_order_paid
+from orders.models import IdempotencyKey, Order, OrderLine, Payment, RecoveryPoint, Refund, WebhookEvent
+from orders.pipeline import job_key, on_order_event, on_order_fulfilled, on_order_paid
 from shop.models import Product
 
 logger = logging.getLogger(__name__)
@@ -110,13 +112,25 @@ def _resume(order: Order, payment_token: str, lease: Lease) -> Order:
     gateway = get_gateway()
     if lease.recovery_point == RecoveryPoint.CHARGE_ATTEMPTED:
         try:
-            result = gateway.retrieve(order.number)
+            result = _retrieve(gateway, order)
         except GatewayError as error:
             raise PaymentGatewayError(order, error) from error
         if result is not None:
-            _record_charge(order, result)
+            record_charge(order, result)
             return order
     return _charge(gateway, order, payment_token, lease)
+
+
+def _retrieve(gateway: PaymentGateway, order: Order) -> ChargeResult | None:
+    """What the gateway knows of the order's charge: by the payment's reference once one is recorded,
+    else by the order number (its idempotency key). Never charges."""
+    payment = order.payments.exclude(gateway_reference="").order_by("-id").first()
+    return gateway.retrieve(
+        order.number,
+        reference=payment.gateway_reference if payment else "",
+        amount=order.total,
+        currency=order.currency,
+    )
 
 
 def _charge(gateway: PaymentGateway, order: Order, payment_token: str, lease: Lease | None) -> Order:
@@ -124,7 +138,15 @@ def _charge(gateway: PaymentGateway, order: Order, payment_token: str, lease: Le
         with transaction.atomic():
             lease.advance(RecoveryPoint.CHARGE_ATTEMPTED)
     try:
-        result = gateway.charge(order.total, order.currency, payment_token, idempotency_key=order.number)
+        result = gateway.charge(
+            order.total,
+            order.currency,
+            payment_token,
+            idempotency_key=order.number,
+            return_url=settings.SHOP_BASE_URL.rstrip("/")
+            + reverse("order-payment-return", args=[order.token]),
+            capture=settings.PAYMENT_CAPTURE != "on_fulfilment",
+        )
     except GatewayError as error:
         try:
             settle_pending_payment(order, not_charged_reason=f"payment gateway error: {error}")
@@ -133,7 +155,7 @@ def _charge(gateway: PaymentGateway, order: Order, payment_token: str, lease: Le
         if order.status != Order.Status.PAID:
             raise PaymentGatewayError(order, error) from error
         return order
-    _record_charge(order, result)
+    record_charge(order, result)
     return order
 
 
@@ -199,17 +221,33 @@ def _reserve(
     return order
 
 
-def _record_charge(order: Order, result: ChargeResult) -> None:
-    if result.succeeded:
-        if not mark_paid(order, result) and order.status != Order.Status.PAID:
-            # The order was settled as failed (or cancelled) while the charge was in flight: the customer
-            # must not pay for an order we no longer honour.
-            logger.warning(
-                "Refunding charge %s of order %s (status %s)", result.reference, order.number, order.status
-            )
-            get_gateway().refund(result.reference, idempotency_key=f"{order.number}-refund")
+def record_charge(order: Order, result: ChargeResult) -> None:
+    """Record what the gateway says of the order's charge. Safe to call again with the same answer, and
+    with answers in any order (the customer's return, the provider's webhook, reconciliation)."""
+    if result.status in (ChargeStatus.SUCCEEDED, ChargeStatus.AUTHORIZED):
+        if mark_paid(order, result) or _holds(order, result.reference):
+            return
+        # The order was settled as failed, expired or cancelled while the charge was in flight: the
+        # customer must not pay for an order we no longer honour.
+        logger.warning(
+            "Giving back charge %s of order %s (status %s)", result.reference, order.number, order.status
+        )
+        gateway = get_gateway()
+        if result.status == ChargeStatus.AUTHORIZED:
+            gateway.cancel(result.reference, idempotency_key=f"{order.number}-void")
+        else:
+            gateway.refund(result.reference, idempotency_key=f"{order.number}-refund")
+    elif result.status in (ChargeStatus.REQUIRES_ACTION, ChargeStatus.PROCESSING):
+        mark_payment_waiting(order, result)
     else:
-        mark_payment_failed(order, result.decline_reason, charge_result=result)
+        reason = result.decline_reason or "The payment was canceled."
+        mark_payment_failed(order, reason, charge_result=result)
+
+
+def _holds(order: Order, reference: str) -> bool:
+    """The order already holds this charge (paid with it): a repeated answer, nothing to give back."""
+    held = (*Payment.CAPTURED, Payment.Status.AUTHORIZED)
+    return order.payments.filter(gateway_reference=reference, status__in=held).exists()
 
 
 def mark_paid(order: Order, charge_result: ChargeResult) -> bool:
@@ -217,6 +255,11 @@ def mark_paid(order: Order, charge_result: ChargeResult) -> bool:
 
     Returns False (and changes nothing) if the order was no longer pending_payment.
     """
+    status = (
+        Payment.Status.AUTHORIZED
+        if charge_result.status == ChargeStatus.AUTHORIZED
+        else Payment.Status.SUCCEEDED
+    )
     with transaction.atomic():
         now = timezone.now()
         changed = Order.objects.filter(pk=order.pk, status=Order.Status.PENDING_PAYMENT).update(
@@ -225,15 +268,27 @@ def mark_paid(order: Order, charge_result: ChargeResult) -> bool:
         order.refresh_from_db()
         if not changed:
             return False
-        Payment.objects.create(
-            order=order,
-            gateway=get_gateway().name,
-            gateway_reference=charge_result.reference,
-            amount=charge_result.amount,
-            currency=charge_result.currency,
-            status=Payment.Status.SUCCEEDED,
-        )
+        _record_payment(order, charge_result, status)
         on_order_paid(order)
+    return True
+
+
+def mark_payment_waiting(order: Order, charge_result: ChargeResult) -> bool:
+    """The payment waits for the customer (3-D Secure) or the bank (processing): the order stays
+    pending_payment with its stock reserved until ``settings.PAYMENT_RESERVATION_TTL``, when the
+    ``expire_unpaid_order`` job enqueued here gives it up. Returns False if the order was settled."""
+    with transaction.atomic():
+        if not Order.objects.filter(pk=order.pk, status=Order.Status.PENDING_PAYMENT).exists():
+            order.refresh_from_db()
+            return False
+        _record_payment(order, charge_result, charge_result.status)
+        enqueue(
+            "expire_unpaid_order",
+            {"order_id": order.id},
+            delay=timedelta(seconds=settings.PAYMENT_RESERVATION_TTL),
+            unique_key=job_key(order.id, "expiry"),
+        )
+    order.refresh_from_db()
     return True
 
 
@@ -249,17 +304,49 @@ def mark_payment_failed(order: Order, reason: str, *, charge_result: ChargeResul
         )
         if changed:
             _release_stock(order)
-            Payment.objects.create(
-                order=order,
-                gateway=get_gateway().name,
-                gateway_reference=charge_result.reference if charge_result else "",
+            if charge_result is None:
+                status = Payment.Status.FAILED
+            elif charge_result.status == ChargeStatus.CANCELED:
+                status = Payment.Status.CANCELED
+            else:
+                status = Payment.Status.DECLINED
+            _record_payment(
+                order,
+                charge_result,
+                status,
+                decline_reason=reason[:255],
                 amount=order.total,
                 currency=order.currency,
-                status=Payment.Status.DECLINED if charge_result else Payment.Status.FAILED,
-                decline_reason=reason[:255],
             )
         order.refresh_from_db()
     return bool(changed)
+
+
+def _record_payment(
+    order: Order, result: ChargeResult | None, status: str, *, decline_reason: str = "", **defaults
+) -> Payment:
+    """The order's payment row for this charge: created once, moved forward as the charge settles
+    (requires_action -> succeeded is one PaymentIntent). Call inside the order's transaction."""
+    reference = result.reference if result else ""
+    fields = {
+        "status": status,
+        "decline_reason": decline_reason or (result.decline_reason if result else ""),
+        "decline_code": result.decline_code if result else "",
+        "action_url": result.action_url if result else "",
+    }
+    payment = order.payments.filter(gateway_reference=reference).exclude(gateway_reference="").first()
+    if payment is not None:
+        Payment.objects.filter(pk=payment.pk).update(**fields, updated_at=timezone.now())
+        payment.refresh_from_db()
+        return payment
+    return Payment.objects.create(
+        order=order,
+        gateway=get_gateway().name,
+        gateway_reference=reference,
+        amount=result.amount if result else defaults["amount"],
+        currency=result.currency if result else defaults["currency"],
+        **fields,
+    )
 
 
 def settle_pending_payment(order: Order, *, not_charged_reason: str = "payment not completed") -> Order:
@@ -271,11 +358,45 @@ def settle_pending_payment(order: Order, *, not_charged_reason: str = "payment n
     order.refresh_from_db()
     if order.status != Order.Status.PENDING_PAYMENT:
         return order
-    result = get_gateway().retrieve(order.number)
+    result = _retrieve(get_gateway(), order)
     if result is None:
         mark_payment_failed(order, not_charged_reason)
     else:
-        _record_charge(order, result)
+        record_charge(order, result)
+    return order
+
+
+def expire_unpaid_order(order: Order) -> Order:
+    """The payment of a pending order did not settle within ``PAYMENT_RESERVATION_TTL``: cancel it at
+    the gateway and release the stock once (the order becomes expired). A payment that succeeded
+    meanwhile wins: the gateway is asked first, and its answer recorded."""
+    order.refresh_from_db()
+    if order.status != Order.Status.PENDING_PAYMENT:
+        return order
+    gateway = get_gateway()
+    payment = order.payments.filter(status__in=Payment.WAITING).order_by("-id").first()
+    if payment is not None:
+        result = gateway.cancel(payment.gateway_reference, idempotency_key=f"{order.number}-cancel")
+    else:
+        result = _retrieve(gateway, order)
+    if result is not None and result.status != ChargeStatus.CANCELED:
+        record_charge(order, result)
+        order.refresh_from_db()
+        if order.status != Order.Status.PENDING_PAYMENT:
+            return order
+    with transaction.atomic():
+        changed = Order.objects.filter(pk=order.pk, status=Order.Status.PENDING_PAYMENT).update(
+            status=Order.Status.EXPIRED, updated_at=timezone.now()
+        )
+        if changed:
+            _release_stock(order)
+            if payment is not None:
+                Payment.objects.filter(pk=payment.pk).update(
+                    status=Payment.Status.CANCELED, updated_at=timezone.now()
+                )
+            order.refresh_from_db()
+            on_order_event(order, WebhookEvent.ORDER_EXPIRED)
+    order.refresh_from_db()
     return order
 
 
@@ -292,45 +413,219 @@ def mark_fulfilled(order: Order) -> bool:
     return bool(changed)
 
 
-def refund(order: Order) -> Order:
-    """Return the customer's money for a paid or fulfilled order; status becomes refunded.
+class InvalidRefund(InvalidTransition):
+    pass
+
+
+def refund(order: Order, *, actor: str = "system", reason: str = "Refunded by staff") -> Order:
+    """Return all the customer's money still captured for a paid or fulfilled order. The order becomes
+    refunded when the refund succeeds (a job calls the gateway).
 
     Stock comes back only if the goods never left (the order was paid, not yet fulfilled); returned
     goods of a fulfilled order are restocked by hand.
     """
-    return _refund(order, Order.Status.REFUNDED, allowed={Order.Status.PAID, Order.Status.FULFILLED})
+    order.refresh_from_db()
+    if order.status not in (Order.Status.PAID, Order.Status.FULFILLED):
+        raise InvalidTransition(f"Order {order.number} is {order.get_status_display().lower()}.")
+    request_refund(order, actor=actor, reason=reason, restock=order.status == Order.Status.PAID)
+    order.refresh_from_db()
+    return order
 
 
-def cancel_order(order: Order) -> Order:
-    """Cancel a paid order before it is fulfilled: refund the payment and release the stock.
+def cancel_order(order: Order, *, actor: str = "system", reason: str = "Cancelled") -> Order:
+    """Cancel a paid order before it is fulfilled: the order is cancelled and its stock released at once
+    (nothing will ship), and its whole payment refunded by a job.
 
     An order still pending_payment cannot be cancelled (its charge may be in flight); settle it first.
     A payment_failed order needs no cancelling: it holds neither money nor stock.
     """
-    return _refund(order, Order.Status.CANCELLED, allowed={Order.Status.PAID})
-
-
-def _refund(order: Order, new_status: str, *, allowed: set[str]) -> Order:
-    order.refresh_from_db()
-    if order.status not in allowed:
-        raise InvalidTransition(f"Order {order.number} is {order.get_status_display().lower()}.")
-    payment = order.payments.filter(status=Payment.Status.SUCCEEDED).first()
-    if payment is not None:  # outside any transaction: it is a network call, and idempotent
-        get_gateway().refund(payment.gateway_reference, idempotency_key=f"{order.number}-refund")
     with transaction.atomic():
         locked = Order.objects.select_for_update().get(pk=order.pk)
-        if locked.status not in allowed:
+        if locked.status != Order.Status.PAID:
             order.refresh_from_db()
             raise InvalidTransition(f"Order {order.number} is {locked.get_status_display().lower()}.")
-        if locked.status == Order.Status.PAID:
-            _release_stock(locked)
-        Order.objects.filter(pk=order.pk).update(status=new_status, updated_at=timezone.now())
-        if payment is not None:
-            Payment.objects.filter(pk=payment.pk).update(
-                status=Payment.Status.REFUNDED, updated_at=timezone.now()
-            )
+        Order.objects.filter(pk=order.pk).update(status=Order.Status.CANCELLED, updated_at=timezone.now())
+        _release_stock(locked)
+        order.refresh_from_db()
+        if _captured(order) is not None:
+            request_refund(order, actor=actor, reason=reason)
+        on_order_event(order, WebhookEvent.ORDER_CANCELLED)
     order.refresh_from_db()
     return order
+
+
+def _captured(order: Order) -> Payment | None:
+    return order.payments.filter(status__in=Payment.CAPTURED).order_by("-id").first()
+
+
+def refundable(order: Order) -> tuple[Payment | None, Decimal, dict[str, int]]:
+    """(the captured payment, the amount left to refund, SKU -> quantity left to refund)."""
+    payment = _captured(order)
+    if payment is None:
+        return None, Decimal("0.00"), {}
+    open_refunds = payment.refunds.exclude(status=Refund.Status.FAILED)
+    taken = sum((r.amount for r in open_refunds), Decimal("0.00"))
+    left = {line.sku: line.quantity for line in order.lines.all()}
+    for r in open_refunds:
+        for sku, quantity in (r.lines or {}).items():
+            left[sku] = left.get(sku, 0) - int(quantity)
+    return payment, payment.amount - taken, left
+
+
+def request_refund(
+    order: Order,
+    *,
+    actor: str,
+    reason: str,
+    amount: Decimal | None = None,
+    lines: Mapping[str, int] | None = None,
+    restock: bool = False,
+) -> Refund:
+    """Ask for money back: the whole remaining amount, some lines (SKU -> quantity, at their prices), or
+    an amount. The refund row and its ``process_refund`` job are created in one transaction under the
+    order's row lock, so concurrent refunds never add up to more than was captured. Raises
+    InvalidRefund with a message for staff."""
+    if not reason.strip():
+        raise InvalidRefund("Give a reason for the refund.")
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        payment, left_amount, left_lines = refundable(locked)
+        if payment is None:
+            raise InvalidRefund(f"Order {order.number} has no captured payment to refund.")
+        if lines:
+            prices = {line.sku: line.unit_price for line in locked.lines.all()}
+            for sku, quantity in lines.items():
+                if sku not in prices:
+                    raise InvalidRefund(f"Order {order.number} has no line {sku}.")
+                if not isinstance(quantity, int) or not 1 <= quantity <= left_lines.get(sku, 0):
+                    raise InvalidRefund(f"At most {left_lines.get(sku, 0)} of {sku} can still be refunded.")
+            amount = sum((prices[sku] * q for sku, q in lines.items()), Decimal("0.00"))
+        elif amount is None:
+            amount = left_amount
+        amount = Decimal(amount).quantize(Decimal("0.01"))
+        if amount <= 0:
+            raise InvalidRefund(f"Nothing is left to refund on order {order.number}.")
+        if amount > left_amount:
+            raise InvalidRefund(f"At most {left_amount} {locked.currency} can still be refunded.")
+        refund = Refund.objects.create(
+            order=locked,
+            payment=payment,
+            amount=amount,
+            currency=payment.currency,
+            lines=dict(lines or {}),
+            reason=reason.strip()[:255],
+            actor=actor[:200],
+            restock=restock,
+        )
+        enqueue("process_refund", {"refund_id": refund.id}, unique_key=f"refund:{refund.id}")
+    return refund
+
+
+def process_refund(refund: Refund) -> Refund:
+    """Call the gateway for a pending refund (the refund row is the idempotency key, so a retry after a
+    timeout or a crash never refunds twice) and record its answer. GatewayError propagates: retry."""
+    refund.refresh_from_db()
+    if refund.status != Refund.Status.PENDING:
+        return refund
+    result = get_gateway().refund(
+        refund.payment.gateway_reference, idempotency_key=f"refund-{refund.id}", amount=refund.amount
+    )
+    return record_refund_result(
+        refund, result.status, reference=result.reference, reason=result.failure_reason
+    )
+
+
+def retry_refund(refund: Refund, *, actor: str) -> Refund:
+    """Staff try a failed refund again: back to pending, with a new job (and a new idempotency key)."""
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=refund.order_id)
+        refund.refresh_from_db()
+        if refund.status != Refund.Status.FAILED:
+            raise InvalidRefund(f"Refund {refund.pk} is {refund.status}, not failed.")
+        _, left_amount, _ = refundable(locked)
+        if refund.amount > left_amount:
+            raise InvalidRefund(f"At most {left_amount} {locked.currency} can still be refunded.")
+        attempt = Refund.objects.create(
+            order=locked,
+            payment=refund.payment,
+            amount=refund.amount,
+            currency=refund.currency,
+            lines=refund.lines,
+            reason=f"{refund.reason} (retry of refund {refund.pk})"[:255],
+            actor=actor[:200],
+            restock=refund.restock,
+        )
+        enqueue("process_refund", {"refund_id": attempt.id}, unique_key=f"refund:{attempt.id}")
+    return attempt
+
+
+def record_refund_result(refund: Refund, status: str, *, reference: str = "", reason: str = "") -> Refund:
+    """pending -> succeeded or failed (a "pending" answer waits for the provider's webhook), once. A
+    succeeded refund moves the payment's status by the sum of refunds, refunds the order when all is
+    returned, releases the stock it was asked to, and issues a credit note and an order.refunded event."""
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=refund.order_id)
+        refund.refresh_from_db()
+        if reference and not refund.gateway_reference:
+            Refund.objects.filter(pk=refund.pk).update(gateway_reference=reference)
+        if refund.status != Refund.Status.PENDING or status == "pending":
+            refund.refresh_from_db()
+            return refund
+        if status != "succeeded":
+            Refund.objects.filter(pk=refund.pk).update(
+                status=Refund.Status.FAILED,
+                failure_reason=(reason or "The gateway refused the refund.")[:255],
+            )
+            refund.refresh_from_db()
+            return refund
+        Refund.objects.filter(pk=refund.pk).update(status=Refund.Status.SUCCEEDED)
+        payment = refund.payment
+        returned = sum(
+            (r.amount for r in payment.refunds.filter(status=Refund.Status.SUCCEEDED)), Decimal("0.00")
+        )
+        whole = returned >= payment.amount
+        Payment.objects.filter(pk=payment.pk).update(
+            status=Payment.Status.REFUNDED if whole else Payment.Status.PARTIALLY_REFUNDED,
+            updated_at=timezone.now(),
+        )
+        if refund.restock:
+            _release_stock(locked)
+        if whole and locked.status in (Order.Status.PAID, Order.Status.FULFILLED):
+            Order.objects.filter(pk=locked.pk).update(status=Order.Status.REFUNDED, updated_at=timezone.now())
+        enqueue("issue_credit_note", {"refund_id": refund.id}, unique_key=f"refund:{refund.id}:credit-note")
+        locked.refresh_from_db()
+        on_order_event(locked, WebhookEvent.ORDER_REFUNDED, refund=refund)
+    refund.refresh_from_db()
+    return refund
+
+
+def capture_payment(order: Order) -> Payment | None:
+    """Capture the order's authorized payment (PAYMENT_CAPTURE=on_fulfilment), once; the goods ship only
+    after this. GatewayError propagates: a capture the gateway refuses is for staff to look at."""
+    payment = order.payments.filter(status=Payment.Status.AUTHORIZED).order_by("-id").first()
+    if payment is None:
+        return _captured(order)
+    result = get_gateway().capture(payment.gateway_reference, idempotency_key=f"{order.number}-capture")
+    if result.status != ChargeStatus.SUCCEEDED:
+        raise GatewayError(f"capture of {payment.gateway_reference} ended {result.status}")
+    Payment.objects.filter(pk=payment.pk, status=Payment.Status.AUTHORIZED).update(
+        status=Payment.Status.SUCCEEDED, updated_at=timezone.now()
+    )
+    payment.refresh_from_db()
+    return payment
+
+
+def mark_disputed(order: Order, *, reason: str, amount: Decimal | None = None) -> bool:
+    """The customer's bank opened a dispute: the order is marked, staff are told by email and the
+    order.disputed event is sent, once. Returns False if it was marked already."""
+    with transaction.atomic():
+        now = timezone.now()
+        if not Order.objects.filter(pk=order.pk, disputed_at=None).update(disputed_at=now, updated_at=now):
+            return False
+        order.refresh_from_db()
+        on_order_event(order, WebhookEvent.ORDER_DISPUTED, dispute={"reason": reason})
+        enqueue("notify_staff_of_dispute", {"order_id": order.id}, unique_key=job_key(order.id, "dispute"))
+    return True
 
 
 def _release_stock(order: Order) -> None:
@@ -362,6 +657,7 @@ def reconcile_pending_payments(*, older_than: timedelta = timedelta(minutes=1)) 
     stuck = (
         Order.objects.filter(status=Order.Status.PENDING_PAYMENT, created_at__lt=cutoff)
         .exclude(idempotency_keys__locked_at__gte=live)
+        .exclude(payments__status__in=Payment.WAITING)  # the customer or the bank has until the expiry
         .order_by("id")
     )
     for order in stuck:

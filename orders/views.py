@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from orders import idempotency, services
 from orders.forms import CheckoutForm
-from orders.models import IdempotencyKey, Invoice, Order
+from orders.models import IdempotencyKey, Invoice, Order, Payment
 from orders.pipeline import pipeline_steps
 from orders.services import (
     InvalidOrder,
@@ -89,8 +89,8 @@ def create_order(request: HttpRequest) -> HttpResponse:
         return _render_checkout(request, form, cart, status=400)
     status, error, order = _place_order(form, cart, taken)
     try:
-        if status >= 500:
-            taken.release()
+        if status >= 500 or status == 202:
+            taken.release()  # not final: a resubmit resumes (and may find the payment settled)
         else:
             taken.finish(status, {"error": error}, order=order)
     except idempotency.LeaseLost:
@@ -122,6 +122,8 @@ def _place_order(form: CheckoutForm, cart: Cart, lease: idempotency.Lease) -> tu
         return 502, "The payment service is unavailable, please try again in a moment.", exc.order
     if order.status == Order.Status.PAYMENT_FAILED:
         return 402, f"Payment declined: {services.decline_reason(order)}", order
+    if order.status == Order.Status.PENDING_PAYMENT:
+        return 202, "", order  # 3-D Secure or processing: see _checkout_answer
     return 201, "", order
 
 
@@ -137,6 +139,9 @@ def _checkout_answer(
 ) -> HttpResponse:
     if status < 400:
         cart.clear()
+        payment = order.payments.order_by("-id").first() if status == 202 else None
+        if payment is not None and payment.status == Payment.Status.REQUIRES_ACTION and payment.action_url:
+            return redirect(payment.action_url)  # the bank's 3-D Secure page, which returns to us
         return redirect(order)
     form.is_valid()
     form.add_error("payment_token" if status == 402 else None, error)

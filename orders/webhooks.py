@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from orders.http import post_json
-from orders.models import Order, WebhookDelivery, WebhookEndpoint
+from orders.models import Order, OrderMessage, WebhookDelivery, WebhookEndpoint
 from orders.serializers import order_to_dict
 
 SIGNATURE_HEADER = "X-Shop-Signature"
@@ -48,31 +48,62 @@ def verify_signature(header: str, body: bytes, secret: str, tolerance: int = 300
     return any(hmac.compare_digest(expected, s) for s in signatures)
 
 
-def event_body(event: str, order: Order) -> dict[str, Any]:
+def event_body(
+    event: str, order: Order, *, message: OrderMessage | None = None, created=None, **facts: Any
+) -> dict[str, Any]:
+    """The event as the order is at this moment (recorded in an OrderMessage when the change happens).
+    Its id is ``<event>:<number>``, with the message's id added for a later event of the same kind (a
+    second partial refund); ``created`` is when it happened."""
     data = order_to_dict(order)
     data.pop("pipeline", None)
-    return {"id": f"{event}:{order.number}", "type": event, "created": int(time.time()), "data": data}
+    event_id = f"{event}:{order.number}" + (f":{message.pk}" if message is not None else "")
+    at = created.timestamp() if created is not None else time.time()
+    body = {"id": event_id, "type": event, "created": int(at), "data": data}
+    for name, value in facts.items():
+        body[name] = _fact(value)
+    return body
 
 
-def endpoints_for(event: str) -> list[WebhookEndpoint]:
-    return [e for e in WebhookEndpoint.objects.filter(active=True).order_by("id") if event in e.events]
+def _fact(value: Any) -> Any:
+    from orders.models import Refund
+
+    if isinstance(value, Refund):
+        return {
+            "id": value.pk,
+            "amount": f"{value.amount:.2f}",
+            "currency": value.currency,
+            "lines": value.lines,
+            "reason": value.reason,
+        }
+    return value
 
 
-def deliver(endpoint_id: int, event: str, order_id: int) -> WebhookDelivery | None:
+def deliver(
+    endpoint_id: int, event: str, order_id: int, message_id: int | None = None
+) -> WebhookDelivery | None:
     """Send ``event`` about the order to the endpoint once. None if the endpoint was deleted or
     deactivated meanwhile. Raises orders.http.TransientHTTPError (retry) or PermanentHTTPError."""
     endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id, active=True).first()
     if endpoint is None:
         return None
-    done = WebhookDelivery.objects.filter(endpoint=endpoint, event=event, order_id=order_id).first()
+    if message_id is None:  # a job enqueued before events were recorded: the order's first of its kind
+        first = OrderMessage.objects.filter(order_id=order_id, event=event).order_by("id").first()
+        message_id = first.pk if first else None
+    done = WebhookDelivery.objects.filter(
+        endpoint=endpoint, event=event, order_id=order_id, message_id=message_id
+    ).first()
     if done is not None:
         return done
     order = Order.objects.get(pk=order_id)
-    body = json.dumps(event_body(event, order), separators=(",", ":")).encode()
+    if message_id is not None:
+        recorded = OrderMessage.objects.get(pk=message_id).body
+    else:
+        recorded = event_body(event, order)
+    body = json.dumps(recorded, separators=(",", ":")).encode()
     headers = {
         SIGNATURE_HEADER: sign(body, endpoint.secret),
         "X-Shop-Event": event,
-        "X-Shop-Delivery": f"{event}:{order.number}",
+        "X-Shop-Delivery": recorded["id"],
     }
     status = post_json(endpoint.url, body, headers=headers)
     try:
@@ -81,8 +112,9 @@ def deliver(endpoint_id: int, event: str, order_id: int) -> WebhookDelivery | No
                 endpoint=endpoint,
                 event=event,
                 order=order,
+                message_id=message_id,
                 response_status=status,
                 delivered_at=timezone.now(),
             )
     except IntegrityError:  # a concurrent run of the same job got there first
-        return WebhookDelivery.objects.get(endpoint=endpoint, event=event, order=order)
+        return WebhookDelivery.objects.get(endpoint=endpoint, event=event, order=order, message_id=message_id)

@@ -133,6 +133,19 @@ SHOP_NAME = env.str("SHOP_NAME", default="Demo Shop")
 SHOP_CURRENCY = env.str("SHOP_CURRENCY", default="EUR")
 SHOP_BASE_URL = env.str("SHOP_BASE_URL", default="http://127.0.0.1:8000")
 PAYMENT_GATEWAY = env.str("PAYMENT_GATEWAY", default="orders.gateways.FakeGateway")
+# The secret that signs the payment provider's webhooks (Stripe's whsec_...; the fake gateway signs its
+# own with it too, or with a secret derived from SECRET_KEY when empty).
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+# "immediately" (charge at checkout) or "on_fulfilment" (authorize at checkout, capture before shipping).
+PAYMENT_CAPTURE = env.str("PAYMENT_CAPTURE", default="immediately")
+if PAYMENT_CAPTURE not in ("immediately", "on_fulfilment"):
+    raise ImproperlyConfigured("PAYMENT_CAPTURE must be 'immediately' or 'on_fulfilment'.")
+# Seconds an order waiting for 3-D Secure or a processing payment keeps its stock before it expires.
+PAYMENT_RESERVATION_TTL = env.int("PAYMENT_RESERVATION_TTL", default=15 * 60)
+# Seconds until the fake gateway's bank settles a tok_processing payment (by a signed webhook).
+FAKE_GATEWAY_SETTLE_AFTER = env.float("FAKE_GATEWAY_SETTLE_AFTER", default=5.0)
+# Who is emailed when a customer's bank opens a payment dispute (default: MANAGERS).
+PAYMENT_ALERT_EMAILS = env.list("PAYMENT_ALERT_EMAILS", default=[])
 # Seconds a request may hold an idempotency key (an API Idempotency-Key or a checkout form's token)
 # without a sign of life: a retry of a request that died (its process or its database connection) takes
 # the key over after this long and resumes where the request stopped. A request still running past it is

@@ -30,7 +30,7 @@ def test_gateway_is_chosen_by_setting(settings):
 
 def test_tok_visa_succeeds_and_is_recorded():
     result = FakeGateway().charge(AMOUNT, "EUR", "tok_visa", idempotency_key="k1")
-    assert result.succeeded and result.reference.startswith("ch_") and result.amount == AMOUNT
+    assert result.succeeded and result.reference.startswith("pi_") and result.amount == AMOUNT
     row = FakeGatewayCharge.objects.get(idempotency_key="k1")
     assert row.succeeded and row.amount == AMOUNT and row.reference == result.reference
 

@@ -12,7 +12,7 @@ from jobs.scheduler import _declared
 from jobs.testing import assert_enqueued
 from orders import pipeline
 from orders.gateways import ChargeResult
-from orders.models import Order, WebhookEndpoint
+from orders.models import Order, OrderMessage, WebhookEndpoint
 from orders.services import mark_paid
 from tests.factories import OrderFactory
 
@@ -65,10 +65,11 @@ def test_paid_webhook_is_enqueued_once_per_subscribed_active_endpoint(place):
     WebhookEndpoint.objects.create(url="http://c.example/", events=["order.fulfilled"])
     WebhookEndpoint.objects.create(url="http://d.example/", events=["order.paid"], active=False)
     order = place()
+    message = OrderMessage.objects.get(order=order, event="order.paid")
     jobs = Job.objects.filter(type="deliver_webhook").order_by("id")
     assert [j.payload for j in jobs] == [
-        {"endpoint_id": both.id, "event": "order.paid", "order_id": order.id},
-        {"endpoint_id": paid_only.id, "event": "order.paid", "order_id": order.id},
+        {"endpoint_id": both.id, "event": "order.paid", "order_id": order.id, "message_id": message.id},
+        {"endpoint_id": paid_only.id, "event": "order.paid", "order_id": order.id, "message_id": message.id},
     ]
     assert jobs[0].unique_key == f"webhook:{both.id}:order.paid:order:{order.id}"
 
