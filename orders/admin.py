@@ -1,19 +1,25 @@
+from decimal import Decimal
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404
-from django.shortcuts import get_object_or_404
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from orders import services
 from orders.models import (
+    CreditNote,
     InventorySync,
     Invoice,
     Order,
     OrderEmail,
     OrderLine,
     Payment,
+    PaymentEvent,
+    Refund,
     SalesReport,
     WebhookDelivery,
     WebhookEndpoint,
@@ -35,13 +41,88 @@ class OrderLineInline(admin.TabularInline):
 
 class PaymentInline(admin.TabularInline):
     model = Payment
-    fields = ["created_at", "gateway", "gateway_reference", "amount", "currency", "status", "decline_reason"]
+    fields = [
+        "created_at",
+        "gateway",
+        "gateway_reference",
+        "amount",
+        "currency",
+        "status",
+        "decline_reason",
+        "decline_code",
+    ]
     readonly_fields = fields
     extra = 0
     can_delete = False
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
+
+
+class RefundInline(admin.TabularInline):
+    model = Refund
+    fields = [
+        "created_at",
+        "amount",
+        "currency",
+        "lines",
+        "reason",
+        "actor",
+        "status",
+        "failure_reason",
+        "note",
+    ]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="Credit note")
+    def note(self, obj: Refund) -> str:
+        note = CreditNote.objects.filter(refund=obj).first()
+        if note is None:
+            return "-"
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:orders_creditnote_download", args=[note.pk]), note.number
+        )
+
+
+class RefundForm(forms.Form):
+    """Refund the whole rest, some lines, or an amount, with a reason (required)."""
+
+    reason = forms.CharField(max_length=255)
+    amount = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0.01"),
+        decimal_places=2,
+        help_text="Leave empty to refund by line or all.",
+    )
+
+    def __init__(self, *args, order: Order, left: dict[str, int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.order = order
+        for line in order.lines.order_by("sku"):
+            self.fields[f"line_{line.sku}"] = forms.IntegerField(
+                required=False,
+                min_value=0,
+                max_value=max(left.get(line.sku, 0), 0),
+                label=f"{line.sku} ({line.name}, {line.unit_price} each; {left.get(line.sku, 0)} left)",
+            )
+
+    def lines(self) -> dict[str, int]:
+        return {
+            name.removeprefix("line_"): value
+            for name, value in self.cleaned_data.items()
+            if name.startswith("line_") and value
+        }
+
+    def clean(self):
+        data = super().clean()
+        if data.get("amount") and self.lines():
+            raise forms.ValidationError("Refund either an amount or lines, not both.")
+        return data
 
 
 @admin.register(Order)
@@ -52,7 +133,8 @@ class OrderAdmin(admin.ModelAdmin):
     list_filter = ["status", "created_at"]
     search_fields = ["number", "email", "name"]
     date_hierarchy = "created_at"
-    inlines = [OrderLineInline, PaymentInline]
+    inlines = [OrderLineInline, PaymentInline, RefundInline]
+    change_form_template = "admin/orders/order/change_form.html"
     readonly_fields = [
         "number",
         "token",
@@ -96,27 +178,84 @@ class OrderAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/refund/",
+                self.admin_site.admin_view(self.refund_view),
+                name="orders_order_refund",
+            ),
+            *super().get_urls(),
+        ]
+
+    def refund_view(self, request, pk: int):
+        """Refund the whole order, some lines, or an amount, with a reason; the gateway call is a job."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        order = get_object_or_404(Order, pk=pk)
+        payment, left_amount, left_lines = services.refundable(order)
+        form = RefundForm(request.POST or None, order=order, left=left_lines)
+        if request.method == "POST" and form.is_valid():
+            try:
+                refund = services.request_refund(
+                    order,
+                    actor=f"staff:{request.user.get_username()}",
+                    reason=form.cleaned_data["reason"],
+                    amount=form.cleaned_data.get("amount"),
+                    lines=form.lines() or None,
+                    restock=False,
+                )
+            except services.OrderError as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(
+                    request,
+                    f"Refund of {refund.amount} {refund.currency} requested; it runs as a job.",
+                    messages.SUCCESS,
+                )
+                return redirect(reverse("admin:orders_order_change", args=[order.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Refund order {order.number}",
+            "order": order,
+            "form": form,
+            "payment": payment,
+            "left_amount": left_amount,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(
+            request, "admin/orders/order/refund.html", context, status=400 if form.errors else 200
+        )
+
     def _apply(self, request, queryset, service, verb: str) -> None:
         done = 0
+        actor = f"staff:{request.user.get_username()}"
         for order in queryset:
             try:
-                service(order)
+                service(order, actor)
                 done += 1
             except services.OrderError as exc:
                 self.message_user(request, f"{order.number}: {exc}", messages.WARNING)
         self.message_user(request, f"{verb} {done} order(s).", messages.SUCCESS)
 
-    @admin.action(description="Refund selected orders", permissions=["change"])
+    @admin.action(description="Refund selected orders in full", permissions=["change"])
     def refund_orders(self, request, queryset) -> None:
-        self._apply(request, queryset, services.refund, "Refunded")
+        self._apply(
+            request,
+            queryset,
+            lambda order, actor: services.refund(order, actor=actor),
+            "Refund requested for",
+        )
 
     @admin.action(description="Cancel selected paid orders (refund, restock)", permissions=["change"])
     def cancel_orders(self, request, queryset) -> None:
-        self._apply(request, queryset, services.cancel_order, "Cancelled")
+        self._apply(
+            request, queryset, lambda order, actor: services.cancel_order(order, actor=actor), "Cancelled"
+        )
 
     @admin.action(description="Settle pending payments with the gateway", permissions=["change"])
     def settle_pending_payments(self, request, queryset) -> None:
-        self._apply(request, queryset, services.settle_pending_payment, "Checked")
+        self._apply(request, queryset, lambda order, actor: services.settle_pending_payment(order), "Checked")
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -256,3 +395,70 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     list_display = ["url", "description", "events", "active", "created_at"]
     list_filter = ["active"]
     inlines = [WebhookDeliveryInline]
+
+
+@admin.register(Refund)
+class RefundAdmin(ReadOnlyAdmin):
+    """Refunds are rows; a failed one can be tried again (a new row and job, same order and amount)."""
+
+    list_display = ["id", "order", "amount", "currency", "status", "reason", "actor", "created_at"]
+    list_filter = ["status", "created_at"]
+    search_fields = ["order__number", "gateway_reference"]
+    actions = ["retry_failed"]
+
+    @admin.action(description="Retry selected failed refunds", permissions=["retry"])
+    def retry_failed(self, request, queryset) -> None:
+        done = 0
+        for refund in queryset:
+            try:
+                services.retry_refund(refund, actor=f"staff:{request.user.get_username()}")
+                done += 1
+            except services.OrderError as exc:
+                self.message_user(request, f"Refund {refund.pk}: {exc}", messages.WARNING)
+        self.message_user(request, f"Retrying {done} refund(s).", messages.SUCCESS)
+
+    def has_retry_permission(self, request) -> bool:
+        return request.user.has_perm("orders.change_order")
+
+
+@admin.register(CreditNote)
+class CreditNoteAdmin(ReadOnlyAdmin):
+    list_display = ["number", "order", "amount", "currency", "created_at", "emailed_at", "download_link"]
+    search_fields = ["number", "order__number"]
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/download/",
+                self.admin_site.admin_view(self.download_view),
+                name="orders_creditnote_download",
+            ),
+            *super().get_urls(),
+        ]
+
+    def download_view(self, request, pk: int):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        note = get_object_or_404(CreditNote, pk=pk)
+        try:
+            handle = note.file.open("rb")
+        except FileNotFoundError:
+            raise Http404("The credit note file is missing.") from None
+        return FileResponse(
+            handle, as_attachment=True, filename=f"{note.number}.pdf", content_type="application/pdf"
+        )
+
+    @admin.display(description="PDF")
+    def download_link(self, obj: CreditNote) -> str:
+        return format_html(
+            '<a href="{}">Download</a>', reverse("admin:orders_creditnote_download", args=[obj.pk])
+        )
+
+
+@admin.register(PaymentEvent)
+class PaymentEventAdmin(ReadOnlyAdmin):
+    """The payment provider's events as they arrived (raw), and what became of each."""
+
+    list_display = ["event_id", "type", "outcome", "note", "received_at", "applied_at"]
+    list_filter = ["type", "outcome"]
+    search_fields = ["event_id"]
