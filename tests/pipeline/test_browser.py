@@ -3,6 +3,7 @@
 import pytest
 
 from orders.models import Order
+from shop.models import Product
 from tests.factories import ProductFactory
 from tests.jobs.conftest import WorkerProcesses
 
@@ -51,3 +52,46 @@ def test_order_page_timeline_reaches_fulfilled_without_a_reload(page, workers, t
     with page.expect_download() as download:
         link.click()
     assert download.value.suggested_filename == f"INV-{order.number}.pdf"
+
+
+def checkout_with(page, token: str) -> None:
+    ProductFactory(sku="LAMP", name="Desk lamp", price="39.00", stock=3)
+    page.goto("/products/LAMP/")
+    page.get_by_role("button", name="Add to cart").click()
+    page.goto("/checkout/")
+    page.fill("#id_email", "grace@example.com")
+    page.fill("#id_name", "Grace Hopper")
+    page.fill("#id_line1", "1 Compiler Way")
+    page.fill("#id_city", "Arlington")
+    page.fill("#id_postal_code", "22201")
+    page.fill("#id_country", "us")
+    page.fill("#id_payment_token", token)
+    page.get_by_role("button", name="Place order and pay").click()
+
+
+def test_three_d_secure_in_the_browser_ends_paid_then_fulfilled(page, workers, tmp_path, settings):
+    checkout_with(page, "tok_threeDSecureRequired")
+    page.wait_for_url("**/fake-gateway/authenticate/*/")
+    assert "confirm a payment of" in page.content() and "39.00" in page.content()
+    page.get_by_role("button", name="Authenticate").click()
+    page.wait_for_url("**/orders/*/")
+    order = Order.objects.get()
+    assert page.url.endswith(order.get_absolute_url())
+    assert page.locator("#order-status").inner_text() == "Paid"
+    mail_dir = tmp_path / "mail"
+    mail_dir.mkdir()
+    workers.start(env={"EMAIL_URL": f"filemail://{mail_dir}", "MEDIA_ROOT": settings.MEDIA_ROOT})
+    page.wait_for_selector('[data-step="fulfilled"][data-state="done"]', timeout=30_000)
+    assert page.locator("#order-status").inner_text() == "Fulfilled"
+
+
+def test_failed_three_d_secure_in_the_browser_fails_the_order_and_returns_the_stock(page):
+    checkout_with(page, "tok_threeDSecureRequired")
+    page.wait_for_url("**/fake-gateway/authenticate/*/")
+    page.get_by_role("button", name="Fail authentication").click()
+    page.wait_for_url("**/orders/*/")
+    assert page.locator("#order-status").inner_text() == "Payment failed"
+    assert "could not be authenticated" in page.content()
+    order = Order.objects.get()
+    assert order.status == Order.Status.PAYMENT_FAILED
+    assert Product.objects.get(sku="LAMP").stock == 3

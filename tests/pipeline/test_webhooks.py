@@ -10,7 +10,7 @@ import pytest
 from jobs.api import enqueue
 from jobs.models import DeadLetter, Job, JobStatus
 from jobs.testing import run_jobs
-from orders.models import WebhookDelivery, WebhookEndpoint
+from orders.models import OrderMessage, WebhookDelivery, WebhookEndpoint
 from orders.services import mark_fulfilled
 from orders.webhooks import sign, verify_signature
 from tests.utils import wait_for
@@ -173,3 +173,37 @@ def test_staff_manage_endpoints_in_admin(admin_client):
     assert response.status_code == 302, response.content.decode()[:2000]
     row = WebhookEndpoint.objects.get()
     assert row.events == ["order.paid", "order.fulfilled"] and row.secret == "s3cret"
+
+
+@pytest.mark.django_db
+def test_a_retried_event_sends_the_body_recorded_when_it_happened(place, endpoint):
+    """order.paid retried after the order was fulfilled still says paid, with the time it was paid."""
+    row, server = endpoint(script=[500], events=["order.paid"])
+    order = place()
+    message = OrderMessage.objects.get(order=order, event="order.paid")
+    run_jobs(max_jobs=1)  # the confirmation (high priority) first
+    wait_for(lambda: run_jobs() >= 0 and server.accepted, message="delivered after a 5xx")
+    order.refresh_from_db()
+    assert order.status == "fulfilled"
+    body = server.accepted[0].json
+    assert body["data"]["status"] == "paid" and body == message.body
+    assert body["created"] == int(message.created_at.timestamp())
+    assert [json.loads(r.body)["created"] for r in server.received] == [body["created"]] * 2
+
+
+@pytest.mark.django_db
+def test_two_partial_refunds_are_two_events_each_delivered_once(place, endpoint):
+    from decimal import Decimal
+
+    from orders.services import request_refund
+
+    row, server = endpoint(events=["order.refunded"])
+    order = place()
+    run_jobs()
+    request_refund(order, actor="staff:ada", reason="one", amount=Decimal("1.00"))
+    run_jobs()
+    request_refund(order, actor="staff:ada", reason="two", amount=Decimal("2.00"))
+    run_jobs()
+    bodies = [r.json for r in server.accepted]
+    assert [b["refund"]["amount"] for b in bodies] == ["1.00", "2.00"]
+    assert len({b["id"] for b in bodies}) == 2 and WebhookDelivery.objects.count() == 2
