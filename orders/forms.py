@@ -18,7 +18,7 @@ class CheckoutForm(forms.Form):
     payment_token = forms.CharField(
         max_length=100,
         initial="tok_visa",
-        help_text="Test cards: " + ", ".join([*FakeGateway.TEST_TOKENS, FakeGateway.ERROR_TOKEN]),
+        help_text="Test cards: " + ", ".join(FakeGateway.HINT_TOKENS),
     )
 
     def clean_country(self) -> str:

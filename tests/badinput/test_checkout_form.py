@@ -17,7 +17,13 @@ from tests.utils import checkout_token
 pytestmark = pytest.mark.django_db
 
 # Hypothesis also tries the string constants it finds in the code, such as the fake gateway's test cards.
-ACCEPTED_TOKENS = {"tok_visa", "tok_mastercard", FakeGateway.ERROR_TOKEN}
+ACCEPTED_TOKENS = {
+    "tok_visa",
+    "tok_mastercard",
+    FakeGateway.ERROR_TOKEN,
+    FakeGateway.THREE_D_SECURE_TOKEN,
+    FakeGateway.PROCESSING_TOKEN,
+}
 
 FORM = {
     "email": "ada@example.com",
