@@ -152,7 +152,10 @@ def _charge(gateway: PaymentGateway, order: Order, payment_token: str, lease: Le
             settle_pending_payment(order, not_charged_reason=f"payment gateway error: {error}")
         except GatewayError:
             logger.warning("Order %s left pending_payment: gateway unreachable", order.number)
-        if order.status != Order.Status.PAID:
+        waiting = order.payments.filter(status__in=Payment.WAITING).exists()
+        if order.status == Order.Status.PAYMENT_FAILED or (
+            order.status == Order.Status.PENDING_PAYMENT and not waiting
+        ):
             raise PaymentGatewayError(order, error) from error
         return order
     record_charge(order, result)
