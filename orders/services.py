@@ -107,10 +107,16 @@ def decline_reason(order: Order) -> str:
 
 
 def _resume(order: Order, payment_token: str, lease: Lease) -> Order:
+    """The request's retry: settle what the first attempt left. A payment the gateway already answered
+    for (its reference is recorded) is asked about by that reference; otherwise the charge is replayed
+    with the same idempotency key, which returns the first charge's outcome if there was one and charges
+    only if there was none (a gateway never confirms one key twice)."""
     if order.status != Order.Status.PENDING_PAYMENT:
         return order  # settled: by the request that died, by the reconciliation job, or by staff
     gateway = get_gateway()
-    if lease.recovery_point == RecoveryPoint.CHARGE_ATTEMPTED:
+    if lease.recovery_point == RecoveryPoint.CHARGE_ATTEMPTED and order.payments.exclude(
+        gateway_reference=""
+    ):
         try:
             result = _retrieve(gateway, order)
         except GatewayError as error:
