@@ -133,6 +133,10 @@ SHOP_NAME = env.str("SHOP_NAME", default="Demo Shop")
 SHOP_CURRENCY = env.str("SHOP_CURRENCY", default="EUR")
 SHOP_BASE_URL = env.str("SHOP_BASE_URL", default="http://127.0.0.1:8000")
 PAYMENT_GATEWAY = env.str("PAYMENT_GATEWAY", default="orders.gateways.FakeGateway")
+# Stripe, for PAYMENT_GATEWAY=orders.gateways.StripeGateway (tests point the API base at a local server).
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 # Seconds a request may hold an idempotency key (an API Idempotency-Key or a checkout form's token)
 # without a sign of life: a retry of a request that died (its process or its database connection) takes
 # the key over after this long and resumes where the request stopped. A request still running past it is
