@@ -117,6 +117,7 @@ class StripeGateway:
                 intent.id,
                 params,
                 {"idempotency_key": f"{idempotency_key}-confirm"},
+                passthrough=(stripe.CardError, stripe.InvalidRequestError),
             )
         except stripe.CardError as e:
             return self._declined(e, intent)
@@ -156,7 +157,11 @@ class StripeGateway:
     def capture(self, reference: str, idempotency_key: str) -> ChargeResult:
         try:
             intent = self._call(
-                self.client.v1.payment_intents.capture, reference, {}, {"idempotency_key": idempotency_key}
+                self.client.v1.payment_intents.capture,
+                reference,
+                {},
+                {"idempotency_key": idempotency_key},
+                passthrough=(stripe.InvalidRequestError,),
             )
         except stripe.InvalidRequestError as e:
             if e.code != "payment_intent_unexpected_state":
@@ -175,7 +180,12 @@ class StripeGateway:
             intent = self._call(self.client.v1.payment_intents.retrieve, reference)
             params["amount"] = to_minor_units(amount, intent.currency)
         try:
-            refund = self._call(self.client.v1.refunds.create, params, {"idempotency_key": idempotency_key})
+            refund = self._call(
+                self.client.v1.refunds.create,
+                params,
+                {"idempotency_key": idempotency_key},
+                passthrough=(stripe.InvalidRequestError,),
+            )
         except stripe.InvalidRequestError as e:
             # Refused (more than is left, already refunded, not captured): nothing was refunded.
             return RefundResult(
@@ -215,7 +225,11 @@ class StripeGateway:
         params = {"cancellation_reason": reason} if reason else {}
         try:
             return self._call(
-                self.client.v1.payment_intents.cancel, reference, params, {"idempotency_key": idempotency_key}
+                self.client.v1.payment_intents.cancel,
+                reference,
+                params,
+                {"idempotency_key": idempotency_key},
+                passthrough=(stripe.InvalidRequestError,),
             )
         except stripe.InvalidRequestError as e:
             if e.code != "payment_intent_unexpected_state":
@@ -224,14 +238,15 @@ class StripeGateway:
             return self._call(self.client.v1.payment_intents.retrieve, reference)
 
     @staticmethod
-    def _call(method, *args):
-        """One SDK call; an answer that says nothing of the outcome is a GatewayError. Card and request
-        errors pass through for the caller to map."""
+    def _call(method, *args, passthrough: tuple[type[Exception], ...] = ()):
+        """One SDK call. Errors in ``passthrough`` (card and request errors) are the caller's to map;
+        any other is a GatewayError: network, timeout, 5xx, 429, authentication, an idempotency
+        conflict, or a request refused where none should be (an unknown PaymentIntent)."""
         try:
             return method(*args)
-        except (stripe.CardError, stripe.InvalidRequestError):
+        except passthrough:
             raise
-        except stripe.StripeError as e:  # network, timeout, 5xx, 429, authentication, idempotency
+        except stripe.StripeError as e:
             raise GatewayError(str(e.user_message or e)) from e
 
     @staticmethod
