@@ -10,6 +10,7 @@ Stripe replays a repeated idempotency key with the *first* answer, not the curre
 answer is followed by a fresh read.
 """
 
+import functools
 import json
 from decimal import Decimal
 
@@ -76,14 +77,7 @@ class StripeGateway:
     def __init__(self) -> None:
         if not settings.STRIPE_SECRET_KEY:
             raise ImproperlyConfigured("STRIPE_SECRET_KEY must be set to use the Stripe gateway.")
-        # No retries inside the SDK: a lost answer is settled by ``retrieve`` (the caller's recovery),
-        # and each call is bounded by HTTP_TIMEOUT instead of the SDK's 80 s.
-        self.client = stripe.StripeClient(
-            settings.STRIPE_SECRET_KEY,
-            base_addresses={"api": settings.STRIPE_API_BASE},
-            max_network_retries=0,
-            http_client=stripe.RequestsClient(timeout=settings.HTTP_TIMEOUT),
-        )
+        self.client = _client(settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.HTTP_TIMEOUT)
 
     # -- charges ------------------------------------------------------------------------------------
 
@@ -123,7 +117,7 @@ class StripeGateway:
             return self._declined(e, intent)
         except stripe.InvalidRequestError as e:
             if (e.param or "").startswith("payment_method"):  # an unknown or unusable payment method
-                return self._declined(e, intent)
+                return self._declined(e, intent, "The payment method is invalid.")
             if e.code == "payment_intent_unexpected_state":  # e.g. cancelled meanwhile
                 return self.retrieve(idempotency_key, reference=intent.id)
             raise GatewayError(str(e)) from e
@@ -275,7 +269,7 @@ class StripeGateway:
         )
 
     @staticmethod
-    def _declined(error: stripe.StripeError, intent) -> ChargeResult:
+    def _declined(error: stripe.StripeError, intent, reason: str = "") -> ChargeResult:
         body = (error.json_body or {}).get("error", {})
         return ChargeResult(
             succeeded=False,
@@ -283,9 +277,22 @@ class StripeGateway:
             amount=from_minor_units(intent.amount, intent.currency),
             currency=intent.currency.upper(),
             status=ChargeStatus.DECLINED,
-            decline_reason=body.get("message") or "Your card was declined.",
+            decline_reason=reason or body.get("message") or "Your card was declined.",
             decline_code=body.get("decline_code") or body.get("code") or "",
         )
+
+
+@functools.lru_cache(maxsize=8)
+def _client(api_key: str, api_base: str, timeout: float) -> stripe.StripeClient:
+    """One client per process (and settings), so requests reuse their connections to Stripe (its
+    sessions are per thread). No retries inside the SDK: a lost answer is settled by ``retrieve``, the
+    caller's recovery; each call is bounded by HTTP_TIMEOUT instead of the SDK's 80 s."""
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": api_base},
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout),
+    )
 
 
 def _replayed(obj) -> bool:

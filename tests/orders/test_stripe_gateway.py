@@ -8,7 +8,7 @@ import urllib.request
 from decimal import Decimal
 
 import pytest
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
@@ -102,7 +102,10 @@ def test_an_unknown_payment_method_is_declined(gateway):
     result = charge(gateway, token="pm_card_nonsense")
 
     assert result.status == ChargeStatus.DECLINED
-    assert result.decline_code == "resource_missing"
+    assert (result.decline_code, result.decline_reason) == (
+        "resource_missing",
+        "The payment method is invalid.",
+    )
 
 
 def test_3d_secure_sends_the_customer_to_the_redirect_url_and_success_settles_it(gateway, stripe_server):
@@ -487,6 +490,10 @@ def test_every_object_the_server_returns_matches_stripes_schemas(gateway, stripe
     with pytest.raises(GatewayError):
         gateway.retrieve("A", reference=paid.reference)
 
+    with pytest.raises(ValidationError):  # the check has teeth
+        stripe_schema("payment_intent", {**stripe_server.payment_intent(paid.reference), "status": "paid"})
+    with pytest.raises(ValidationError):
+        stripe_schema("refund", {**stripe_server.refund(refund.reference), "amount": "2.50"})
     kinds = set()
     for status, body in stripe_server.returned:
         name = "error" if status >= 400 else body["object"]
