@@ -1,6 +1,6 @@
 """A Stripe-compatible HTTP server on 127.0.0.1 for tests: the PaymentIntent and Refund endpoints our
 gateway uses, with Stripe's form-encoded parameters, JSON objects, error bodies and idempotency keys
-(shapes from Stripe's OpenAPI description in /work/shared/reference/stripe/openapi-subset.json).
+(shapes from Stripe's OpenAPI description, tests/stripe_reference/openapi-subset.json).
 
 Payment methods behave as in Stripe's test mode: ``pm_card_visa`` succeeds, ``pm_card_threeDSecure2Required``
 asks for 3-D Secure, ``pm_card_chargeDeclined`` and ``pm_card_chargeDeclinedInsufficientFunds`` are
@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-REFERENCE = Path("/work/shared/reference/stripe/openapi-subset.json")
+REFERENCE = Path(__file__).parent / "stripe_reference" / "openapi-subset.json"
 API_VERSION = "2023-08-16"
 
 # Scripted answers (``script``):
