@@ -27,6 +27,8 @@ THREE_DECIMAL = frozenset("BHD JOD KWD OMR TND".split())
 
 # Stripe statuses of an unconfirmed PaymentIntent: no money has moved.
 UNCONFIRMED = ("requires_payment_method", "requires_confirmation")
+# The cancellation reason ``retrieve`` gives a PaymentIntent it found never confirmed.
+ABANDONED = "abandoned"
 
 _STATUSES = {
     "succeeded": ChargeStatus.SUCCEEDED,
@@ -143,9 +145,9 @@ class StripeGateway:
         if intent.status in UNCONFIRMED and not intent.last_payment_error:
             # Never confirmed, so never charged. Cancelled so that a confirmation still on its way
             # (the lost request) fails instead of taking money for an order we settle as unpaid.
-            intent = self._cancel(intent.id, f"{idempotency_key}-abandon", "abandoned")
-            if intent.status == "canceled":
-                return None
+            intent = self._cancel(intent.id, f"{idempotency_key}-abandon", ABANDONED)
+        if _abandoned(intent):
+            return None
         return self._result(intent)
 
     def capture(self, reference: str, idempotency_key: str) -> ChargeResult:
@@ -292,6 +294,16 @@ def _client(api_key: str, api_base: str, timeout: float) -> stripe.StripeClient:
         base_addresses={"api": api_base},
         max_network_retries=0,
         http_client=stripe.RequestsClient(timeout=timeout),
+    )
+
+
+def _abandoned(intent) -> bool:
+    """Cancelled by ``retrieve`` before any confirmation: never charged."""
+    return (
+        intent.status == "canceled"
+        and intent.cancellation_reason == ABANDONED
+        and not intent.latest_charge
+        and not intent.last_payment_error
     )
 
 

@@ -192,6 +192,7 @@ def test_cancel_an_authorization_or_a_pending_3d_secure(gateway, stripe_server):
     assert gateway.cancel(waiting.reference, "ORD-B-cancel").status == ChargeStatus.CANCELED
     assert gateway.cancel(waiting.reference, "ORD-B-cancel").status == ChargeStatus.CANCELED
     assert stripe_server.payment_intent(waiting.reference)["status"] == "canceled"
+    assert gateway.retrieve("ORD-B", reference=waiting.reference).status == ChargeStatus.CANCELED
     assert stripe_server.count("cancel") == 2
 
 
@@ -242,6 +243,7 @@ def test_a_confirmation_that_never_arrived_is_settled_as_never_charged(gateway, 
     assert time.monotonic() - started < 5  # bounded by HTTP_TIMEOUT, not the SDK's 80 s
 
     assert gateway.retrieve("ORD-1", amount=Decimal("12.34"), currency="EUR") is None
+    assert gateway.retrieve("ORD-1", amount=Decimal("12.34"), currency="EUR") is None  # asked again
     assert stripe_server.count("confirm") == 0
     # The PaymentIntent is cancelled, so a confirmation still on its way cannot take money.
     (intent,) = stripe_server.payment_intents.values()
