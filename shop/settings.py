@@ -133,9 +133,12 @@ SHOP_NAME = env.str("SHOP_NAME", default="Demo Shop")
 SHOP_CURRENCY = env.str("SHOP_CURRENCY", default="EUR")
 SHOP_BASE_URL = env.str("SHOP_BASE_URL", default="http://127.0.0.1:8000")
 PAYMENT_GATEWAY = env.str("PAYMENT_GATEWAY", default="orders.gateways.FakeGateway")
-# The secret that signs the payment provider's webhooks (Stripe's whsec_...; the fake gateway signs its
-# own with it too, or with a secret derived from SECRET_KEY when empty).
+# Stripe, for PAYMENT_GATEWAY=orders.gateways.StripeGateway (tests point the API base at a local server).
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+# Signs the provider's webhooks (whsec_...); the fake gateway signs its own with it too, or with a
+# secret derived from SECRET_KEY when empty.
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 # "immediately" (charge at checkout) or "on_fulfilment" (authorize at checkout, capture before shipping).
 PAYMENT_CAPTURE = env.str("PAYMENT_CAPTURE", default="immediately")
 if PAYMENT_CAPTURE not in ("immediately", "on_fulfilment"):

@@ -27,3 +27,16 @@ def http_server():
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def stripe_server(settings):
+    """A Stripe-compatible server on 127.0.0.1 (tests/stripe_server.py) with the STRIPE_* settings
+    pointing at it; ``stripe_server.environ`` carries them to processes a test starts."""
+    from tests.stripe_server import StripeServer
+
+    server = StripeServer()
+    for name, value in server.environ.items():
+        setattr(settings, name, value)
+    yield server
+    server.stop()
