@@ -356,18 +356,27 @@ def fake_event(event_type: str, charge) -> dict:
     }
 
 
-ZERO_DECIMAL_CURRENCIES = {"JPY", "KRW", "VND", "CLP", "ISK", "UGX", "XAF", "XOF"}
+# Currencies whose amounts Stripe counts in units other than hundredths
+# (https://docs.stripe.com/currencies#zero-decimal).
+ZERO_DECIMAL = frozenset("BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())
+THREE_DECIMAL = frozenset("BHD JOD KWD OMR TND".split())
+
+
+def _exponent(currency: str) -> int:
+    currency = currency.upper()
+    return 0 if currency in ZERO_DECIMAL else 3 if currency in THREE_DECIMAL else 2
 
 
 def minor_units(amount: Decimal, currency: str) -> int:
     """An amount in the currency's smallest unit, as Stripe counts it (cents; yen are yen)."""
-    exponent = 0 if currency.upper() in ZERO_DECIMAL_CURRENCIES else 2
-    return int((amount * (10**exponent)).to_integral_value())
+    minor = Decimal(amount).scaleb(_exponent(currency))
+    if minor != minor.to_integral_value():
+        raise ValueError(f"{amount} {currency} has more decimals than the currency")
+    return int(minor)
 
 
-def from_minor_units(value: int, currency: str) -> Decimal:
-    exponent = 0 if currency.upper() in ZERO_DECIMAL_CURRENCIES else 2
-    return (Decimal(value) / (10**exponent)).quantize(Decimal(1) if exponent == 0 else Decimal("0.01"))
+def from_minor_units(amount: int, currency: str) -> Decimal:
+    return Decimal(amount).scaleb(-_exponent(currency))
 
 
 def __getattr__(name: str):

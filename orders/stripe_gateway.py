@@ -18,12 +18,15 @@ import stripe
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from orders.gateways import ChargeResult, ChargeStatus, GatewayError, InvalidSignature, RefundResult
-
-# Currencies whose amounts Stripe takes in units other than hundredths
-# (https://docs.stripe.com/currencies#zero-decimal).
-ZERO_DECIMAL = frozenset("BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())
-THREE_DECIMAL = frozenset("BHD JOD KWD OMR TND".split())
+from orders.gateways import (
+    ChargeResult,
+    ChargeStatus,
+    GatewayError,
+    InvalidSignature,
+    RefundResult,
+    from_minor_units,
+    minor_units,
+)
 
 # Stripe statuses of an unconfirmed PaymentIntent: no money has moved.
 UNCONFIRMED = ("requires_payment_method", "requires_confirmation")
@@ -48,22 +51,6 @@ _REFUND_STATUSES = {
     "failed": "failed",
     "canceled": "failed",
 }
-
-
-def _exponent(currency: str) -> int:
-    currency = currency.upper()
-    return 0 if currency in ZERO_DECIMAL else 3 if currency in THREE_DECIMAL else 2
-
-
-def to_minor_units(amount: Decimal, currency: str) -> int:
-    minor = Decimal(amount).scaleb(_exponent(currency))
-    if minor != minor.to_integral_value():
-        raise ValueError(f"{amount} {currency} has more decimals than the currency")
-    return int(minor)
-
-
-def from_minor_units(amount: int, currency: str) -> Decimal:
-    return Decimal(amount).scaleb(-_exponent(currency))
 
 
 class StripeGateway:
@@ -174,7 +161,7 @@ class StripeGateway:
         params: dict = {"payment_intent": reference}
         if amount is not None:
             intent = self._call(self.client.v1.payment_intents.retrieve, reference)
-            params["amount"] = to_minor_units(amount, intent.currency)
+            params["amount"] = minor_units(amount, intent.currency)
         try:
             refund = self._call(
                 self.client.v1.refunds.create,
@@ -210,7 +197,7 @@ class StripeGateway:
     def _create(self, amount: Decimal, currency: str, idempotency_key: str):
         """Step (a): the same parameters for the same key on every call, so Stripe replays it."""
         params = {
-            "amount": to_minor_units(amount, currency),
+            "amount": minor_units(amount, currency),
             "currency": currency.lower(),
             "metadata": {"order_number": idempotency_key},
             "payment_method_types": ["card"],
