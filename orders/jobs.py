@@ -206,5 +206,5 @@ def fake_gateway_settle(payload: FakeChargeRef, ctx) -> dict:
 
 scheduler.declare("daily_sales_report", "0 0 * * *", "daily_sales_report", time_zone=settings.TIME_ZONE)
 # Every minute: an order left pending_payment by a crash holds stock (and maybe money) until settled.
-scheduler.declare("reconcile_pending_payments", "* * * * *", "reconcile_pending_payments")
+scheduler.declare("reconcile_pending_payments", settings.RECONCILE_SCHEDULE, "reconcile_pending_payments")
 scheduler.declare("purge_idempotency_keys", "30 3 * * *", "purge_idempotency_keys")

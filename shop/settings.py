@@ -144,6 +144,9 @@ PAYMENT_CAPTURE = env.str("PAYMENT_CAPTURE", default="immediately")
 if PAYMENT_CAPTURE not in ("immediately", "on_fulfilment"):
     raise ImproperlyConfigured("PAYMENT_CAPTURE must be 'immediately' or 'on_fulfilment'.")
 # Seconds an order waiting for 3-D Secure or a processing payment keeps its stock before it expires.
+# When reconcile_pending_payments settles orders left pending by a crash (cron; every minute, so that
+# stock and money never hang for long).
+RECONCILE_SCHEDULE = env.str("RECONCILE_SCHEDULE", default="* * * * *")
 PAYMENT_RESERVATION_TTL = env.int("PAYMENT_RESERVATION_TTL", default=15 * 60)
 # Seconds until the fake gateway's bank settles a tok_processing payment (by a signed webhook).
 FAKE_GATEWAY_SETTLE_AFTER = env.float("FAKE_GATEWAY_SETTLE_AFTER", default=5.0)

@@ -10,6 +10,9 @@ os.environ.setdefault("ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")
 os.environ.setdefault("SECURE_SSL_REDIRECT", "0")
 # The order pipeline retries within a fraction of a second instead of after 10 s.
 os.environ.setdefault("PIPELINE_RETRY_BACKOFF", "0.05")
+# Worker processes of tests that count every job would see a reconciliation every minute: once a day
+# here (tests of reconciliation run it themselves).
+os.environ.setdefault("RECONCILE_SCHEDULE", "15 4 * * *")
 # High enough never to limit the suite; tests of the limit set their own.
 os.environ.setdefault("API_RATE_LIMIT", "1000000/m")
 

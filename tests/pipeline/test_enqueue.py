@@ -111,5 +111,5 @@ def test_schedules_are_declared_for_report_reconciliation_and_key_purge(settings
     assert _declared["daily_sales_report"]["expression"] == "0 0 * * *"
     assert _declared["daily_sales_report"]["time_zone"] == settings.TIME_ZONE
     assert _declared["daily_sales_report"]["job_type"] == "daily_sales_report"
-    assert _declared["reconcile_pending_payments"]["expression"] == "* * * * *"
+    assert _declared["reconcile_pending_payments"]["expression"] == settings.RECONCILE_SCHEDULE
     assert _declared["purge_idempotency_keys"]["job_type"] == "purge_idempotency_keys"

@@ -192,9 +192,11 @@ def test_a_pending_order_whose_request_holds_its_key_is_left_to_it(product):
     assert order.status == "payment_failed" and not order.stock_reserved
 
 
-def test_reconcile_and_purge_schedules_are_registered():
+def test_reconcile_and_purge_schedules_are_registered(settings):
     sync_declared()
-    assert CronSchedule.objects.get(name="reconcile_pending_payments").expression == "* * * * *"
+    assert (
+        CronSchedule.objects.get(name="reconcile_pending_payments").expression == settings.RECONCILE_SCHEDULE
+    )
     assert CronSchedule.objects.get(name="purge_idempotency_keys").job_type == "purge_idempotency_keys"
 
 

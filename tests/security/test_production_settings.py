@@ -67,3 +67,19 @@ def test_check_deploy_fails_on_a_weak_secret_key():
 def test_check_deploy_fails_with_debug_on():
     result = check("--deploy", "--fail-level", "WARNING", **{**PRODUCTION, "DEBUG": "1"})
     assert result.returncode != 0 and "security.W018" in result.stderr
+
+
+def test_production_reconciles_pending_payments_every_minute_and_refuses_an_unknown_capture_mode():
+    shell = "from django.conf import settings; print(settings.RECONCILE_SCHEDULE, settings.PAYMENT_CAPTURE)"
+    clean = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "DJANGO_SETTINGS_MODULE": "shop.settings"}
+    result = subprocess.run(
+        [*manage_py(), "shell", "-c", shell],
+        env={**clean, **PRODUCTION},
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.splitlines()[-1].split() == ["*", "*", "*", "*", "*", "immediately"], result.stderr
+    refused = check(**PRODUCTION, PAYMENT_CAPTURE="later")
+    assert refused.returncode != 0 and "PAYMENT_CAPTURE must be" in refused.stderr
