@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from jobs import db
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
-from jobs.models import DeadLetter, Job, JobDependency, JobStatus
+from jobs.models import DeadLetter, Job, JobDependency, JobStatus, QueueState
 from jobs.registry import JobType, get_job_type
 
 log = logging.getLogger("jobs")
@@ -104,6 +104,17 @@ def claim(
                 ids += ratelimit.claim_limited(job_type, limit - len(ids), **common)
             jobs = list(Job.objects.filter(id__in=ids)) if ids else []
     return sorted(jobs, key=lambda j: (-j.priority, j.run_at, j.id))
+
+
+def has_due(queues: Sequence[str] | None = None) -> bool:
+    """Whether a job in these queues is due, claimable now or held back only by a rate limit or a
+    concurrency key (those wait without using an attempt); jobs of paused queues are not due."""
+    due = Job.objects.filter(status=JobStatus.PENDING, run_at__lte=timezone.now()).exclude(
+        queue__in=QueueState.objects.filter(paused=True).values("name")
+    )
+    if queues:
+        due = due.filter(queue__in=queues)
+    return due.exists()
 
 
 # -- finishing -----------------------------------------------------------------------------------

@@ -320,3 +320,21 @@ def test_handler_context_carries_job_id_and_attempt():
     run_jobs()
     run = Run.objects.get()
     assert (run.job_id, run.attempt) == (job.id, 1)
+
+
+def test_immediate_mode_records_a_handlers_system_exit_as_its_failure_instead_of_exiting():
+    with immediate():
+        job = enqueue("test.raises", {"key": "x", "kind": "SystemExit"}, max_attempts=1)
+    assert job.status == JobStatus.DEAD and job.attempts == 1
+    assert job.errors[0]["exception"] == "builtins.SystemExit"
+    assert "SystemExit: 3" in job.errors[0]["traceback"]
+    assert DeadLetter.objects.get(job=job).error_class == "builtins.SystemExit"
+
+
+def test_immediate_mode_records_a_handlers_keyboard_interrupt_then_lets_it_reach_the_caller():
+    # In the caller's own thread it cannot be told from Ctrl+C: recorded, then raised on.
+    with immediate(), pytest.raises(KeyboardInterrupt):
+        enqueue("test.raises", {"key": "x", "kind": "KeyboardInterrupt"}, max_attempts=1)
+    job = Job.objects.get(type="test.raises")
+    assert job.status == JobStatus.DEAD
+    assert [e["exception"] for e in job.errors] == ["builtins.KeyboardInterrupt"]

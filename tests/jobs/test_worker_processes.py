@@ -164,6 +164,54 @@ def test_handler_past_its_timeout_is_failed_and_its_late_result_ignored(workers)
     assert proc.wait(20) == 0
 
 
+def test_handlers_raising_system_exit_or_keyboard_interrupt_fail_at_once_and_the_worker_lives_on(workers):
+    # 12 such attempts on one thread: each used to kill its thread, leave its job running until the
+    # 300 s timeout, and after 2 x 1 + 2 of them make the worker exit 1.
+    jobs = [
+        enqueue("test.raises", {"key": f"{kind}-{i}", "kind": kind})
+        for kind in ("SystemExit", "KeyboardInterrupt")
+        for i in range(3)
+    ]
+    proc = workers.start("--concurrency", "1")
+    ids = [j.id for j in jobs]
+    wait_for(
+        lambda: Job.objects.filter(id__in=ids, status=JobStatus.DEAD).count() == len(ids),
+        timeout=30,
+        message="every job failed twice and went to the dead letters",
+    )
+    for job in Job.objects.filter(id__in=ids):
+        kind = job.payload["kind"]
+        assert job.attempts == 2 and [e["exception"] for e in job.errors] == [f"builtins.{kind}"] * 2
+        assert f"{kind}" in job.errors[0]["traceback"] and "Traceback" in job.errors[0]["traceback"]
+        assert DeadLetter.objects.get(job=job).error_class == f"builtins.{kind}"
+    assert Run.objects.filter(job_id__in=ids).count() == 12  # retried per policy, nothing more
+    follow_up = enqueue("test.record", {"key": "after"})
+    wait_for(lambda: Job.objects.get(id=follow_up.id).status == JobStatus.SUCCEEDED, message="still working")
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert workers.exit_code(proc, 30) == 0
+    assert "stuck past their timeout" not in workers.output(proc)
+
+
+def test_burst_waits_for_rate_limited_jobs_and_drains_them_all(workers):
+    jobs = enqueue_many("test.limited", [{"key": str(i)} for i in range(40)])  # 10/s
+    proc = workers.start("--concurrency", "2", "--burst")
+    assert workers.exit_code(proc, 60) == 0
+    assert statuses() == {JobStatus.SUCCEEDED: 40}
+    assert Run.objects.filter(job_id__in=[j.id for j in jobs]).count() == 40
+
+
+def test_burst_exits_while_jobs_wait_only_for_a_later_time_or_a_paused_queue(workers):
+    from jobs.models import QueueState
+
+    enqueue("test.record", {"key": "later"}, delay=3600)
+    QueueState.objects.create(name="paused", paused=True)
+    enqueue("test.record", {"key": "held"}, queue="paused")
+    proc = workers.start("--burst")
+    assert workers.exit_code(proc, 60) == 0
+    assert statuses() == {JobStatus.PENDING: 2}
+
+
 def test_stale_worker_rows_are_cleaned_up(workers):
     WorkerProcess.objects.create(
         id="gone-1-abc", hostname="gone", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1)
