@@ -3,7 +3,9 @@
 from jobs.api import HIGH, PermanentError, enqueue, job
 """
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -143,8 +145,31 @@ def enqueue(
     return _refreshed(new)
 
 
+_held = threading.local()
+
+
+def runs_immediately() -> bool:
+    """Immediate mode (``JOBS_IMMEDIATE``): jobs run inline as they are enqueued."""
+    return bool(conf.get("JOBS_IMMEDIATE"))
+
+
+@contextmanager
+def immediate_after() -> Iterator[None]:
+    """In immediate mode, run what is enqueued inside the block when the block ends instead of at each
+    enqueue: the Tasks backend tells the API a task was enqueued before the task starts."""
+    if getattr(_held, "active", False):
+        yield
+        return
+    _held.active = True
+    try:
+        yield
+    finally:
+        _held.active = False
+    _run_immediately()
+
+
 def _run_immediately() -> None:
-    if conf.get("JOBS_IMMEDIATE"):
+    if runs_immediately() and not getattr(_held, "active", False):
         from jobs.testing import run_jobs
 
         run_jobs()

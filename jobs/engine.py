@@ -18,8 +18,9 @@ from pydantic import BaseModel, ValidationError
 
 from jobs import db
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
-from jobs.models import DeadLetter, Job, JobDependency, JobStatus
+from jobs.models import DeadLetter, Job, JobDependency, JobStatus, QueueState
 from jobs.registry import JobType, get_job_type
+from jobs.signals import job_finished
 
 log = logging.getLogger("jobs")
 
@@ -106,6 +107,17 @@ def claim(
     return sorted(jobs, key=lambda j: (-j.priority, j.run_at, j.id))
 
 
+def has_due(queues: Sequence[str] | None = None) -> bool:
+    """Whether a job in these queues is due, claimable now or held back only by a rate limit or a
+    concurrency key (those wait without using an attempt); jobs of paused queues are not due."""
+    due = Job.objects.filter(status=JobStatus.PENDING, run_at__lte=timezone.now()).exclude(
+        queue__in=QueueState.objects.filter(paused=True).values("name")
+    )
+    if queues:
+        due = due.filter(queue__in=queues)
+    return due.exists()
+
+
 # -- finishing -----------------------------------------------------------------------------------
 
 
@@ -129,10 +141,11 @@ def complete(job: Job, result: Any = None) -> bool:
         )
         if updated:
             _release_children([job.id], now)
-            return True
         # Cancelled while running: the job ends cancelled, keeping what the handler returned.
-        if _finish_cancelled(job, now, result=result):
-            return True
+        finished = bool(updated) or _finish_cancelled(job, now, result=result)
+    if finished:
+        announce_finished([job])
+        return True
     log.warning("job %s %s: claim lost before completion; result discarded", job.id, job.type)
     return False
 
@@ -150,6 +163,7 @@ def complete_many(items: Sequence[tuple[Job, Any]]) -> set[int]:
         done = set(db.complete_ids([(job.id, job.lock_token, result) for job, result in items], now))
         if done:
             _release_children(sorted(done), now)
+    announce_finished([job for job, _ in items if job.id in done])
     for job, result in items:
         if job.id not in done and complete(job, result):
             done.add(job.id)
@@ -176,6 +190,13 @@ def fail(
 
     Returns the job's new status, or None when the claim was lost (nothing changed).
     """
+    status = _record_failure(job, exc, traceback=traceback, permanent=permanent)
+    if status in (JobStatus.CANCELLED, JobStatus.DEAD):
+        announce_finished([job])
+    return status
+
+
+def _record_failure(job: Job, exc: BaseException, *, traceback: str | None, permanent: bool) -> str | None:
     with transaction.atomic():
         row = (
             Job.objects.select_for_update()
@@ -189,7 +210,7 @@ def fail(
         if row.cancel_requested or isinstance(exc, JobCancelled):
             _finish_cancelled(row, timezone.now(), errors=row.errors)
             return JobStatus.CANCELLED
-        permanent = permanent or isinstance(exc, (PermanentError, InvalidPayload, UnknownJobType))
+        permanent = permanent or is_permanent(exc)
         if permanent or row.attempts >= row.max_attempts:
             bury(row)
             return JobStatus.DEAD
@@ -203,6 +224,35 @@ def fail(
         row.locked_by = row.lock_token = row.heartbeat_at = None
         row.save(update_fields=["errors", "status", "run_at", "locked_by", "lock_token", "heartbeat_at"])
         return JobStatus.PENDING
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Retrying cannot help: the queue's own refusals, or an exception flagged by mark_permanent()."""
+    return isinstance(exc, (PermanentError, InvalidPayload, UnknownJobType)) or getattr(
+        exc, "_jobs_permanent", False
+    )
+
+
+def mark_permanent(exc: BaseException) -> BaseException:
+    """Flag ``exc`` so that its job goes to the dead letters at once, recorded under its own class (a
+    task's return value JSON cannot carry is the ``TypeError`` Django's Tasks API names)."""
+    exc._jobs_permanent = True
+    return exc
+
+
+def announce_finished(jobs: Sequence[Job]) -> None:
+    """Send ``job_finished`` for jobs whose final outcome was just recorded; a receiver's error is
+    logged, never raised into the transition that already happened."""
+    if not jobs:
+        return
+    for receiver, response in job_finished.send_robust(sender=Job, jobs=list(jobs)):
+        if isinstance(response, Exception):
+            log.error(
+                "job_finished receiver %r failed for job(s) %s",
+                receiver,
+                [job.id for job in jobs],
+                exc_info=response,
+            )
 
 
 def bury(job: Job) -> DeadLetter:
@@ -352,7 +402,7 @@ def reap_stale(stale_after: float) -> list[int]:
     from jobs.exceptions import WorkerLost
 
     cutoff = timezone.now() - timedelta(seconds=stale_after)
-    reaped = []
+    reaped, ended = [], []
     with transaction.atomic():
         qs = Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
         if db.is_postgres():
@@ -364,9 +414,11 @@ def reap_stale(stale_after: float) -> list[int]:
             row.errors = [*row.errors, error_entry(row, lost, traceback="")]
             if row.cancel_requested:
                 row.save(update_fields=["errors"])
-                _finish_cancelled(row, timezone.now())
+                if _finish_cancelled(row, timezone.now()):
+                    ended.append(row)
             elif row.attempts >= row.max_attempts:
                 bury(row)
+                ended.append(row)
             else:
                 row.status = JobStatus.PENDING
                 row.run_at = timezone.now()
@@ -380,6 +432,7 @@ def reap_stale(stale_after: float) -> list[int]:
             db.notify(
                 Job.objects.filter(id__in=reaped, status=JobStatus.PENDING).values_list("queue", flat=True)
             )
+    announce_finished(ended)
     return reaped
 
 
@@ -392,6 +445,7 @@ def cancel(job_id: int, reason: str = "cancelled") -> str:
     Returns the job's status afterwards. Finished jobs are left as they are.
     """
     now = timezone.now()
+    ended: list[Job] = []
     with transaction.atomic():
         job = Job.objects.select_for_update().get(id=job_id)
         if job.status in (JobStatus.BLOCKED, JobStatus.PENDING):
@@ -400,11 +454,13 @@ def cancel(job_id: int, reason: str = "cancelled") -> str:
             job.finished_at = now
             job.save(update_fields=["status", "status_reason", "finished_at"])
             cancel_descendants([job.id], f"parent job #{job.id} was cancelled")
+            ended = [job]
         elif job.status == JobStatus.RUNNING and not job.cancel_requested:
             job.cancel_requested = True
             job.status_reason = reason
             job.save(update_fields=["cancel_requested", "status_reason"])
-        return job.status
+    announce_finished(ended)
+    return job.status
 
 
 def retry_now(job_id: int) -> bool:

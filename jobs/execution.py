@@ -117,7 +117,11 @@ def run(
     error: BaseException | None = None
     try:
         result = call_handler(job, ctx)
-    except Exception as exc:  # PermanentError & co. go to the dead letters, the rest is retried
+    except BaseException as exc:
+        # PermanentError & co. go to the dead letters, the rest is retried. BaseException too: a
+        # handler's SystemExit (a library calling sys.exit()) or KeyboardInterrupt is its failure, not
+        # an order to stop; in a worker it would kill the thread and leave the job running until its
+        # timeout. Signals reach the worker's main thread, never a handler (see worker.py).
         error, tb = exc, traceback.format_exc()
     duration = time.monotonic() - started
     if abandoned is not None and abandoned.is_set():
@@ -217,7 +221,7 @@ def run_batch(
         results = job_type.handler(items, ctx)
         if not isinstance(results, dict):
             raise PermanentError(f"batch handler returned {type(results).__name__}, not a dict of outcomes")
-    except Exception as exc:
+    except BaseException as exc:  # as in run()
         tb = traceback.format_exc()
         results = {job_id: exc for job_id in by_id}
         for job_id in by_id:

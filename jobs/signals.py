@@ -1,5 +1,10 @@
 from django.db.models.signals import post_migrate
-from django.dispatch import receiver
+from django.dispatch import Signal, receiver
+
+job_finished = Signal()
+"""Sent with ``jobs`` (Job instances as claimed, not re-read) by the process that recorded their final
+outcome (succeeded, dead or cancelled), once per outcome, after the transaction recording it (or
+inside the caller's, in immediate mode). The Tasks backend sends ``task_finished`` from it."""
 
 
 @receiver(post_migrate)

@@ -25,12 +25,13 @@ tasks are resolved by module path when a worker first meets one.
 """
 
 import dataclasses
+import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.utils import timezone
 from django.utils.module_loading import import_string
 from django_tasks.backends.base import BaseTaskBackend
 from django_tasks.base import (
@@ -44,15 +45,19 @@ from django_tasks.base import (
 )
 from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 from django_tasks.signals import task_enqueued, task_finished, task_started
-from django_tasks.utils import get_exception_traceback, get_module_path, normalize_json
+from django_tasks.utils import get_module_path, normalize_json
 from pydantic import BaseModel
 from typing_extensions import ParamSpec
 
 from jobs import api
+from jobs.engine import mark_permanent
 from jobs.exceptions import JobCancelled, PermanentError
 from jobs.execution import JobContext
 from jobs.models import Job, JobStatus
 from jobs.registry import Backoff, JobType, job, job_types, register_resolver
+from jobs.signals import job_finished
+
+log = logging.getLogger("jobs.tasks")
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -76,14 +81,13 @@ STATUSES = {
 
 
 class TaskCall(BaseModel):
-    """The payload of a task's job: the arguments it was enqueued with, as JSON."""
+    """The payload of a task's job: the arguments it was enqueued with, as JSON, and what the task said
+    of itself that the job's columns cannot keep (``run_at`` moves with each retry)."""
 
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
-
-
-class ReturnValueNotJSON(PermanentError, TypeError):
-    """The task returned what JSON cannot carry; running it again would return the same."""
+    run_after: datetime | None = None
+    backend: str | None = None
 
 
 def job_type_name(module_path: str) -> str:
@@ -156,16 +160,21 @@ class JobsBackend(BaseTaskBackend):
         key_function = self.options_for(task.module_path).get("unique_key")
         if key_function is not None:
             unique_key = import_string(key_function)(*args, **kwargs)
-        new = api.enqueue(
-            job_type.name,
-            {"args": args, "kwargs": kwargs},
-            priority=task.priority,
-            queue=task.queue_name,
-            run_at=task.run_after,
-            unique_key=None if unique_key is None else str(unique_key),
-        )
-        result = self.to_result(new, task)
-        task_enqueued.send(type(self), task_result=result)
+        # In immediate mode the task runs once the API has been told it was enqueued, not before.
+        with api.immediate_after():
+            new = api.enqueue(
+                job_type.name,
+                {"args": args, "kwargs": kwargs, "run_after": task.run_after, "backend": task.backend},
+                priority=task.priority,
+                queue=task.queue_name,
+                run_at=task.run_after,
+                unique_key=None if unique_key is None else str(unique_key),
+            )
+            result = self.to_result(new, task)
+            task_enqueued.send(type(self), task_result=result)
+        if api.runs_immediately():
+            new.refresh_from_db()
+            result = self.to_result(new, task)
         return result
 
     def get_result(self, result_id: str) -> TaskResult:
@@ -248,18 +257,26 @@ def _import_task(module_path: str) -> Task:
 
 
 def _stored_task(row: Job) -> Task:
-    """The task of a job, with the priority and queue the job was enqueued with."""
+    """The task of a job as it was enqueued: its priority and queue (the job's, which staff may have
+    changed since), ``run_after`` and backend."""
     module_path = row.type.removeprefix(PREFIX)
     try:
         task = _import_task(module_path)
     except ImportError as exc:
         raise TaskResultDoesNotExist(f"{row.id}: task {module_path} cannot be imported ({exc})") from None
+    call = TaskCall.model_validate(row.payload)
+    changes = dict(
+        priority=max(TASK_MIN_PRIORITY, min(TASK_MAX_PRIORITY, row.priority)),
+        queue_name=row.queue,
+        run_after=call.run_after,
+    )
+    if call.backend is not None:  # None: stored before the backend was recorded
+        changes["backend"] = call.backend
     try:
-        return dataclasses.replace(
-            task, priority=max(TASK_MIN_PRIORITY, min(TASK_MAX_PRIORITY, row.priority)), queue_name=row.queue
-        )
+        return dataclasses.replace(task, **changes)
     except InvalidTaskError:
-        return task  # moved by staff to a queue the backend does not list
+        # Moved by staff to a queue the backend does not list (or a backend since removed).
+        return dataclasses.replace(task, run_after=call.run_after)
 
 
 def _backend_for(task: Task) -> JobsBackend:
@@ -284,40 +301,45 @@ def _handler(module_path: str) -> Callable[[TaskCall, JobContext], Any]:
 
 
 def run(module_path: str, call: TaskCall, ctx: JobContext) -> Any:
-    """Run a task's job on a worker: call the function, tell the API's signals, return JSON."""
+    """Run a task's job on a worker: tell the API it started, call the function, return JSON.
+
+    ``task_finished`` is sent once the job's final outcome is recorded (``_send_task_finished``), so
+    that a timeout, a rescue from a dead worker or a lost claim are told as the API sees them.
+    """
     try:
         task = _import_task(module_path)
     except ImportError as exc:
         raise PermanentError(f"task {module_path} cannot be imported: {exc}") from exc
-    backend = _backend_for(task)
-    result = backend.to_result(ctx.job, _stored_task(ctx.job))
+    stored = _stored_task(ctx.job)
+    backend = _backend_for(stored)
+    result = backend.to_result(ctx.job, stored)
     object.__setattr__(result, "status", TaskResultStatus.RUNNING)
     task_started.send(type(backend), task_result=result)
+    if task.takes_context:
+        raw = task.call(TaskContext(task_result=result), *call.args, **call.kwargs)
+    else:
+        raw = task.call(*call.args, **call.kwargs)
     try:
-        if task.takes_context:
-            raw = task.call(TaskContext(task_result=result), *call.args, **call.kwargs)
-        else:
-            raw = task.call(*call.args, **call.kwargs)
+        return normalize_json(raw)
+    except (TypeError, ValueError) as exc:
+        # The class the API names for it; running the task again would return the same.
+        raise mark_permanent(TypeError(f"task {module_path} returned {type(raw).__name__}: {exc}")) from exc
+
+
+def _send_task_finished(sender, jobs: list[Job], **kwargs) -> None:
+    """``task_finished`` for each task among jobs whose final outcome was just recorded, built from
+    the recorded row (status, errors, return value)."""
+    ids = [job.id for job in jobs if job.type.startswith(PREFIX)]
+    if not ids:
+        return
+    for row in Job.objects.filter(id__in=ids).order_by("id"):
         try:
-            value = normalize_json(raw)
-        except (TypeError, ValueError) as exc:
-            raise ReturnValueNotJSON(f"task {module_path} returned {type(raw).__name__}: {exc}") from exc
-    except Exception as exc:
-        if isinstance(exc, PermanentError) or ctx.attempt >= ctx.max_attempts:
-            object.__setattr__(result, "status", TaskResultStatus.FAILED)
-            object.__setattr__(result, "finished_at", timezone.now())
-            result.errors.append(
-                TaskError(
-                    exception_class_path=get_module_path(type(exc)), traceback=get_exception_traceback(exc)
-                )
-            )
-            task_finished.send(type(backend), task_result=result)
-        raise
-    object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
-    object.__setattr__(result, "finished_at", timezone.now())
-    object.__setattr__(result, "_return_value", value)
-    task_finished.send(type(backend), task_result=result)
-    return value
+            task = _stored_task(row)
+        except TaskResultDoesNotExist as exc:
+            log.warning("job %s: task_finished not sent: %s", row.id, exc)
+            continue
+        backend = _backend_for(task)
+        task_finished.send(type(backend), task_result=backend.to_result(row, task))
 
 
 def _resolve(name: str) -> JobType | None:
@@ -344,3 +366,4 @@ def create_backends() -> None:
 
 
 register_resolver(PREFIX, _resolve)
+job_finished.connect(_send_task_finished, dispatch_uid="jobs.tasks_backend.task_finished")

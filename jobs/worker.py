@@ -260,7 +260,9 @@ class Worker:
         if not claimed and not held:
             if self.max_jobs is not None and self.claimed_total >= self.max_jobs:
                 return "done"
-            if self.burst:
+            # Burst ends when nothing is due: a job held back by a rate limit or a concurrency key
+            # is due, so burst waits for it.
+            if self.burst and not engine.has_due(self.queues):
                 return "done"
         return not claimed or len(claimed) < free
 
@@ -350,7 +352,7 @@ class Worker:
                         continue  # handed back at shutdown before it started
                     try:
                         timeout = get_job_type(running.job.type).timeout
-                    except Exception:
+                    except BaseException:
                         timeout = 300.0  # unknown type: sent to the dead letters at once below
                     running.state = "executing"
                     running.deadline = time.monotonic() + timeout
@@ -369,9 +371,10 @@ class Worker:
                             status = "failed" if outcome.status == "pending" else outcome.status
                             self.stats.finished(job.type, status, outcome.duration)
                     self._observe(outcomes)
-                except Exception:
+                except BaseException:
                     # Recording the outcome failed even after retries: the job stays running and the
-                    # reaper hands it back once its heartbeat stops.
+                    # reaper hands it back once its heartbeat stops. The thread lives on whatever was
+                    # raised: a dead thread would hold its jobs and never be replaced.
                     log.exception("job %s: outcome could not be recorded", running.job.id)
                 with self.lock:
                     running.state = "completing" if running.pending else "done"

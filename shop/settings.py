@@ -92,6 +92,22 @@ else:
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 
+# What sits between Django and PostgreSQL: "" (nothing) or "pgbouncer" (PgBouncer in transaction
+# pooling: each transaction, or each statement in autocommit, may run on another server connection,
+# so nothing may outlive a transaction on the server).
+DATABASE_POOLER = env.str("DATABASE_POOLER", default="").strip().lower()
+if DATABASE_POOLER not in ("", "pgbouncer"):
+    raise ImproperlyConfigured(f"DATABASE_POOLER must be empty or 'pgbouncer', not {DATABASE_POOLER!r}.")
+if DATABASE_POOLER == "pgbouncer":
+    if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        raise ImproperlyConfigured("DATABASE_POOLER=pgbouncer needs a postgres:// DATABASE_URL.")
+    # QuerySet.iterator() would read through a server-side cursor (DECLARE ... WITH HOLD) that lives
+    # on one server connection; the next FETCH may reach another ("cursor does not exist").
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    # Prepared statements live on one server connection too: psycopg prepares none, and Django binds
+    # parameters on the client (its default, named here so that nobody turns it on).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(prepare_threshold=None, server_side_binding=False)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -175,7 +191,10 @@ LOGGING = {
 
 # Job queue (see jobs/conf.py for what each does)
 JOBS_POLL_INTERVAL = env.float("JOBS_POLL_INTERVAL", default=0.2)
-JOBS_LISTEN_NOTIFY = env.bool("JOBS_LISTEN_NOTIFY", default=True)
+# LISTEN holds its server connection for good, which transaction pooling cannot give: workers poll.
+JOBS_LISTEN_NOTIFY = env.bool("JOBS_LISTEN_NOTIFY", default=not DATABASE_POOLER)
+if JOBS_LISTEN_NOTIFY and DATABASE_POOLER:
+    raise ImproperlyConfigured("JOBS_LISTEN_NOTIFY cannot work through PgBouncer's transaction pooling.")
 JOBS_HEARTBEAT_INTERVAL = env.float("JOBS_HEARTBEAT_INTERVAL", default=5.0)
 JOBS_STALE_AFTER = env.float("JOBS_STALE_AFTER", default=30.0)
 JOBS_GRACE_PERIOD = env.float("JOBS_GRACE_PERIOD", default=30.0)

@@ -1,4 +1,6 @@
 import pytest
+from django.conf import settings
+from django.db import connections
 
 from tests.pipeline.servers import LocalServer
 from tests.utils import subprocess_env  # noqa: F401  (re-exported for tests)
@@ -40,3 +42,28 @@ def stripe_server(settings):
         setattr(settings, name, value)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pgbouncer(request):
+    """With DATABASE_POOLER=pgbouncer, the whole session reaches the test database through a real
+    PgBouncer in transaction pooling (tests/pgbouncer.py): this process and every process it starts.
+    The test database itself is created and dropped directly (a pooler keeps server connections open,
+    which DROP DATABASE refuses). None otherwise."""
+    if settings.DATABASE_POOLER != "pgbouncer":
+        yield None
+        return
+    from tests.pgbouncer import PgBouncer
+
+    request.getfixturevalue("django_db_setup")
+    params = connections["default"].settings_dict
+    direct = params["HOST"], params["PORT"]
+    bouncer = PgBouncer(params["HOST"] or "127.0.0.1", int(params["PORT"] or 5432), params["USER"]).start()
+    connections.close_all()
+    params["HOST"], params["PORT"] = "127.0.0.1", bouncer.port
+    try:
+        yield bouncer
+    finally:
+        connections.close_all()
+        params["HOST"], params["PORT"] = direct
+        bouncer.remove()

@@ -129,7 +129,8 @@ def test_handler_result_is_stored():
 
 def test_failed_attempts_back_off_exponentially_then_die_with_whole_history():
     job = enqueue("test.flaky", {"key": "f", "failures": 10})
-    delays = []
+    # base 0.01 s, doubling, capped at 0.05 s, no jitter for this type
+    expected = [timedelta(seconds=s) for s in (0.01, 0.02, 0.04)]
     for attempt in range(1, 5):
         (claimed,) = engine.claim("w", 1)
         assert claimed.attempts == attempt
@@ -137,13 +138,13 @@ def test_failed_attempts_back_off_exponentially_then_die_with_whole_history():
         from jobs.execution import run
 
         run(claimed)
+        after = timezone.now()
         job.refresh_from_db()
         if attempt < 4:
             assert job.status == JobStatus.PENDING
-            delays.append((job.run_at - before).total_seconds())
+            # the failure was recorded between before and after, its retry due that much later
+            assert before + expected[attempt - 1] <= job.run_at <= after + expected[attempt - 1]
             Job.objects.filter(id=job.id).update(run_at=timezone.now())
-    # base 0.01 s, doubling, capped at 0.05 s, no jitter for this type
-    assert delays == pytest.approx([0.01, 0.02, 0.04], abs=0.01)
     assert job.status == JobStatus.DEAD
     dead = DeadLetter.objects.get(job=job)
     assert dead.attempts == 4
@@ -320,3 +321,21 @@ def test_handler_context_carries_job_id_and_attempt():
     run_jobs()
     run = Run.objects.get()
     assert (run.job_id, run.attempt) == (job.id, 1)
+
+
+def test_immediate_mode_records_a_handlers_system_exit_as_its_failure_instead_of_exiting():
+    with immediate():
+        job = enqueue("test.raises", {"key": "x", "kind": "SystemExit"}, max_attempts=1)
+    assert job.status == JobStatus.DEAD and job.attempts == 1
+    assert job.errors[0]["exception"] == "builtins.SystemExit"
+    assert "SystemExit: 3" in job.errors[0]["traceback"]
+    assert DeadLetter.objects.get(job=job).error_class == "builtins.SystemExit"
+
+
+def test_immediate_mode_records_a_handlers_keyboard_interrupt_then_lets_it_reach_the_caller():
+    # In the caller's own thread it cannot be told from Ctrl+C: recorded, then raised on.
+    with immediate(), pytest.raises(KeyboardInterrupt):
+        enqueue("test.raises", {"key": "x", "kind": "KeyboardInterrupt"}, max_attempts=1)
+    job = Job.objects.get(type="test.raises")
+    assert job.status == JobStatus.DEAD
+    assert [e["exception"] for e in job.errors] == ["builtins.KeyboardInterrupt"]

@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from jobs.api import enqueue, enqueue_many
@@ -164,6 +165,54 @@ def test_handler_past_its_timeout_is_failed_and_its_late_result_ignored(workers)
     assert proc.wait(20) == 0
 
 
+def test_handlers_raising_system_exit_or_keyboard_interrupt_fail_at_once_and_the_worker_lives_on(workers):
+    # 12 such attempts on one thread: each used to kill its thread, leave its job running until the
+    # 300 s timeout, and after 2 x 1 + 2 of them make the worker exit 1.
+    jobs = [
+        enqueue("test.raises", {"key": f"{kind}-{i}", "kind": kind})
+        for kind in ("SystemExit", "KeyboardInterrupt")
+        for i in range(3)
+    ]
+    proc = workers.start("--concurrency", "1")
+    ids = [j.id for j in jobs]
+    wait_for(
+        lambda: Job.objects.filter(id__in=ids, status=JobStatus.DEAD).count() == len(ids),
+        timeout=30,
+        message="every job failed twice and went to the dead letters",
+    )
+    for job in Job.objects.filter(id__in=ids):
+        kind = job.payload["kind"]
+        assert job.attempts == 2 and [e["exception"] for e in job.errors] == [f"builtins.{kind}"] * 2
+        assert f"{kind}" in job.errors[0]["traceback"] and "Traceback" in job.errors[0]["traceback"]
+        assert DeadLetter.objects.get(job=job).error_class == f"builtins.{kind}"
+    assert Run.objects.filter(job_id__in=ids).count() == 12  # retried per policy, nothing more
+    follow_up = enqueue("test.record", {"key": "after"})
+    wait_for(lambda: Job.objects.get(id=follow_up.id).status == JobStatus.SUCCEEDED, message="still working")
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert workers.exit_code(proc, 30) == 0
+    assert "stuck past their timeout" not in workers.output(proc)
+
+
+def test_burst_waits_for_rate_limited_jobs_and_drains_them_all(workers):
+    jobs = enqueue_many("test.limited", [{"key": str(i)} for i in range(40)])  # 10/s
+    proc = workers.start("--concurrency", "2", "--burst")
+    assert workers.exit_code(proc, 60) == 0
+    assert statuses() == {JobStatus.SUCCEEDED: 40}
+    assert Run.objects.filter(job_id__in=[j.id for j in jobs]).count() == 40
+
+
+def test_burst_exits_while_jobs_wait_only_for_a_later_time_or_a_paused_queue(workers):
+    from jobs.models import QueueState
+
+    enqueue("test.record", {"key": "later"}, delay=3600)
+    QueueState.objects.create(name="paused", paused=True)
+    enqueue("test.record", {"key": "held"}, queue="paused")
+    proc = workers.start("--burst")
+    assert workers.exit_code(proc, 60) == 0
+    assert statuses() == {JobStatus.PENDING: 2}
+
+
 def test_stale_worker_rows_are_cleaned_up(workers):
     WorkerProcess.objects.create(
         id="gone-1-abc", hostname="gone", pid=1, heartbeat_at=timezone.now() - timedelta(hours=1)
@@ -279,6 +328,13 @@ def test_worker_rides_out_a_lost_database_and_resumes(workers):
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         (own_pid,) = cursor.fetchone()
+    patience = 20.0
+    if settings.DATABASE_POOLER == "pgbouncer":
+        # This process keeps its client connection to PgBouncer whatever happens to the servers, so
+        # every server goes; a worker's query then waits for one until PgBouncer's query_wait_timeout.
+        from tests.pgbouncer import QUERY_WAIT_TIMEOUT
+
+        own_pid, patience = 0, 20.0 + 3 * QUERY_WAIT_TIMEOUT
     admin = psycopg.connect(**{**listen_conninfo(), "dbname": "postgres"})
     proc = workers.start("--stale-after", "5")
     wait_for(lambda: WorkerProcess.objects.exists(), message="worker registered")
@@ -288,16 +344,40 @@ def test_worker_rides_out_a_lost_database_and_resumes(workers):
         [name, own_pid],
     )
     try:
-        wait_for(lambda: "database unavailable" in workers.output(proc), message="worker noticed the outage")
-        wait_for(lambda: workers.output(proc).count("database unavailable") >= 3, message="kept retrying")
+        wait_for(
+            lambda: "database unavailable" in workers.output(proc),
+            timeout=patience,
+            message="worker noticed the outage",
+        )
+        wait_for(
+            lambda: workers.output(proc).count("database unavailable") >= 3,
+            timeout=patience,
+            message="kept retrying",
+        )
         assert proc.poll() is None, "the worker crashed instead of retrying"
     finally:
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         admin.close()
+    wait_for(answers, timeout=patience, message="the database answers this process again")
     job = enqueue("test.record", {"key": "after-outage"})
     wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, timeout=60, message="resumed")
     proc.terminate()
     assert proc.wait(20) == 0
+
+
+def answers() -> bool:
+    """Whether this process's connection answers, replacing it if it does not (behind PgBouncer its
+    server went with the others, and PgBouncer logs in again within server_login_retry)."""
+    from django.db import OperationalError, connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except OperationalError as exc:
+        print(f"not yet: {exc}")
+        connection.close()
+        return False
 
 
 def test_workers_add_their_counts_and_run_times_to_job_stats(workers):

@@ -1,5 +1,7 @@
 """Django's Tasks API (django_tasks) on our queue, as the API documents it, with a real runworker."""
 
+import builtins
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
@@ -13,7 +15,8 @@ from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist, Ta
 from django_tasks.signals import task_enqueued
 
 from jobs.api import enqueue
-from jobs.models import Job, JobStatus
+from jobs.exceptions import JobTimeout, WorkerLost
+from jobs.models import DeadLetter, Job, JobStatus
 from jobs.tasks_backend import JobsBackend
 from jobs.testing import immediate
 from tests.testapp import tasks
@@ -32,6 +35,15 @@ def wait_finished(result, timeout: float = 20.0) -> None:
     wait_for(lambda: finished(result), timeout=timeout, message=f"task result {result.id} finished")
 
 
+def wait_told_finished(result) -> None:
+    """task_finished follows the commit of the final outcome: wait until the receiver recorded it."""
+    wait_finished(result)
+    wait_for(
+        lambda: Run.objects.filter(job_id=result.id, key__startswith="finished:").exists(),
+        message=f"task_finished for {result.id}",
+    )
+
+
 # -- enqueue and results -------------------------------------------------------------------------
 
 
@@ -40,7 +52,7 @@ def test_enqueued_task_is_a_ready_job_named_for_its_module_path():
     job = Job.objects.get()
     assert result.id == str(job.id)
     assert job.type == "task:tests.testapp.tasks.add"
-    assert job.payload == {"args": [2], "kwargs": {"b": 3}}
+    assert job.payload == {"args": [2], "kwargs": {"b": 3}, "run_after": None, "backend": "default"}
     assert (job.queue, job.priority, job.status) == ("default", 0, JobStatus.PENDING)
     assert result.status == TaskResultStatus.READY and not result.is_finished
     assert (result.args, result.kwargs, result.backend) == ([2], {"b": 3}, "default")
@@ -125,24 +137,108 @@ def test_worker_sends_task_started_per_attempt_and_task_finished_once_at_the_end
     recovered = tasks.signalled.enqueue(failures=1)
     failed = tasks.signalled.enqueue(failures=5)  # more than the 3 attempts of the defaults
     workers.start()
-    wait_finished(recovered)
-    wait_finished(failed)
+    wait_told_finished(recovered)
+    wait_told_finished(failed)
 
-    def signals(result):
-        return list(Run.objects.filter(job_id=result.id).order_by("id").values_list("key", "attempt", "pid"))
-
-    pid = signals(recovered)[0][2]
     assert signals(recovered) == [
-        ("started:RUNNING", 1, pid),
-        ("started:RUNNING", 2, pid),
-        ("finished:SUCCESSFUL", 2, pid),
+        ("enqueued:READY", 0),
+        ("started:RUNNING", 1),
+        ("started:RUNNING", 2),
+        ("finished:SUCCESSFUL", 2),
     ]
-    assert [(key, attempt) for key, attempt, _ in signals(failed)] == [
+    assert len(set(Run.objects.filter(job_id=recovered.id).exclude(attempt=0).values_list("pid"))) == 1
+    assert signals(failed) == [
+        ("enqueued:READY", 0),
         ("started:RUNNING", 1),
         ("started:RUNNING", 2),
         ("started:RUNNING", 3),
         ("finished:FAILED", 3),
     ]
+
+
+def signals(result) -> list[tuple[str, int]]:
+    """The API's signals recorded for a task's result (tests/testapp/tasks.py), in order."""
+    return list(Run.objects.filter(job_id=result.id).order_by("id").values_list("key", "attempt"))
+
+
+def test_task_finished_is_sent_once_when_a_task_outlives_its_timeout(workers):
+    result = tasks.stalls.enqueue(3)  # timeout 0.5 s, one attempt
+    proc = workers.start("--concurrency", "1")
+    wait_told_finished(result)
+    assert result.errors[0].exception_class is JobTimeout
+    # The handler's late return changes nothing and tells nothing.
+    wait_for(lambda: "outcome ignored" in workers.output(proc), timeout=20, message="late return ignored")
+    assert signals(result) == [("enqueued:READY", 0), ("started:RUNNING", 1), ("finished:FAILED", 1)]
+    proc.terminate()
+    assert workers.exit_code(proc, 20) == 0
+
+
+def test_task_finished_is_sent_once_when_a_task_rescued_from_dead_workers_runs_out_of_attempts(workers):
+    result = tasks.dies.enqueue()  # kills its worker on each of its 2 attempts
+    starts = 0
+    while not finished(result):
+        assert starts < 6, "the task never ran out of attempts"
+        proc = workers.start("--stale-after", "1")
+        starts += 1
+        wait_for(
+            lambda p=proc: p.poll() is not None or finished(result),
+            timeout=30,
+            message="the worker died or the task finished",
+        )
+    survivor = workers.procs[-1]
+    wait_told_finished(result)
+    assert result.status == TaskResultStatus.FAILED and result.attempts == 2
+    assert [e.exception_class for e in result.errors] == [WorkerLost, WorkerLost]
+    assert signals(result) == [
+        ("enqueued:READY", 0),
+        ("started:RUNNING", 1),
+        ("started:RUNNING", 2),
+        ("finished:FAILED", 2),
+    ]
+    finished_by = Run.objects.get(job_id=result.id, key="finished:FAILED").pid
+    assert finished_by == survivor.pid  # the worker that reaped it told the API
+    survivor.terminate()
+    assert workers.exit_code(survivor, 20) == 0
+
+
+def test_immediate_mode_sends_enqueued_then_started_then_finished():
+    with immediate():
+        result = tasks.signalled.enqueue(failures=0)
+    assert result.status == TaskResultStatus.SUCCESSFUL and result.return_value == "ok"
+    assert signals(result) == [("enqueued:READY", 0), ("started:RUNNING", 1), ("finished:SUCCESSFUL", 1)]
+
+
+@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt"])
+def test_a_task_raising_system_exit_or_keyboard_interrupt_fails_on_the_worker_which_lives_on(workers, kind):
+    results = [tasks.raises.enqueue(kind) for _ in range(3)]  # 3 attempts each on one thread
+    proc = workers.start("--concurrency", "1")
+    for result in results:
+        wait_told_finished(result)
+        assert result.status == TaskResultStatus.FAILED and result.attempts == 3
+        assert [e.exception_class for e in result.errors] == [getattr(builtins, kind)] * 3
+        assert f"{kind}" in result.errors[0].traceback
+        assert signals(result)[-1] == ("finished:FAILED", 3)
+        assert [key for key, _ in signals(result)].count("finished:FAILED") == 1
+    after = tasks.add.enqueue(1, 1)
+    wait_finished(after)
+    assert after.return_value == 2
+    proc.send_signal(signal.SIGTERM)
+    assert workers.exit_code(proc, 30) == 0
+
+
+def test_immediate_mode_gives_a_failed_result_for_a_task_raising_system_exit():
+    with immediate():
+        result = tasks.raises_once.enqueue("SystemExit")
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[0].exception_class is SystemExit
+
+
+def test_immediate_mode_records_a_tasks_keyboard_interrupt_then_raises_it_as_ctrl_c_would():
+    with immediate(), pytest.raises(KeyboardInterrupt):
+        tasks.raises_once.enqueue("KeyboardInterrupt")
+    result = tasks.raises_once.get_result(str(Job.objects.get().id))
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[0].exception_class is KeyboardInterrupt
 
 
 def test_backend_supports_defer_priority_async_tasks_and_results_from_any_process():
@@ -199,8 +295,9 @@ def test_return_value_json_cannot_carry_fails_the_task_without_retrying(workers)
     workers.start()
     wait_finished(result)
     assert result.status == TaskResultStatus.FAILED
-    assert issubclass(result.errors[0].exception_class, TypeError)
+    assert result.errors[0].exception_class is TypeError  # the class the API names
     assert result.attempts == 1 and Job.objects.get(id=result.id).max_attempts == 3
+    assert DeadLetter.objects.get(job_id=result.id).error_class == "builtins.TypeError"
 
 
 # -- priorities, run_after, queues ---------------------------------------------------------------
@@ -239,6 +336,21 @@ def test_run_after_holds_the_task_until_its_time(workers):
     wait_finished(now)
     assert Run.objects.get(key="later").started_at >= run_after
     assert Run.objects.get(key="now").id < Run.objects.get(key="later").id
+
+
+def test_get_result_gives_back_the_task_with_its_run_after_and_backend(workers):
+    run_after = timezone.now() + timedelta(hours=1)
+    later = tasks.add.using(run_after=run_after, priority=7).enqueue(1, 2)
+    fetched = tasks.add.get_result(later.id)
+    assert fetched.task.run_after == run_after
+    assert (fetched.task.backend, fetched.task.priority, fetched.backend) == ("default", 7, "default")
+    # run_at moves with retries; the task's run_after stays what was asked
+    failing = tasks.flaky.using(run_after=timezone.now()).enqueue("f", failures=1)
+    asked = failing.task.run_after
+    workers.start()
+    wait_finished(failing)
+    assert failing.attempts == 2 and Job.objects.get(id=failing.id).run_at > asked
+    assert tasks.flaky.get_result(failing.id).task.run_after == asked
 
 
 def test_naive_run_after_is_refused():

@@ -71,6 +71,18 @@ def suicide(payload, ctx):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+class Raise(BaseModel):
+    key: str = ""
+    kind: str  # SystemExit or KeyboardInterrupt
+
+
+@job("test.raises", payload=Raise, max_attempts=2, backoff=Backoff(base=0.01, cap=0.05))
+def raises(payload, ctx):
+    """A library calling sys.exit(), or a stray KeyboardInterrupt."""
+    record(payload, ctx)
+    raise {"SystemExit": SystemExit(3), "KeyboardInterrupt": KeyboardInterrupt()}[payload.kind]
+
+
 @job("test.timeout", payload=Sleep, timeout=0.5, max_attempts=2, backoff=Backoff(base=0.01, cap=0.05))
 def too_slow(payload, ctx):
     record(payload, ctx)

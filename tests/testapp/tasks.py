@@ -5,13 +5,14 @@ one, and the tasks with extras in TASKS' OPTIONS (tests/settings.py) are registe
 """
 
 import os
+import signal
 import time
 from datetime import datetime
 
 from django.dispatch import receiver
 from django.utils import timezone
 from django_tasks import TaskContext, task
-from django_tasks.signals import task_finished, task_started
+from django_tasks.signals import task_enqueued, task_finished, task_started
 
 from tests.testapp.models import Run
 
@@ -119,13 +120,47 @@ def signalled(context: TaskContext, failures: int) -> str:
     return "ok"
 
 
+BASE_EXCEPTIONS = {"SystemExit": lambda: SystemExit(3), "KeyboardInterrupt": KeyboardInterrupt}
+
+
+@task()
+def raises(kind: str) -> None:
+    """A library calling sys.exit(), or a stray KeyboardInterrupt."""
+    raise BASE_EXCEPTIONS[kind]()
+
+
+@task()
+def raises_once(kind: str) -> None:
+    """As ``raises``, with a single attempt (tests/settings.py)."""
+    raise BASE_EXCEPTIONS[kind]()
+
+
+@task()
+def stalls(seconds: float) -> str:
+    """Outlives its timeout of 0.5 s (tests/settings.py), then returns: a late outcome, ignored."""
+    time.sleep(seconds)
+    return "late"
+
+
+@task()
+def dies() -> None:
+    """Kills its worker on every attempt (2 attempts, tests/settings.py): rescued, then dead."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+SIGNALLED = {signalled.func, raises.func, stalls.func, dies.func}
+
+
+@receiver(task_enqueued)
 @receiver(task_started)
 @receiver(task_finished)
 def record_signal(sender, task_result, signal, **kwargs):
-    """Records the API's signals for ``signalled`` as Run rows: "started:RUNNING", "finished:FAILED"."""
-    if task_result.task.func is signalled.func:
+    """Records the API's signals for the tasks in SIGNALLED as Run rows: "started:RUNNING",
+    "finished:FAILED"."""
+    if task_result.task.func in SIGNALLED:
+        name = {task_enqueued: "enqueued", task_started: "started", task_finished: "finished"}[signal]
         Run.objects.create(
-            key=f"{'started' if signal is task_started else 'finished'}:{task_result.status}",
+            key=f"{name}:{task_result.status}",
             job_id=int(task_result.id),
             attempt=task_result.attempts,
             pid=os.getpid(),

@@ -33,7 +33,11 @@ class Command(BaseCommand):
                 " more for short jobs; 0 for none)."
             ),
         )
-        parser.add_argument("--burst", action="store_true", help="Exit 0 once nothing is due.")
+        parser.add_argument(
+            "--burst",
+            action="store_true",
+            help="Exit 0 once nothing is due or running (a job held back by a rate limit is due).",
+        )
         parser.add_argument("--max-jobs", type=positive(int), default=None, help="Exit after this many jobs.")
         parser.add_argument(
             "--poll-interval", type=positive(float), default=None, help="Seconds between polls."
