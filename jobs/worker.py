@@ -22,7 +22,6 @@ from django.db import (
     connection,
     connections,
 )
-from django.utils import timezone
 
 from jobs import conf, db, engine, execution, stats, systemd
 from jobs.exceptions import JobTimeout
@@ -49,6 +48,11 @@ class Running:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     abandoned: threading.Event = field(default_factory=threading.Event)
     pending: int = 0  # successes of this unit still waiting to be flushed
+    lost: set[int] = field(default_factory=set)  # jobs found reclaimed by another worker (logged once)
+    key: int = 0  # the unit's key in Worker.inflight: its first job's id, kept if that job is dropped
+
+    def __post_init__(self):
+        self.key = self.jobs[0].id
 
     @property
     def job(self) -> Job:
@@ -65,6 +69,11 @@ class Worker:
     # judged by the recent mean handler duration, and at most PREFETCH_MAX jobs.
     PREFETCH_WINDOW = 0.05
     PREFETCH_MAX = 200
+    # The buffer grows only once this many handler durations were seen, and they are forgotten after
+    # this many seconds without a finished job: a few 1 ms cron ticks said nothing about the two-second
+    # jobs that came after an idle spell (a worker of 4 threads claimed 23 of them at once).
+    PREFETCH_SAMPLES = 8
+    PREFETCH_MEMORY = 2.0
 
     def __init__(
         self,
@@ -90,6 +99,8 @@ class Worker:
         self.adaptive_prefetch = prefetch is None
         self.prefetch = self.concurrency if prefetch is None else max(0, prefetch)
         self.mean_duration: float | None = None  # recent handler seconds per job (moving average)
+        self.samples = 0  # handler durations folded into mean_duration since it was last forgotten
+        self.last_sample = 0.0  # time.monotonic() of the latest
         self.burst = burst
         self.max_jobs = max_jobs
         self.poll_interval = poll_interval if poll_interval is not None else conf.get("JOBS_POLL_INTERVAL")
@@ -268,20 +279,34 @@ class Worker:
         """Jobs to hold claimed beyond the running ones: ``--prefetch`` when given, else at least as
         many as there are threads, more when jobs are short: about PREFETCH_WINDOW seconds of work for
         all threads, so a buffered job waits some tens of milliseconds at most and one claim
-        statement feeds many short jobs instead of a few."""
-        if not self.adaptive_prefetch or not self.mean_duration:
+        statement feeds many short jobs instead of a few. Until PREFETCH_SAMPLES recent durations say
+        the jobs are short, the buffer stays at the threads' size."""
+        if not self.adaptive_prefetch:
             return self.prefetch
-        ahead = int(self.concurrency * self.PREFETCH_WINDOW / self.mean_duration)
+        with self.lock:
+            if self.samples < self.PREFETCH_SAMPLES or self._forgotten(time.monotonic()):
+                return self.prefetch
+            mean = self.mean_duration
+        ahead = int(self.concurrency * self.PREFETCH_WINDOW / max(mean, 1e-6))
         return max(self.prefetch, min(self.PREFETCH_MAX, ahead))
 
+    def _forgotten(self, now: float) -> bool:
+        return now - self.last_sample > self.PREFETCH_MEMORY
+
     def _observe(self, outcomes) -> None:
-        """Fold a unit's handler durations into the moving average that sizes the adaptive prefetch."""
+        """Fold a unit's handler durations, one sample per job, into the moving average that sizes the
+        adaptive prefetch (each new one weighs a fifth); an idle spell forgets them."""
         if not outcomes:
             return
-        seconds = sum(outcome.duration for _, outcome in outcomes) / len(outcomes)
+        now = time.monotonic()
         with self.lock:
-            mean = self.mean_duration
-            self.mean_duration = seconds if mean is None else 0.8 * mean + 0.2 * seconds
+            if self._forgotten(now):
+                self.mean_duration, self.samples = None, 0
+            for _, outcome in outcomes:
+                mean = self.mean_duration
+                self.mean_duration = outcome.duration if mean is None else 0.8 * mean + 0.2 * outcome.duration
+                self.samples += 1
+            self.last_sample = now
 
     def _wait_time(self) -> float:
         return max(0.0, min(self.poll_interval, self._next_heartbeat - time.monotonic()))
@@ -328,7 +353,7 @@ class Worker:
     def _start(self, jobs: list[Job]) -> None:
         running = Running(jobs=jobs)
         with self.lock:
-            self.inflight[running.job.id] = running
+            self.inflight[running.key] = running
         self.claimed_total += len(jobs)
         for job in jobs:
             self.stats.started(job.type)
@@ -346,7 +371,7 @@ class Worker:
                 if running is None:
                     return
                 with self.lock:
-                    if running.abandoned.is_set() or self.inflight.get(running.job.id) is not running:
+                    if running.abandoned.is_set() or self.inflight.get(running.key) is not running:
                         continue  # handed back at shutdown before it started
                     try:
                         timeout = get_job_type(running.job.type).timeout
@@ -375,8 +400,8 @@ class Worker:
                     log.exception("job %s: outcome could not be recorded", running.job.id)
                 with self.lock:
                     running.state = "completing" if running.pending else "done"
-                    if not running.pending and self.inflight.get(running.job.id) is running:
-                        del self.inflight[running.job.id]
+                    if not running.pending and self.inflight.get(running.key) is running:
+                        del self.inflight[running.key]
                         self.done_total += len(running.jobs)
                 self.wakeup.set()
                 if running.abandoned.is_set():
@@ -437,8 +462,8 @@ class Worker:
             with self.lock:
                 running.pending -= 1
                 if running.pending == 0 and running.state == "completing":
-                    if self.inflight.get(running.job.id) is running:
-                        del self.inflight[running.job.id]
+                    if self.inflight.get(running.key) is running:
+                        del self.inflight[running.key]
                         self.done_total += len(running.jobs)
         self.wakeup.set()
 
@@ -455,7 +480,7 @@ class Worker:
         for running in late:
             running.abandoned.set()
             with self.lock:
-                self.inflight.pop(running.job.id, None)
+                self.inflight.pop(running.key, None)
                 self.abandoned_threads += 1
             seconds = get_job_type(running.job.type).timeout
             for job in running.jobs:
@@ -467,16 +492,50 @@ class Worker:
     def _heartbeat(self) -> None:
         with self.lock:
             jobs = [job for r in self.inflight.values() if not r.abandoned.is_set() for job in r.jobs]
-        cancelled = engine.heartbeat(jobs)
-        if cancelled:
-            with self.lock:
-                for running in self.inflight.values():
-                    if any(job.id in cancelled for job in running.jobs):
-                        running.cancel_event.set()
-        WorkerProcess.objects.filter(id=self.id).update(
-            heartbeat_at=timezone.now(), current_jobs=[j.id for j in jobs], jobs_done=self.done_total
+        held, cancelled = engine.heartbeat(jobs)
+        lost = {job.id for job in jobs} - held
+        with self.lock:
+            for running in list(self.inflight.values()):
+                if any(job.id in cancelled for job in running.jobs):
+                    running.cancel_event.set()
+                gone = [job for job in running.jobs if job.id in lost]
+                if gone:
+                    self._lost(running, gone)
+        rows = WorkerProcess.objects.filter(id=self.id).update(
+            heartbeat_at=db.now_value(), current_jobs=[j.id for j in jobs], jobs_done=self.done_total
         )
+        if not rows:
+            # Silent for long enough (cut off, frozen) that a reaper removed our row: we are back.
+            self._register()
+            log.warning("worker %s: its row was removed while it was silent; registered again", self.id)
         self.stats.flush()
+
+    def _lost(self, running: Running, gone: list[Job]) -> None:
+        """These jobs of ``running`` were reclaimed while this worker was silent (the lock is held). One
+        not started yet is dropped from the buffer, never run; a running handler is told to stop
+        (``ctx.cancelled``), as for a staff cancel: its outcome would be fenced off anyway."""
+        if running.state == "queued":
+            running.jobs = [job for job in running.jobs if job not in gone]
+            if not running.jobs:
+                running.abandoned.set()
+                if self.inflight.get(running.key) is running:
+                    del self.inflight[running.key]
+            for job in gone:
+                self.stats.finished(job.type, "lost", 0.0)
+                log.warning(
+                    "job %s %s: reclaimed by another worker; dropped before it started", job.id, job.type
+                )
+            self.wakeup.set()  # room to claim
+        elif running.state == "executing":
+            running.cancel_event.set()
+            for job in gone:
+                if job.id not in running.lost:
+                    running.lost.add(job.id)
+                    log.warning(
+                        "job %s %s: reclaimed by another worker; its handler is told to stop",
+                        job.id,
+                        job.type,
+                    )
 
     def _register(self) -> None:
         host, pid = socket.gethostname(), os.getpid()
@@ -487,8 +546,8 @@ class Worker:
                 pid=pid,
                 queues=self.queues or [],
                 concurrency=self.concurrency,
-                started_at=timezone.now(),
-                heartbeat_at=timezone.now(),
+                started_at=db.now_value(),
+                heartbeat_at=db.now_value(),
                 state="running",
             ),
         )
