@@ -3,14 +3,16 @@ buffered), and how many jobs it claims ahead. Real `runworker` processes, paused
 host would have been cut off."""
 
 import collections
+import glob
 import signal
 import time
+from datetime import timedelta
 
 import pytest
 
-from jobs import engine
+from jobs import db, engine
 from jobs.api import enqueue, enqueue_many
-from jobs.models import Job, JobStatus, WorkerProcess
+from jobs.models import CronSchedule, Job, JobStatus, WorkerProcess
 from tests.testapp.models import Run
 from tests.utils import wait_for
 
@@ -25,8 +27,6 @@ def claim_sizes(job_type: str) -> list[int]:
 
 def silent_for(seconds: float, ids: list[int]) -> bool:
     """Every one of these running jobs missed its heartbeats for ``seconds`` by the database's clock."""
-    from jobs import db
-
     cutoff = db.now().timestamp() - seconds
     rows = Job.objects.filter(id__in=ids, status=JobStatus.RUNNING)
     return len(rows) == len(ids) and all(r.heartbeat_at.timestamp() < cutoff for r in rows)
@@ -128,3 +128,51 @@ def test_one_short_sample_does_not_size_the_prefetch(workers):
     assert max(claim_sizes("test.sleep")) <= 8, claim_sizes("test.sleep")
     proc.send_signal(signal.SIGTERM)
     assert workers.exit_code(proc, 20) == 0
+
+
+LIBFAKETIME = next(
+    (
+        p
+        for p in glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+        + glob.glob("/usr/lib/faketime/libfaketime.so.1")
+    ),
+    None,
+)
+
+
+def faketime(offset: str) -> dict[str, str]:
+    """Environment running a worker with its host's clock off by ``offset`` (libfaketime, preloaded so
+    that the worker keeps its pid); monotonic time is left alone, as a skewed host's is (and Python's
+    timed waits hang on a faked one)."""
+    return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+@pytest.mark.skipif(
+    "not __import__('jobs.db').db.is_postgres()", reason="SQLite's clock is its only host's clock"
+)
+@pytest.mark.skipif(LIBFAKETIME is None, reason="needs libfaketime (Debian: apt-get install faketime)")
+def test_a_host_whose_clock_runs_ahead_reaps_no_healthy_job_and_fires_cron_on_time(workers):
+    job = enqueue("test.sleep", {"key": "healthy", "seconds": 5})
+    healthy = workers.start("--stale-after", "2")
+    wait_for(lambda: Run.objects.filter(job_id=job.id).exists(), message="the healthy worker started it")
+    ahead = workers.start("--stale-after", "2", env=faketime("+30s"))
+    wait_for(lambda: WorkerProcess.objects.filter(pid=ahead.pid).exists(), message="the skewed worker is up")
+    due = db.now() + timedelta(seconds=3)
+    CronSchedule.objects.create(
+        name="skew", expression="* * * * *", job_type="test.record", payload={"key": "cron"}, next_run_at=due
+    )
+    fired = Job.objects.filter(unique_key__startswith="cron:skew:")
+    while db.now() < due:
+        assert not fired.exists(), "cron fired early by the database's clock"
+        time.sleep(0.05)
+    wait_for(fired.exists, timeout=10, message="cron fired once due")
+
+    wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, timeout=20, message="done")
+    job.refresh_from_db()
+    assert (job.attempts, job.errors) == (1, [])  # never reaped
+    assert Run.objects.filter(job_id=job.id).count() == 1
+    assert WorkerProcess.objects.filter(pid=healthy.pid).exists()  # its row never removed
+    assert fired.count() == 1
+    for proc in (healthy, ahead):
+        proc.send_signal(signal.SIGTERM)
+        assert workers.exit_code(proc, 20) == 0
