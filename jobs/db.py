@@ -214,6 +214,9 @@ def listen_conninfo() -> dict:
     for key, name in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"), ("PORT", "port")):
         if s.get(key):
             params[name] = s[key]
+    # The connection's libpq options (timeouts, keepalives, sslmode...), not Django's own keys.
+    django_keys = {"isolation_level", "server_side_binding", "assume_role", "pool", "cursor_factory"}
+    params.update({k: v for k, v in s.get("OPTIONS", {}).items() if k not in django_keys})
     return params
 
 

@@ -59,6 +59,36 @@ class Running:
         return self.jobs[0]
 
 
+class Outage:
+    """Says once that the database is unavailable and once that it answers again, however many
+    threads and retries run into it meanwhile."""
+
+    def __init__(self, worker_id: str):
+        self.worker_id = worker_id
+        self.since: float | None = None
+        self.lock = threading.Lock()
+
+    def began(self, exc: BaseException, what: str = "") -> None:
+        with self.lock:
+            first, self.since = self.since is None, self.since or time.monotonic()
+        message = "worker %s: database unavailable (%s)%s; backing off and retrying until it answers"
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
+            message,
+            self.worker_id,
+            exc,
+            f"; {what}" if what else "",
+        )
+
+    def over(self) -> None:
+        with self.lock:
+            since, self.since = self.since, None
+        if since is not None:
+            log.warning(
+                "worker %s: database answers again after %.1fs", self.worker_id, time.monotonic() - since
+            )
+
+
 class Worker:
     """Composes the claim loop, a pool of handler threads, a batched completer, and the plugins
     (reaper, scheduler) that run beside the loop."""
@@ -72,6 +102,7 @@ class Worker:
     # The buffer grows only once this many handler durations were seen, and they are forgotten after
     # this many seconds without a finished job: a few 1 ms cron ticks said nothing about the two-second
     # jobs that came after an idle spell (a worker of 4 threads claimed 23 of them at once).
+    MAX_BACKOFF = 5.0  # seconds between tries while the database is away: back soon after it is
     PREFETCH_SAMPLES = 8
     PREFETCH_MEMORY = 2.0
 
@@ -124,6 +155,8 @@ class Worker:
         self.completer: threading.Thread | None = None
         self._completer_stop = threading.Event()
         self._signals = 0
+        self.ready = False  # READY=1 sent
+        self.outage = Outage(self.id)
         self._next_heartbeat = 0.0
         self._next_plugin: dict[int, float] = {}
 
@@ -181,7 +214,12 @@ class Worker:
         return restore
 
     def _run(self) -> int:
+        # READY only once the worker can work: registered, so the database answers. Until then systemd
+        # hears that it is waiting (STATUS, EXTEND_TIMEOUT_USEC), not that it is stuck.
         self._with_db_retry(self._register)
+        if self.stopping.is_set():
+            log.info("worker %s stopped before the database answered", self.id)
+            return 0
         for _ in range(self.concurrency):
             self._spawn_thread()
         self.completer = threading.Thread(target=self._completer_main, name="jobs-completer", daemon=True)
@@ -189,6 +227,7 @@ class Worker:
         if db.is_postgres() and conf.get("JOBS_LISTEN_NOTIFY"):
             threading.Thread(target=self._listen, name="jobs-listen", daemon=True).start()
         systemd.notify("READY=1", f"STATUS=worker {self.id} ready")
+        self.ready = True
         exit_code = 0
         try:
             exit_code = self._loop()
@@ -203,11 +242,12 @@ class Worker:
             try:
                 idle = self._iteration()
                 backoff = 0.5
+                self.outage.over()
             except DB_ERRORS as exc:
-                log.error("worker %s: database unavailable (%s); retrying in %.1fs", self.id, exc, backoff)
+                self.outage.began(exc)
                 connection.close()
                 self._wait_alive(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
                 continue
             # From the loop itself, so that systemd restarts a worker whose loop is stuck.
             systemd.notify("WATCHDOG=1", f"STATUS={self._executing()} job(s) running")
@@ -227,10 +267,15 @@ class Worker:
         return 0
 
     def _wait_alive(self, seconds: float) -> None:
-        """Wait out a database outage in short steps, telling systemd's watchdog the loop is alive."""
+        """Wait out a database outage in short steps, telling systemd's watchdog the loop is alive (it
+        is waiting, not stuck); before READY, asking for more time to start instead."""
         deadline = time.monotonic() + seconds
         while not self.stopping.is_set() and time.monotonic() < deadline:
-            systemd.notify("WATCHDOG=1", "STATUS=waiting for the database")
+            if self.ready:
+                systemd.notify("WATCHDOG=1", "STATUS=waiting for the database")
+            else:
+                # the next try (a connect: DB_CONNECT_TIMEOUT) and this wait, with room to spare
+                systemd.notify("EXTEND_TIMEOUT_USEC=60000000", "STATUS=waiting for the database to start")
             self.stopping.wait(min(1.0, deadline - time.monotonic()))
 
     def _executing(self) -> int:
@@ -447,7 +492,7 @@ class Worker:
                 done = engine.complete_many([(job, result) for _, job, result, _ in batch])
                 break
             except DB_ERRORS as exc:
-                log.error("worker %s: could not record %s result(s) (%s); retrying", self.id, len(batch), exc)
+                self.outage.began(exc, f"could not record {len(batch)} result(s)")
                 connection.close()
                 if self.stopping.is_set() and backoff > 5:
                     return  # left running: the reaper hands them back, and they run again
@@ -558,34 +603,46 @@ class Worker:
         while True:
             attempt += 1
             try:
-                return fn()
+                result = fn()
             except DB_ERRORS as exc:
                 if tries is not None and attempt >= tries:
                     log.error("worker %s: giving up after %s tries: %s", self.id, attempt, exc)
                     return None
-                log.error("worker %s: database unavailable (%s); retrying in %.1fs", self.id, exc, backoff)
+                self.outage.began(exc)
                 connection.close()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                if tries is None:
+                    self._wait_alive(backoff)
+                    if self.stopping.is_set():
+                        return None
+                else:
+                    time.sleep(backoff)
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
+            else:
+                self.outage.over()
+                return result
 
     # -- LISTEN/NOTIFY ----------------------------------------------------------------------------
 
     def _listen(self) -> None:
         import psycopg
 
-        backoff = 0.5
+        backoff, lost = 0.5, False
         params = db.listen_conninfo()
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(**params) as conn:
                     conn.execute(f"LISTEN {db.NOTIFY_CHANNEL}")
-                    backoff = 0.5
+                    backoff, lost = 0.5, False
                     self.wakeup.set()  # anything enqueued while we were not listening
                     while not self.stopping.is_set():
                         for note in conn.notifies(timeout=1.0):
                             if self.queues is None or note.payload in self.queues:
                                 self.wakeup.set()
             except (psycopg.Error, DatabaseError) as exc:
-                log.warning("worker %s: LISTEN connection lost (%s); polling until it is back", self.id, exc)
+                if not lost:  # once per loss, not once per reconnect attempt
+                    log.warning(
+                        "worker %s: LISTEN connection lost (%s); polling until it is back", self.id, exc
+                    )
+                lost = True
                 self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
