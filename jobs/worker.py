@@ -67,10 +67,17 @@ class Outage:
         self.worker_id = worker_id
         self.since: float | None = None
         self.lock = threading.Lock()
+        self.answering = threading.Event()
+        self.answering.set()
+
+    def wait_over(self, stopping: threading.Event) -> None:
+        while not self.answering.wait(0.5) and not stopping.is_set():
+            pass
 
     def began(self, exc: BaseException, what: str = "") -> None:
         with self.lock:
             first, self.since = self.since is None, self.since or time.monotonic()
+            self.answering.clear()
         message = "worker %s: database unavailable (%s)%s; backing off and retrying until it answers"
         log.log(
             logging.ERROR if first else logging.DEBUG,
@@ -83,6 +90,7 @@ class Outage:
     def over(self) -> None:
         with self.lock:
             since, self.since = self.since, None
+            self.answering.set()
         if since is not None:
             log.warning(
                 "worker %s: database answers again after %.1fs", self.worker_id, time.monotonic() - since
@@ -245,6 +253,7 @@ class Worker:
                 self.outage.over()
             except DB_ERRORS as exc:
                 self.outage.began(exc)
+                self._next_heartbeat = 0.0  # the first pass once it answers learns what is still ours
                 connection.close()
                 self._wait_alive(backoff)
                 backoff = min(backoff * 2, self.MAX_BACKOFF)
@@ -415,6 +424,9 @@ class Worker:
                 running = self.work.get()
                 if running is None:
                     return
+                # Claimed before an outage, it may have been reclaimed during it: start it only after
+                # the loop's first heartbeat since says whether it is still ours (drops it if not).
+                self.outage.wait_over(self.stopping)
                 with self.lock:
                     if running.abandoned.is_set() or self.inflight.get(running.key) is not running:
                         continue  # handed back at shutdown before it started
@@ -499,9 +511,7 @@ class Worker:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
         for running, job, _, duration in batch:
-            status = "succeeded" if job.id in done else "lost"
-            if job.id not in done:
-                log.warning("job %s %s: claim lost before completion; result discarded", job.id, job.type)
+            status = "succeeded" if job.id in done else "lost"  # engine.complete logged the loss
             execution.log_outcome(job, status, duration)
             self.stats.finished(job.type, status, duration)
             with self.lock:

@@ -173,3 +173,20 @@ def watch(payload, ctx):
     run.finished_at = timezone.now()
     run.save(update_fields=["key", "finished_at"])
     return "stopped"
+
+
+@job("test.slow_effect", payload=Sleep, max_attempts=5, backoff=Backoff(base=0.01, cap=0.05))
+def slow_effect(payload, ctx):
+    """Works ``seconds``, then makes its database effect once (a Run row keyed by the payload's key,
+    through effect_once), however often it runs."""
+    import threading
+
+    from jobs.effects import effect_once
+
+    # An Event's wait, not time.sleep: under libfaketime (the clock-skew tests) Python's sleep fails
+    # with EINVAL.
+    threading.Event().wait(payload.seconds)
+    with effect_once(f"test.slow_effect:{payload.key}", job_id=ctx.job_id) as first:
+        if first:
+            record(payload, ctx)
+    return {"first": first}
