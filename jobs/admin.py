@@ -15,6 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -896,13 +897,17 @@ class WorkerProcessAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def get_queryset(self, request):
+        # Ages by the database's clock, which stamped the heartbeats, never the web host's.
+        return super().get_queryset(request).annotate(checked_at=Now())
+
     @admin.display(boolean=True, description="alive")
     def alive(self, obj):
-        return obj.heartbeat_at >= timezone.now() - timedelta(seconds=conf.get("JOBS_STALE_AFTER"))
+        return obj.heartbeat_at >= obj.checked_at - timedelta(seconds=conf.get("JOBS_STALE_AFTER"))
 
     @admin.display(description="heartbeat", ordering="heartbeat_at")
     def heartbeat_age(self, obj):
-        seconds = (timezone.now() - obj.heartbeat_at).total_seconds()
+        seconds = (obj.checked_at - obj.heartbeat_at).total_seconds()
         return f"{seconds:.0f}s ago"
 
     @admin.display(description="queues")

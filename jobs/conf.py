@@ -10,6 +10,9 @@ DEFAULTS = {
     # A running job's heartbeat period, and the age after which a silent job is presumed orphaned.
     "JOBS_HEARTBEAT_INTERVAL": 5.0,
     "JOBS_STALE_AFTER": 30.0,
+    # Seconds a claim or heartbeat statement (and any lock it waits for) may take on PostgreSQL before
+    # it errors and the worker backs off: a worker cut off from the database notices within seconds.
+    "JOBS_DB_TIMEOUT": 5.0,
     # Seconds a stopping worker waits for in-flight jobs before handing them back.
     "JOBS_GRACE_PERIOD": 30.0,
     # Seconds between the scheduler's looks for due cron schedules.

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from django.db import connection
+from django.utils import timezone
 
 from jobs import conf
 
@@ -18,6 +19,25 @@ NOTIFY_CHANNEL = "jobs_enqueued"
 
 def is_postgres() -> bool:
     return connection.vendor == "postgresql"
+
+
+def now() -> datetime:
+    """The database's clock: the time every decision about ownership and due times is made by, so that
+    hosts whose clocks disagree agree on it. On PostgreSQL the server's ``statement_timestamp()``; a
+    SQLite file is only ever shared by processes on one host, whose clock is its clock."""
+    if not is_postgres():
+        return timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement_timestamp()")
+        return cursor.fetchone()[0]
+
+
+def now_value():
+    """The database's clock as a value for an ORM update or filter, read by the database itself (no
+    round trip): ``statement_timestamp()`` on PostgreSQL, this host's clock for SQLite (see now())."""
+    from django.db.models.functions import Now
+
+    return Now() if is_postgres() else timezone.now()
 
 
 def dt(value: datetime):
@@ -106,22 +126,45 @@ def claim_jobs(**options) -> list:
     return list(Job.objects.raw(sql, params))
 
 
-def prepare_claim() -> None:
-    """First statement of a claim transaction on PostgreSQL.
+def prepare_claim() -> datetime:
+    """First statement of a claim transaction; returns the database's clock (see now()), by which the
+    claim decides what is due and stamps its jobs.
 
     The planner must walk the pending-jobs index in claim order and stop at LIMIT. Right after a bulk
     enqueue its statistics still say "a dozen pending rows", and it would rather bitmap-scan and sort
     every pending job on each claim (milliseconds per claim, growing with the queue); sorts and bitmap
-    scans are switched off for this transaction only. The commit is relaxed as in relax_commit().
+    scans are switched off for this transaction only. The commit is relaxed as in relax_commit(), and
+    statements are bounded as in bound_time(). One round trip for all of it.
     """
+    if not is_postgres():
+        return timezone.now()
+    relaxed = "off" if conf.get("JOBS_RELAXED_COMMIT") else "on"
+    limit = _timeout_ms()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true),"
+            " set_config('synchronous_commit', %s, true), set_config('statement_timeout', %s, true),"
+            " set_config('lock_timeout', %s, true), statement_timestamp()",
+            [relaxed, limit, limit],
+        )
+        return cursor.fetchone()[-1]
+
+
+def bound_time() -> None:
+    """Bound every statement of the current transaction, and every lock wait, by JOBS_DB_TIMEOUT
+    (PostgreSQL): a heartbeat or a claim stuck behind a lock errors within seconds, and the worker's
+    loop backs off and keeps telling systemd's watchdog it is alive instead of hanging."""
     if is_postgres():
-        relaxed = "off" if conf.get("JOBS_RELAXED_COMMIT") else "on"
+        limit = _timeout_ms()
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true),"
-                " set_config('synchronous_commit', %s, true)",
-                [relaxed],
+                "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                [limit, limit],
             )
+
+
+def _timeout_ms() -> str:
+    return str(int(conf.get("JOBS_DB_TIMEOUT") * 1000))
 
 
 def claim_keyed_ids(*, limit: int, **options) -> list[int]:
@@ -171,6 +214,9 @@ def listen_conninfo() -> dict:
     for key, name in (("USER", "user"), ("PASSWORD", "password"), ("HOST", "host"), ("PORT", "port")):
         if s.get(key):
             params[name] = s[key]
+    # The connection's libpq options (timeouts, keepalives, sslmode...), not Django's own keys.
+    django_keys = {"isolation_level", "server_side_binding", "assume_role", "pool", "cursor_factory"}
+    params.update({k: v for k, v in s.get("OPTIONS", {}).items() if k not in django_keys})
     return params
 
 
@@ -304,6 +350,35 @@ def complete_sql(items: list[tuple[int, str, object]], now: datetime) -> tuple[s
         )
         params = [dt(now), json.dumps([[i, t, r] for (i, t, _), r in zip(items, results, strict=True)])]
     return sql, params
+
+
+def heartbeat_jobs(items: list[tuple[int, str]]) -> dict[int, bool]:
+    """Stamp the running jobs still held under these lock tokens with the database's clock, in one
+    statement; returns ``{id: cancellation requested}`` for those. A job missing from the answer is no
+    longer ours: it finished, or was reaped and perhaps claimed by another worker."""
+    import json
+
+    if not items:
+        return {}
+    if is_postgres():
+        sql = (
+            "UPDATE jobs_job SET heartbeat_at = statement_timestamp()"
+            " FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::text[]) AS token) AS v"
+            " WHERE jobs_job.id = v.id AND jobs_job.lock_token = v.token"
+            " AND jobs_job.status = 'running' RETURNING jobs_job.id, jobs_job.cancel_requested"
+        )
+        params = [[i for i, _ in items], [t for _, t in items]]
+    else:  # the unary + as in complete_sql: each job looked up by id
+        sql = (
+            "UPDATE jobs_job SET heartbeat_at = %s FROM (SELECT json_extract(value, '$[0]') AS id,"
+            " json_extract(value, '$[1]') AS token FROM json_each(%s)) AS v WHERE jobs_job.id = v.id"
+            " AND +jobs_job.lock_token = v.token AND +jobs_job.status = 'running'"
+            " RETURNING jobs_job.id, jobs_job.cancel_requested"
+        )
+        params = [dt(timezone.now()), json.dumps(items)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0]: bool(row[1]) for row in cursor.fetchall()}
 
 
 _insert_sql: dict[tuple, str] = {}

@@ -86,11 +86,10 @@ def claim(
 
     if limit <= 0:
         return []
-    now = timezone.now()
-    common = dict(worker_id=worker_id, token=new_token(), now=now, queues=queues)
     limited = ratelimit.limited_types(types)
     with transaction.atomic():
-        db.prepare_claim()
+        now = db.prepare_claim()  # the database's clock decides what is due and stamps the claim
+        common = dict(worker_id=worker_id, token=new_token(), now=now, queues=queues)
         if not limited and not ratelimit.has_keyed_jobs():
             jobs = db.claim_jobs(limit=limit, types=types, **common)
         else:
@@ -220,7 +219,7 @@ def _record_failure(job: Job, exc: BaseException, *, traceback: str | None, perm
             backoff = None
         delay = backoff.delay(row.attempts) if backoff else timedelta(seconds=60)
         row.status = JobStatus.PENDING
-        row.run_at = timezone.now() + delay
+        row.run_at = db.now() + delay  # due by the clock the claim reads
         row.locked_by = row.lock_token = row.heartbeat_at = None
         row.save(update_fields=["errors", "status", "run_at", "locked_by", "lock_token", "heartbeat_at"])
         return JobStatus.PENDING
@@ -372,22 +371,16 @@ def release(jobs: Iterable[Job], reason: str) -> int:
     return released
 
 
-def heartbeat(jobs: Sequence[Job]) -> set[int]:
-    """Refresh the heartbeat of these running jobs; returns the ids whose cancellation was requested."""
+def heartbeat(jobs: Sequence[Job]) -> tuple[set[int], set[int]]:
+    """Refresh the heartbeat of these running jobs by the database's clock. Returns the ids still held
+    by this worker, and among them those whose cancellation was requested; a job missing from the first
+    was reclaimed (its worker was silent for too long) and belongs to someone else now."""
     if not jobs:
-        return set()
-    now = timezone.now()
-    tokens = {job.lock_token for job in jobs}
-    ids = [job.id for job in jobs]
+        return set(), set()
     with transaction.atomic():
-        Job.objects.filter(id__in=ids, lock_token__in=tokens, status=JobStatus.RUNNING).update(
-            heartbeat_at=now
-        )
-        return set(
-            Job.objects.filter(id__in=ids, cancel_requested=True, status=JobStatus.RUNNING).values_list(
-                "id", flat=True
-            )
-        )
+        db.bound_time()
+        held = db.heartbeat_jobs([(job.id, job.lock_token) for job in jobs])
+    return set(held), {job_id for job_id, cancel in held.items() if cancel}
 
 
 def set_progress(job: Job, percent: int) -> None:
@@ -401,9 +394,10 @@ def reap_stale(stale_after: float) -> list[int]:
     attempt). Any live worker runs this; SKIP LOCKED keeps two reapers off the same row."""
     from jobs.exceptions import WorkerLost
 
-    cutoff = timezone.now() - timedelta(seconds=stale_after)
     reaped, ended = [], []
     with transaction.atomic():
+        now = db.now()  # never this host's clock: a host running ahead would reap healthy jobs
+        cutoff = now - timedelta(seconds=stale_after)
         qs = Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
         if db.is_postgres():
             qs = qs.select_for_update(skip_locked=True)
@@ -414,14 +408,14 @@ def reap_stale(stale_after: float) -> list[int]:
             row.errors = [*row.errors, error_entry(row, lost, traceback="")]
             if row.cancel_requested:
                 row.save(update_fields=["errors"])
-                if _finish_cancelled(row, timezone.now()):
+                if _finish_cancelled(row, now):
                     ended.append(row)
             elif row.attempts >= row.max_attempts:
                 bury(row)
                 ended.append(row)
             else:
                 row.status = JobStatus.PENDING
-                row.run_at = timezone.now()
+                row.run_at = now
                 row.locked_by = row.lock_token = row.heartbeat_at = None
                 row.save(
                     update_fields=["errors", "status", "run_at", "locked_by", "lock_token", "heartbeat_at"]
@@ -465,7 +459,7 @@ def cancel(job_id: int, reason: str = "cancelled") -> str:
 
 def retry_now(job_id: int) -> bool:
     """Make a pending or failed-and-waiting job due now (staff's "retry now" / "run now")."""
-    return bool(Job.objects.filter(id=job_id, status=JobStatus.PENDING).update(run_at=timezone.now()))
+    return bool(Job.objects.filter(id=job_id, status=JobStatus.PENDING).update(run_at=db.now()))
 
 
 def requeue(dead_letter_id: int, payload: dict | None = None) -> Job | None:

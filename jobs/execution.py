@@ -90,8 +90,12 @@ def _record(fn, *args, **kwargs):
         except (OperationalError, InterfaceError) as exc:
             if attempt == 11:
                 raise
-            log.warning(
-                "job %s: database unavailable while recording its outcome (%s); retrying", args[0].id, exc
+            # Once per job: the worker's loop says once that the database is away, not every thread.
+            log.log(
+                logging.WARNING if attempt == 0 else logging.DEBUG,
+                "job %s: could not record its outcome (%s); retrying until the database answers",
+                args[0].id,
+                exc,
             )
             connection.close()
             time.sleep(delay)

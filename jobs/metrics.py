@@ -8,12 +8,11 @@ import hmac
 from collections import defaultdict
 
 from django.http import HttpResponse
-from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from jobs import conf, overview
+from jobs import conf, db, overview
 from jobs.models import DeadLetter, JobStat, WorkerProcess
 from jobs.stats import BUCKETS
 
@@ -29,7 +28,7 @@ OUTCOMES = {
 
 class QueueCollector:
     def collect(self):
-        now = timezone.now()
+        now = db.now()  # the clock that stamped heartbeats and due times
         depth = GaugeMetricFamily(
             "jobs_queue_depth", "Unfinished jobs by queue and status.", labels=["queue", "status"]
         )

@@ -12,9 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from django.db.models import Count, Min, Q
 from django.db.models.functions import TruncHour, TruncMinute
-from django.utils import timezone
 
-from jobs import conf
+from jobs import conf, db
 from jobs.models import (
     ACTIVE_STATUSES,
     CronSchedule,
@@ -258,7 +257,7 @@ def counters() -> dict[str, dict[str, int]]:
 
 
 def snapshot(now: datetime | None = None) -> Snapshot:
-    now = now or timezone.now()
+    now = now or db.now()  # the clock that stamped heartbeats and due times
     per_minute = throughput(now, "minute")
     open_dead = DeadLetter.objects.filter(requeued_at__isnull=True, discarded_at__isnull=True)
     workers = list(WorkerProcess.objects.order_by("hostname", "id"))

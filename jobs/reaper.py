@@ -4,9 +4,7 @@ back to pending (counting the attempt), and worker rows that went silent are rem
 import logging
 from datetime import timedelta
 
-from django.utils import timezone
-
-from jobs import engine
+from jobs import db, engine
 from jobs.models import WorkerProcess
 
 log = logging.getLogger("jobs.reaper")
@@ -19,7 +17,7 @@ class Reaper:
 
     def tick(self, worker=None) -> list[int]:
         reaped = engine.reap_stale(self.stale_after)
-        cutoff = timezone.now() - timedelta(seconds=self.stale_after * 2)
+        cutoff = db.now() - timedelta(seconds=self.stale_after * 2)  # the database's clock
         gone, _ = WorkerProcess.objects.filter(heartbeat_at__lt=cutoff).delete()
         if gone:
             log.info("removed %s silent worker row(s)", gone)

@@ -148,6 +148,7 @@ def tick(now: datetime | None = None) -> list[Job]:
                         schedule.job_type,
                         schedule.payload,
                         priority=schedule.priority,
+                        run_at=db.now(),  # due now by the database's clock, not this host's
                         unique_key=f"cron:{schedule.name}:{due_at.isoformat()}",
                     )
             except (UnknownJobType, InvalidPayload) as exc:

@@ -22,7 +22,6 @@ from django.db import (
     connection,
     connections,
 )
-from django.utils import timezone
 
 from jobs import conf, db, engine, execution, stats, systemd
 from jobs.exceptions import JobTimeout
@@ -49,10 +48,53 @@ class Running:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     abandoned: threading.Event = field(default_factory=threading.Event)
     pending: int = 0  # successes of this unit still waiting to be flushed
+    lost: set[int] = field(default_factory=set)  # jobs found reclaimed by another worker (logged once)
+    key: int = 0  # the unit's key in Worker.inflight: its first job's id, kept if that job is dropped
+
+    def __post_init__(self):
+        self.key = self.jobs[0].id
 
     @property
     def job(self) -> Job:
         return self.jobs[0]
+
+
+class Outage:
+    """Says once that the database is unavailable and once that it answers again, however many
+    threads and retries run into it meanwhile."""
+
+    def __init__(self, worker_id: str):
+        self.worker_id = worker_id
+        self.since: float | None = None
+        self.lock = threading.Lock()
+        self.answering = threading.Event()
+        self.answering.set()
+
+    def wait_over(self, stopping: threading.Event) -> None:
+        while not self.answering.wait(0.5) and not stopping.is_set():
+            pass
+
+    def began(self, exc: BaseException, what: str = "") -> None:
+        with self.lock:
+            first, self.since = self.since is None, self.since or time.monotonic()
+            self.answering.clear()
+        message = "worker %s: database unavailable (%s)%s; backing off and retrying until it answers"
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
+            message,
+            self.worker_id,
+            exc,
+            f"; {what}" if what else "",
+        )
+
+    def over(self) -> None:
+        with self.lock:
+            since, self.since = self.since, None
+            self.answering.set()
+        if since is not None:
+            log.warning(
+                "worker %s: database answers again after %.1fs", self.worker_id, time.monotonic() - since
+            )
 
 
 class Worker:
@@ -65,6 +107,12 @@ class Worker:
     # judged by the recent mean handler duration, and at most PREFETCH_MAX jobs.
     PREFETCH_WINDOW = 0.05
     PREFETCH_MAX = 200
+    # The buffer grows only once this many handler durations were seen, and they are forgotten after
+    # this many seconds without a finished job: a few 1 ms cron ticks said nothing about the two-second
+    # jobs that came after an idle spell (a worker of 4 threads claimed 23 of them at once).
+    MAX_BACKOFF = 5.0  # seconds between tries while the database is away: back soon after it is
+    PREFETCH_SAMPLES = 8
+    PREFETCH_MEMORY = 2.0
 
     def __init__(
         self,
@@ -90,6 +138,8 @@ class Worker:
         self.adaptive_prefetch = prefetch is None
         self.prefetch = self.concurrency if prefetch is None else max(0, prefetch)
         self.mean_duration: float | None = None  # recent handler seconds per job (moving average)
+        self.samples = 0  # handler durations folded into mean_duration since it was last forgotten
+        self.last_sample = 0.0  # time.monotonic() of the latest
         self.burst = burst
         self.max_jobs = max_jobs
         self.poll_interval = poll_interval if poll_interval is not None else conf.get("JOBS_POLL_INTERVAL")
@@ -113,6 +163,8 @@ class Worker:
         self.completer: threading.Thread | None = None
         self._completer_stop = threading.Event()
         self._signals = 0
+        self.ready = False  # READY=1 sent
+        self.outage = Outage(self.id)
         self._next_heartbeat = 0.0
         self._next_plugin: dict[int, float] = {}
 
@@ -170,7 +222,12 @@ class Worker:
         return restore
 
     def _run(self) -> int:
+        # READY only once the worker can work: registered, so the database answers. Until then systemd
+        # hears that it is waiting (STATUS, EXTEND_TIMEOUT_USEC), not that it is stuck.
         self._with_db_retry(self._register)
+        if self.stopping.is_set():
+            log.info("worker %s stopped before the database answered", self.id)
+            return 0
         for _ in range(self.concurrency):
             self._spawn_thread()
         self.completer = threading.Thread(target=self._completer_main, name="jobs-completer", daemon=True)
@@ -178,6 +235,7 @@ class Worker:
         if db.is_postgres() and conf.get("JOBS_LISTEN_NOTIFY"):
             threading.Thread(target=self._listen, name="jobs-listen", daemon=True).start()
         systemd.notify("READY=1", f"STATUS=worker {self.id} ready")
+        self.ready = True
         exit_code = 0
         try:
             exit_code = self._loop()
@@ -192,11 +250,13 @@ class Worker:
             try:
                 idle = self._iteration()
                 backoff = 0.5
+                self.outage.over()
             except DB_ERRORS as exc:
-                log.error("worker %s: database unavailable (%s); retrying in %.1fs", self.id, exc, backoff)
+                self.outage.began(exc)
+                self._next_heartbeat = 0.0  # the first pass once it answers learns what is still ours
                 connection.close()
                 self._wait_alive(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
                 continue
             # From the loop itself, so that systemd restarts a worker whose loop is stuck.
             systemd.notify("WATCHDOG=1", f"STATUS={self._executing()} job(s) running")
@@ -216,10 +276,15 @@ class Worker:
         return 0
 
     def _wait_alive(self, seconds: float) -> None:
-        """Wait out a database outage in short steps, telling systemd's watchdog the loop is alive."""
+        """Wait out a database outage in short steps, telling systemd's watchdog the loop is alive (it
+        is waiting, not stuck); before READY, asking for more time to start instead."""
         deadline = time.monotonic() + seconds
         while not self.stopping.is_set() and time.monotonic() < deadline:
-            systemd.notify("WATCHDOG=1", "STATUS=waiting for the database")
+            if self.ready:
+                systemd.notify("WATCHDOG=1", "STATUS=waiting for the database")
+            else:
+                # the next try (a connect: DB_CONNECT_TIMEOUT) and this wait, with room to spare
+                systemd.notify("EXTEND_TIMEOUT_USEC=60000000", "STATUS=waiting for the database to start")
             self.stopping.wait(min(1.0, deadline - time.monotonic()))
 
     def _executing(self) -> int:
@@ -270,20 +335,34 @@ class Worker:
         """Jobs to hold claimed beyond the running ones: ``--prefetch`` when given, else at least as
         many as there are threads, more when jobs are short: about PREFETCH_WINDOW seconds of work for
         all threads, so a buffered job waits some tens of milliseconds at most and one claim
-        statement feeds many short jobs instead of a few."""
-        if not self.adaptive_prefetch or not self.mean_duration:
+        statement feeds many short jobs instead of a few. Until PREFETCH_SAMPLES recent durations say
+        the jobs are short, the buffer stays at the threads' size."""
+        if not self.adaptive_prefetch:
             return self.prefetch
-        ahead = int(self.concurrency * self.PREFETCH_WINDOW / self.mean_duration)
+        with self.lock:
+            if self.samples < self.PREFETCH_SAMPLES or self._forgotten(time.monotonic()):
+                return self.prefetch
+            mean = self.mean_duration
+        ahead = int(self.concurrency * self.PREFETCH_WINDOW / max(mean, 1e-6))
         return max(self.prefetch, min(self.PREFETCH_MAX, ahead))
 
+    def _forgotten(self, now: float) -> bool:
+        return now - self.last_sample > self.PREFETCH_MEMORY
+
     def _observe(self, outcomes) -> None:
-        """Fold a unit's handler durations into the moving average that sizes the adaptive prefetch."""
+        """Fold a unit's handler durations, one sample per job, into the moving average that sizes the
+        adaptive prefetch (each new one weighs a fifth); an idle spell forgets them."""
         if not outcomes:
             return
-        seconds = sum(outcome.duration for _, outcome in outcomes) / len(outcomes)
+        now = time.monotonic()
         with self.lock:
-            mean = self.mean_duration
-            self.mean_duration = seconds if mean is None else 0.8 * mean + 0.2 * seconds
+            if self._forgotten(now):
+                self.mean_duration, self.samples = None, 0
+            for _, outcome in outcomes:
+                mean = self.mean_duration
+                self.mean_duration = outcome.duration if mean is None else 0.8 * mean + 0.2 * outcome.duration
+                self.samples += 1
+            self.last_sample = now
 
     def _wait_time(self) -> float:
         return max(0.0, min(self.poll_interval, self._next_heartbeat - time.monotonic()))
@@ -330,7 +409,7 @@ class Worker:
     def _start(self, jobs: list[Job]) -> None:
         running = Running(jobs=jobs)
         with self.lock:
-            self.inflight[running.job.id] = running
+            self.inflight[running.key] = running
         self.claimed_total += len(jobs)
         for job in jobs:
             self.stats.started(job.type)
@@ -347,8 +426,11 @@ class Worker:
                 running = self.work.get()
                 if running is None:
                     return
+                # Claimed before an outage, it may have been reclaimed during it: start it only after
+                # the loop's first heartbeat since says whether it is still ours (drops it if not).
+                self.outage.wait_over(self.stopping)
                 with self.lock:
-                    if running.abandoned.is_set() or self.inflight.get(running.job.id) is not running:
+                    if running.abandoned.is_set() or self.inflight.get(running.key) is not running:
                         continue  # handed back at shutdown before it started
                     try:
                         timeout = get_job_type(running.job.type).timeout
@@ -378,8 +460,8 @@ class Worker:
                     log.exception("job %s: outcome could not be recorded", running.job.id)
                 with self.lock:
                     running.state = "completing" if running.pending else "done"
-                    if not running.pending and self.inflight.get(running.job.id) is running:
-                        del self.inflight[running.job.id]
+                    if not running.pending and self.inflight.get(running.key) is running:
+                        del self.inflight[running.key]
                         self.done_total += len(running.jobs)
                 self.wakeup.set()
                 if running.abandoned.is_set():
@@ -425,23 +507,21 @@ class Worker:
                 done = engine.complete_many([(job, result) for _, job, result, _ in batch])
                 break
             except DB_ERRORS as exc:
-                log.error("worker %s: could not record %s result(s) (%s); retrying", self.id, len(batch), exc)
+                self.outage.began(exc, f"could not record {len(batch)} result(s)")
                 connection.close()
                 if self.stopping.is_set() and backoff > 5:
                     return  # left running: the reaper hands them back, and they run again
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
         for running, job, _, duration in batch:
-            status = "succeeded" if job.id in done else "lost"
-            if job.id not in done:
-                log.warning("job %s %s: claim lost before completion; result discarded", job.id, job.type)
+            status = "succeeded" if job.id in done else "lost"  # engine.complete logged the loss
             execution.log_outcome(job, status, duration)
             self.stats.finished(job.type, status, duration)
             with self.lock:
                 running.pending -= 1
                 if running.pending == 0 and running.state == "completing":
-                    if self.inflight.get(running.job.id) is running:
-                        del self.inflight[running.job.id]
+                    if self.inflight.get(running.key) is running:
+                        del self.inflight[running.key]
                         self.done_total += len(running.jobs)
         self.wakeup.set()
 
@@ -458,7 +538,7 @@ class Worker:
         for running in late:
             running.abandoned.set()
             with self.lock:
-                self.inflight.pop(running.job.id, None)
+                self.inflight.pop(running.key, None)
                 self.abandoned_threads += 1
             seconds = get_job_type(running.job.type).timeout
             for job in running.jobs:
@@ -470,16 +550,50 @@ class Worker:
     def _heartbeat(self) -> None:
         with self.lock:
             jobs = [job for r in self.inflight.values() if not r.abandoned.is_set() for job in r.jobs]
-        cancelled = engine.heartbeat(jobs)
-        if cancelled:
-            with self.lock:
-                for running in self.inflight.values():
-                    if any(job.id in cancelled for job in running.jobs):
-                        running.cancel_event.set()
-        WorkerProcess.objects.filter(id=self.id).update(
-            heartbeat_at=timezone.now(), current_jobs=[j.id for j in jobs], jobs_done=self.done_total
+        held, cancelled = engine.heartbeat(jobs)
+        lost = {job.id for job in jobs} - held
+        with self.lock:
+            for running in list(self.inflight.values()):
+                if any(job.id in cancelled for job in running.jobs):
+                    running.cancel_event.set()
+                gone = [job for job in running.jobs if job.id in lost]
+                if gone:
+                    self._lost(running, gone)
+        rows = WorkerProcess.objects.filter(id=self.id).update(
+            heartbeat_at=db.now_value(), current_jobs=[j.id for j in jobs], jobs_done=self.done_total
         )
+        if not rows:
+            # Silent for long enough (cut off, frozen) that a reaper removed our row: we are back.
+            self._register()
+            log.warning("worker %s: its row was removed while it was silent; registered again", self.id)
         self.stats.flush()
+
+    def _lost(self, running: Running, gone: list[Job]) -> None:
+        """These jobs of ``running`` were reclaimed while this worker was silent (the lock is held). One
+        not started yet is dropped from the buffer, never run; a running handler is told to stop
+        (``ctx.cancelled``), as for a staff cancel: its outcome would be fenced off anyway."""
+        if running.state == "queued":
+            running.jobs = [job for job in running.jobs if job not in gone]
+            if not running.jobs:
+                running.abandoned.set()
+                if self.inflight.get(running.key) is running:
+                    del self.inflight[running.key]
+            for job in gone:
+                self.stats.finished(job.type, "lost", 0.0)
+                log.warning(
+                    "job %s %s: reclaimed by another worker; dropped before it started", job.id, job.type
+                )
+            self.wakeup.set()  # room to claim
+        elif running.state == "executing":
+            running.cancel_event.set()
+            for job in gone:
+                if job.id not in running.lost:
+                    running.lost.add(job.id)
+                    log.warning(
+                        "job %s %s: reclaimed by another worker; its handler is told to stop",
+                        job.id,
+                        job.type,
+                    )
 
     def _register(self) -> None:
         host, pid = socket.gethostname(), os.getpid()
@@ -490,8 +604,8 @@ class Worker:
                 pid=pid,
                 queues=self.queues or [],
                 concurrency=self.concurrency,
-                started_at=timezone.now(),
-                heartbeat_at=timezone.now(),
+                started_at=db.now_value(),
+                heartbeat_at=db.now_value(),
                 state="running",
             ),
         )
@@ -502,34 +616,46 @@ class Worker:
         while True:
             attempt += 1
             try:
-                return fn()
+                result = fn()
             except DB_ERRORS as exc:
                 if tries is not None and attempt >= tries:
                     log.error("worker %s: giving up after %s tries: %s", self.id, attempt, exc)
                     return None
-                log.error("worker %s: database unavailable (%s); retrying in %.1fs", self.id, exc, backoff)
+                self.outage.began(exc)
                 connection.close()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                if tries is None:
+                    self._wait_alive(backoff)
+                    if self.stopping.is_set():
+                        return None
+                else:
+                    time.sleep(backoff)
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
+            else:
+                self.outage.over()
+                return result
 
     # -- LISTEN/NOTIFY ----------------------------------------------------------------------------
 
     def _listen(self) -> None:
         import psycopg
 
-        backoff = 0.5
+        backoff, lost = 0.5, False
         params = db.listen_conninfo()
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(**params) as conn:
                     conn.execute(f"LISTEN {db.NOTIFY_CHANNEL}")
-                    backoff = 0.5
+                    backoff, lost = 0.5, False
                     self.wakeup.set()  # anything enqueued while we were not listening
                     while not self.stopping.is_set():
                         for note in conn.notifies(timeout=1.0):
                             if self.queues is None or note.payload in self.queues:
                                 self.wakeup.set()
             except (psycopg.Error, DatabaseError) as exc:
-                log.warning("worker %s: LISTEN connection lost (%s); polling until it is back", self.id, exc)
+                if not lost:  # once per loss, not once per reconnect attempt
+                    log.warning(
+                        "worker %s: LISTEN connection lost (%s); polling until it is back", self.id, exc
+                    )
+                lost = True
                 self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                backoff = min(backoff * 2, self.MAX_BACKOFF)

@@ -1,5 +1,6 @@
 """Helpers for tests that start real processes against the test database."""
 
+import glob
 import os
 import sys
 import time
@@ -64,3 +65,20 @@ def checkout_token(client) -> str:
     page = client.get("/checkout/")
     assert page.status_code == 200, page.status_code
     return re.search(rb'name="checkout_token" value="([^"]+)"', page.content)[1].decode()
+
+
+LIBFAKETIME = next(
+    (
+        p
+        for p in glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+        + glob.glob("/usr/lib/faketime/libfaketime.so.1")
+    ),
+    None,
+)
+
+
+def faketime(offset: str) -> dict[str, str]:
+    """Environment running a worker with its host's clock off by ``offset`` (libfaketime, preloaded so
+    that the worker keeps its pid); monotonic time is left alone, as a skewed host's is (and Python's
+    timed waits hang on a faked one)."""
+    return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}

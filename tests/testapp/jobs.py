@@ -171,3 +171,34 @@ def effect(payload, ctx):
             record(payload, ctx)
     sent, _ = external_effect(f"mail:{payload.key}", lambda: record(Key(key=f"mail:{payload.key}"), ctx))
     return {"sent": sent}
+
+
+@job("test.watch", payload=Key, timeout=60, max_attempts=3, backoff=Backoff(base=0.01, cap=0.05))
+def watch(payload, ctx):
+    """Works for up to 30 s, checking ``ctx.cancelled`` between steps; notes on its Run row that it saw
+    the cancellation and stopped."""
+    run = record(payload, ctx)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not ctx.cancelled:
+        time.sleep(0.02)
+    run.key = f"{payload.key}:cancelled" if ctx.cancelled else f"{payload.key}:finished"
+    run.finished_at = timezone.now()
+    run.save(update_fields=["key", "finished_at"])
+    return "stopped"
+
+
+@job("test.slow_effect", payload=Sleep, max_attempts=5, backoff=Backoff(base=0.01, cap=0.05))
+def slow_effect(payload, ctx):
+    """Works ``seconds``, then makes its database effect once (a Run row keyed by the payload's key,
+    through effect_once), however often it runs."""
+    import threading
+
+    from jobs.effects import effect_once
+
+    # An Event's wait, not time.sleep: under libfaketime (the clock-skew tests) Python's sleep fails
+    # with EINVAL.
+    threading.Event().wait(payload.seconds)
+    with effect_once(f"test.slow_effect:{payload.key}", job_id=ctx.job_id) as first:
+        if first:
+            record(payload, ctx)
+    return {"first": first}
