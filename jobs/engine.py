@@ -4,6 +4,7 @@ Each transition is one short transaction, and every transition of a running job 
 token: a worker that lost its claim (reaped after a timeout, or cancelled) changes nothing.
 """
 
+import copy
 import logging
 import traceback as tb_module
 import uuid
@@ -16,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
-from jobs import db
+from jobs import db, signals
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
 from jobs.models import DeadLetter, Job, JobDependency, JobStatus
 from jobs.registry import JobType, get_job_type
@@ -129,10 +130,12 @@ def complete(job: Job, result: Any = None) -> bool:
         )
         if updated:
             _release_children([job.id], now)
-            return True
         # Cancelled while running: the job ends cancelled, keeping what the handler returned.
-        if _finish_cancelled(job, now, result=result):
+        elif _finish_cancelled(job, now, result=result):
             return True
+    if updated:
+        signals.send(signals.job_succeeded, job, result=result)
+        return True
     log.warning("job %s %s: claim lost before completion; result discarded", job.id, job.type)
     return False
 
@@ -151,7 +154,9 @@ def complete_many(items: Sequence[tuple[Job, Any]]) -> set[int]:
         if done:
             _release_children(sorted(done), now)
     for job, result in items:
-        if job.id not in done and complete(job, result):
+        if job.id in done:
+            signals.send(signals.job_succeeded, job, result=result)
+        elif complete(job, result):
             done.add(job.id)
     return done
 
@@ -176,6 +181,15 @@ def fail(
 
     Returns the job's new status, or None when the claim was lost (nothing changed).
     """
+    status = _fail(job, exc, traceback=traceback, permanent=permanent)
+    if status == JobStatus.PENDING:
+        signals.send(signals.job_failed, job, error=exc, will_retry=True)
+    elif status == JobStatus.DEAD:
+        signals.send(signals.job_dead, job, error=exc)
+    return status
+
+
+def _fail(job: Job, exc: BaseException, *, traceback: str | None, permanent: bool) -> str | None:
     with transaction.atomic():
         row = (
             Job.objects.select_for_update()
@@ -352,7 +366,7 @@ def reap_stale(stale_after: float) -> list[int]:
     from jobs.exceptions import WorkerLost
 
     cutoff = timezone.now() - timedelta(seconds=stale_after)
-    reaped = []
+    reaped, dead = [], []
     with transaction.atomic():
         qs = Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
         if db.is_postgres():
@@ -366,6 +380,7 @@ def reap_stale(stale_after: float) -> list[int]:
                 row.save(update_fields=["errors"])
                 _finish_cancelled(row, timezone.now())
             elif row.attempts >= row.max_attempts:
+                dead.append((copy.copy(row), lost))  # as it ran: bury() clears the claim
                 bury(row)
             else:
                 row.status = JobStatus.PENDING
@@ -380,6 +395,8 @@ def reap_stale(stale_after: float) -> list[int]:
             db.notify(
                 Job.objects.filter(id__in=reaped, status=JobStatus.PENDING).values_list("queue", flat=True)
             )
+    for job, lost in dead:
+        signals.send(signals.job_dead, job, error=lost)
     return reaped
 
 
