@@ -21,6 +21,7 @@ from orders.gateways import ChargeResult, GatewayError, PaymentGateway, get_gate
 from orders.idempotency import Lease
 from orders.models import IdempotencyKey, Order, OrderLine, Payment, RecoveryPoint
 from orders.pipeline import on_order_fulfilled, on_order_paid
+from shop import logging as log_context
 from shop.models import Product
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ def decline_reason(order: Order) -> str:
 
 
 def _resume(order: Order, payment_token: str, lease: Lease) -> Order:
+    log_context.bind(order_number=order.number)
     if order.status != Order.Status.PENDING_PAYMENT:
         return order  # settled: by the request that died, by the reconciliation job, or by staff
     gateway = get_gateway()
@@ -183,6 +185,7 @@ def _reserve(
             total=sum((products[sku].price * q for sku, q in items.items()), Decimal("0.00")),
             stock_reserved=True,
         )
+        log_context.bind(order_number=order.number)  # the request's log lines, spans, error reports
         OrderLine.objects.bulk_create(
             OrderLine(
                 order=order,

@@ -1,5 +1,7 @@
-"""Request-wide guards that must run before anything reads the body."""
+"""Request-wide guards that must run before anything reads the body, and the request's log context."""
 
+import re
+import uuid
 from collections.abc import Callable
 
 from django.conf import settings
@@ -29,3 +31,25 @@ class RequestSizeLimitMiddleware:
                 return JsonResponse({"error": "too_large", "message": message}, status=413)
             return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
+
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,200}$")
+
+
+class RequestIdMiddleware:
+    """The request id: the client's ``X-Request-ID`` when it is a plain token of at most 200 characters,
+    else a fresh one; bound to the log context for the request and echoed in the response."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from shop.logging import bound
+
+        given = request.headers.get("X-Request-ID", "")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        request.request_id = request_id
+        with bound(request_id=request_id):
+            response = self.get_response(request)
+        response["X-Request-ID"] = request_id
+        return response

@@ -1,9 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from shop import views
+from shop import health, views
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("staff/jobs/", include("jobs.urls")),
     path("admin/", admin.site.urls),
     path("", views.product_list, name="product-list"),
