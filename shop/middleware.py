@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.log import log_response
 
 
 class RequestSizeLimitMiddleware:
@@ -51,5 +52,11 @@ class RequestIdMiddleware:
         request.request_id = request_id
         with bound(request_id=request_id):
             response = self.get_response(request)
+            if response.status_code >= 400:
+                # Django logs "Not Found: ..." after the middleware returns, outside this context; log it
+                # here instead, with the request id (the response is marked logged, so once).
+                log_response(
+                    "%s: %s", response.reason_phrase, request.path, response=response, request=request
+                )
         response["X-Request-ID"] = request_id
         return response
