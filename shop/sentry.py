@@ -38,7 +38,6 @@ def setup(dsn: str | None = None, **options: Any) -> bool:
         environment=settings.SENTRY_ENVIRONMENT,
         release=settings.SENTRY_RELEASE or None,
         integrations=[DjangoIntegration()],
-        send_default_pii=False,
         include_local_variables=False,
         before_send=before_send,
         before_breadcrumb=lambda crumb, hint: scrub_data(crumb),
