@@ -17,5 +17,6 @@ urlpatterns = [
     path("", include("orders.urls")),
 ]
 
+handler400 = "orders.api.bad_request"
 handler404 = "orders.api.page_not_found"
 handler500 = "orders.api.server_error"
