@@ -10,12 +10,8 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
-
-from opentelemetry import trace
-from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 from shop.privacy import scrub
 
@@ -28,9 +24,10 @@ def bind(**fields: Any) -> None:
     number also labels the current span, when tracing is on."""
     _context.set(MappingProxyType({**_context.get(), **fields}))
     if "order_number" in fields:
-        span = trace.get_current_span()
-        if span.is_recording():
-            span.set_attribute("shop.order_number", str(fields["order_number"]))
+        from shop import tracing
+
+        if tracing.enabled():
+            tracing.annotate("shop.order_number", str(fields["order_number"]))
 
 
 @contextmanager
@@ -57,27 +54,20 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(_JsonFormatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the context, and the
-    traceback as the one field ``exc_info``. Email addresses and payment tokens are filtered out."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("rename_fields", {"levelname": "level", "name": "logger"})
-        super().__init__("{levelname}{name}{message}", *args, style="{", **kwargs)
-
-    def add_fields(self, log_record: dict, record: logging.LogRecord, message_dict: dict) -> None:
-        super().add_fields(log_record, record, message_dict)
-        log_record["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        for key in ("message", "exc_info", "stack_info"):
-            if isinstance(log_record.get(key), str):
-                log_record[key] = scrub(log_record[key])
-
-
 class TextFormatter(logging.Formatter):
     """The plain format, with email addresses and payment tokens filtered out."""
 
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))
+
+
+def __getattr__(name: str):
+    # python-json-logger is imported only when LOG_FORMAT=json asks for the formatter (150 ms at start).
+    if name == "JsonFormatter":
+        from shop.jsonlogs import JsonFormatter
+
+        return JsonFormatter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def logging_config(log_format: str, level: str) -> dict:
@@ -86,17 +76,18 @@ def logging_config(log_format: str, level: str) -> dict:
         from django.core.exceptions import ImproperlyConfigured
 
         raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {log_format!r}.")
+    formatters = {
+        "text": {
+            "()": "shop.logging.TextFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+        "json": {"()": "shop.logging.JsonFormatter"},
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"context": {"()": "shop.logging.ContextFilter"}},
-        "formatters": {
-            "text": {
-                "()": "shop.logging.TextFormatter",
-                "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
-            },
-            "json": {"()": "shop.logging.JsonFormatter"},
-        },
+        "formatters": {log_format: formatters[log_format]},  # only the one in use is built (imported)
         "handlers": {
             "console": {"class": "logging.StreamHandler", "formatter": log_format, "filters": ["context"]}
         },

@@ -12,16 +12,12 @@ import threading
 from typing import Any
 
 from django.conf import settings
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.propagate import extract, inject
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "shop.jobs"
 _state: dict[str, Any] = {}
-_running: dict[tuple[int, str | None], trace.Span] = {}  # (job id, lock token): its run's span
+_running: dict[tuple[int, str | None], Any] = {}  # (job id, lock token): its run's span
 _lock = threading.Lock()
 
 
@@ -34,6 +30,10 @@ def setup(exporter=None) -> bool:
     (or when given an ``exporter``, as tests do). Returns whether tracing is on."""
     if _state:
         return True
+    if exporter is None and not (settings.OTEL_EXPORTER_OTLP_ENDPOINT or settings.OTEL_TRACES_FILE):
+        return False
+    # Imported here: OpenTelemetry costs some 200 ms at start-up, for nothing when tracing is off.
+    from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -48,8 +48,6 @@ def setup(exporter=None) -> bool:
         processors.append(BatchSpanProcessor(OTLPSpanExporter()))
     if settings.OTEL_TRACES_FILE:
         processors.append(SimpleSpanProcessor(_file_exporter(settings.OTEL_TRACES_FILE)))
-    if not processors:
-        return False
     provider = trace.get_tracer_provider()
     if not hasattr(provider, "add_span_processor"):  # the API's no-op provider: install the SDK's
         provider = TracerProvider(resource=Resource.create({"service.name": settings.OTEL_SERVICE_NAME}))
@@ -120,8 +118,21 @@ def _job_attributes(job) -> dict[str, Any]:
     return {"job.id": job.id or 0, "job.type": job.type, "job.queue": job.queue, "job.attempt": job.attempts}
 
 
+def annotate(key: str, value: Any) -> None:
+    """Set an attribute on the current span (the request's or the job run's)."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute(key, value)
+
+
 def on_enqueuing(sender, job, **kwargs) -> None:
     """A short span for the enqueue, whose context the job carries to its run."""
+    from opentelemetry import trace
+    from opentelemetry.propagate import inject
+    from opentelemetry.trace import SpanKind
+
     span = _state["tracer"].start_span(
         f"enqueue {job.type}",
         kind=SpanKind.PRODUCER,
@@ -136,6 +147,11 @@ def on_enqueuing(sender, job, **kwargs) -> None:
 def on_started(sender, job, **kwargs) -> None:
     """The run's span, child of the enqueue span, current for the handler (whose context is its own:
     see jobs.execution.run, so nothing needs detaching)."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import SpanKind
+
     parent = extract(job.trace_context or {})
     span = _state["tracer"].start_span(
         f"run {job.type}",
@@ -149,6 +165,8 @@ def on_started(sender, job, **kwargs) -> None:
 
 
 def _finish(job, error: BaseException | None = None, **attributes: Any) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
     with _lock:
         span = _running.pop((job.id, job.lock_token), None)
     if span is None:
