@@ -30,9 +30,15 @@ def setup(dsn: str | None = None, **options: Any) -> bool:
     if not dsn:
         return False
     import sentry_sdk
+    from django.core.exceptions import ImproperlyConfigured
     from sentry_sdk.integrations.django import DjangoIntegration
     from sentry_sdk.integrations.logging import ignore_logger
+    from sentry_sdk.utils import BadDsn, Dsn
 
+    try:
+        Dsn(dsn)
+    except BadDsn as exc:
+        raise ImproperlyConfigured(f"SENTRY_DSN is not a valid DSN: {exc}.") from None
     sentry_sdk.init(
         dsn=dsn,
         environment=settings.SENTRY_ENVIRONMENT,

@@ -156,7 +156,15 @@ LOGGING = logging_config(LOG_FORMAT, env.str("LOG_LEVEL", default="INFO"))
 # Health probes (shop/health.py): seconds /readyz waits for the database; a header whose presence lets a
 # probe from elsewhere than the loopback skip the HTTPS redirect and host check (empty: none).
 HEALTH_DB_TIMEOUT = env.float("HEALTH_DB_TIMEOUT", default=2.0)
-HEALTH_PROBE_HEADER = env.str("HEALTH_PROBE_HEADER", default="")
+HEALTH_PROBE_HEADER = env.str("HEALTH_PROBE_HEADER", default="").strip()
+if HEALTH_DB_TIMEOUT <= 0:
+    raise ImproperlyConfigured(
+        f"HEALTH_DB_TIMEOUT must be a positive number of seconds, not {HEALTH_DB_TIMEOUT:g}."
+    )
+if HEALTH_PROBE_HEADER and not HEALTH_PROBE_HEADER.replace("-", "").isalnum():
+    raise ImproperlyConfigured(
+        f"HEALTH_PROBE_HEADER must be a header name (letters, digits, dashes), not {HEALTH_PROBE_HEADER!r}."
+    )
 
 # Tracing (shop/tracing.py): on when an OTLP endpoint is set; the exporter reads the other standard
 # OTEL_EXPORTER_OTLP_* variables itself. OTEL_TRACES_FILE: also write spans as JSON lines to a file.

@@ -16,6 +16,7 @@ from django.conf import settings
 log = logging.getLogger(__name__)
 
 TRACER_NAME = "shop.jobs"
+MAX_OPEN_SPANS = 10_000
 _state: dict[str, Any] = {}
 _running: dict[tuple[int, str | None], Any] = {}  # (job id, lock token): its run's span
 _lock = threading.Lock()
@@ -81,9 +82,13 @@ def teardown() -> None:
 
 def _file_exporter(path: str):
     """Spans as JSON lines appended to ``path`` (the SDK's console exporter writing to a file)."""
+    from django.core.exceptions import ImproperlyConfigured
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-    out = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (open for the process's life)
+    try:
+        out = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (open for the process's life)
+    except OSError as exc:
+        raise ImproperlyConfigured(f"OTEL_TRACES_FILE {path!r} cannot be written: {exc.strerror}.") from None
     return ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")
 
 
@@ -161,6 +166,9 @@ def on_started(sender, job, **kwargs) -> None:
     )
     with _lock:
         _running[(job.id, job.lock_token)] = span
+        if len(_running) > MAX_OPEN_SPANS:
+            # A job whose claim was lost sends no outcome: its span is dropped, oldest first.
+            _running.pop(next(iter(_running))).end()
     otel_context.attach(trace.set_span_in_context(span))
 
 
