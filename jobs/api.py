@@ -12,7 +12,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from jobs import conf, db
+from jobs import conf, db, signals
 from jobs.engine import cancel, requeue, retry_now, validate_payload
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
 from jobs.models import ACTIVE_STATUSES, DeadLetter, Job, JobDependency, JobStatus, Priority
@@ -73,7 +73,7 @@ def _build(
     concurrency_key = None
     if job_type.concurrency_key is not None:
         concurrency_key = str(job_type.concurrency_key(job_type.payload.model_validate(data)))
-    return Job(
+    built = Job(
         type=job_type.name,
         queue=queue or job_type.queue,
         payload=data,
@@ -85,6 +85,8 @@ def _build(
         concurrency_key=concurrency_key,
         concurrency_limit=job_type.concurrency_limit if concurrency_key is not None else None,
     )
+    signals.send(signals.job_enqueuing, built)
+    return built
 
 
 def enqueue(
@@ -125,6 +127,7 @@ def enqueue(
     parents = list(depends_on or ())
     if unique_key is None and not parents and not then:
         db.insert_job(new)  # one statement: atomic by itself, or part of the caller's transaction
+        signals.send(signals.job_enqueued, new)
         _run_immediately()
         return _refreshed(new)
     with transaction.atomic():
@@ -139,8 +142,11 @@ def enqueue(
         else:
             raise IntegrityError(f"unique_key {unique_key!r} stays taken by jobs finishing meanwhile")
         children = [then] if isinstance(then, Job) else list(then or ())
+        fresh = [child for child in children if child.pk is None]  # a fan-in child was stored before
         for child in children:
             _attach_child(new, child)
+        for stored in (new, *fresh):
+            signals.send(signals.job_enqueued, stored)
     _run_immediately()
     return _refreshed(new)
 
@@ -264,5 +270,8 @@ def enqueue_many(
         for start in range(0, len(jobs), 1000):
             db.bulk_insert_jobs(jobs[start : start + 1000])
         db.notify({j.queue for j in jobs})
+        if signals.job_enqueued.has_listeners(Job):
+            for stored in jobs:
+                signals.send(signals.job_enqueued, stored)
     _run_immediately()
     return jobs

@@ -233,6 +233,7 @@ _BULK_COLUMNS = {
     "created_at": "timestamptz",
     "concurrency_key": "text",
     "concurrency_limit": "int",
+    "trace_context": "jsonb",
 }
 
 
@@ -253,7 +254,12 @@ def bulk_insert_jobs(jobs: list) -> list[int]:
         if not postgres and name in ("run_at", "created_at"):
             column = [dt(v) for v in column]
         values[name] = column
-    varying = [n for n in _BULK_COLUMNS if n == "payload" or any(v != values[n][0] for v in values[n])]
+    # A dict (a trace context) cannot be one parameter: it travels in the document like the payload.
+    varying = [
+        n
+        for n in _BULK_COLUMNS
+        if n == "payload" or isinstance(values[n][0], dict) or any(v != values[n][0] for v in values[n])
+    ]
     # default=: a varying datetime (PostgreSQL; SQLite's are text already) as ISO 8601, with its offset
     rows = json.dumps([[values[n][i] for n in varying] for i in range(len(jobs))], default=_iso)
     select, params = [], []
@@ -264,7 +270,7 @@ def bulk_insert_jobs(jobs: list) -> list[int]:
                 item = f"(r.value -> {at})" if kind == "jsonb" else f"(r.value ->> {at})::{kind}"
             else:
                 item = f"json_extract(r.value, '$[{at}]')"
-                item = f"json({item})" if name == "payload" else item
+                item = f"json({item})" if name in _JSON_COLUMNS else item
             select.append(item)
         else:
             select.append(f"%s::{kind}" if postgres else "%s")
@@ -286,6 +292,9 @@ def bulk_insert_jobs(jobs: list) -> list[int]:
         job.pk = pk
         job._state.adding = False
     return ids
+
+
+_JSON_COLUMNS = ("payload", "trace_context")
 
 
 def _iso(value):

@@ -4,6 +4,7 @@ Each transition is one short transaction, and every transition of a running job 
 token: a worker that lost its claim (reaped after a timeout, or cancelled) changes nothing.
 """
 
+import copy
 import logging
 import traceback as tb_module
 import uuid
@@ -16,7 +17,7 @@ from django.db.models import F
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
-from jobs import db
+from jobs import db, signals
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
 from jobs.models import DeadLetter, Job, JobDependency, JobStatus, QueueState
 from jobs.registry import JobType, get_job_type
@@ -144,6 +145,9 @@ def complete(job: Job, result: Any = None) -> bool:
         finished = bool(updated) or _finish_cancelled(job, now, result=result)
     if finished:
         announce_finished([job])
+    if updated:
+        signals.send(signals.job_succeeded, job, result=result)
+    if finished:
         return True
     log.warning("job %s %s: claim lost before completion; result discarded", job.id, job.type)
     return False
@@ -164,7 +168,9 @@ def complete_many(items: Sequence[tuple[Job, Any]]) -> set[int]:
             _release_children(sorted(done), now)
     announce_finished([job for job, _ in items if job.id in done])
     for job, result in items:
-        if job.id not in done and complete(job, result):
+        if job.id in done:
+            signals.send(signals.job_succeeded, job, result=result)
+        elif complete(job, result):
             done.add(job.id)
     return done
 
@@ -192,6 +198,10 @@ def fail(
     status = _record_failure(job, exc, traceback=traceback, permanent=permanent)
     if status in (JobStatus.CANCELLED, JobStatus.DEAD):
         announce_finished([job])
+    if status == JobStatus.PENDING:
+        signals.send(signals.job_failed, job, error=exc, will_retry=True)
+    elif status == JobStatus.DEAD:
+        signals.send(signals.job_dead, job, error=exc)
     return status
 
 
@@ -394,7 +404,7 @@ def reap_stale(stale_after: float) -> list[int]:
     attempt). Any live worker runs this; SKIP LOCKED keeps two reapers off the same row."""
     from jobs.exceptions import WorkerLost
 
-    reaped, ended = [], []
+    reaped, ended, dead = [], [], []
     with transaction.atomic():
         now = db.now()  # never this host's clock: a host running ahead would reap healthy jobs
         cutoff = now - timedelta(seconds=stale_after)
@@ -411,6 +421,7 @@ def reap_stale(stale_after: float) -> list[int]:
                 if _finish_cancelled(row, now):
                     ended.append(row)
             elif row.attempts >= row.max_attempts:
+                dead.append((copy.copy(row), lost))  # as it ran: bury() clears the claim
                 bury(row)
                 ended.append(row)
             else:
@@ -427,6 +438,8 @@ def reap_stale(stale_after: float) -> list[int]:
                 Job.objects.filter(id__in=reaped, status=JobStatus.PENDING).values_list("queue", flat=True)
             )
     announce_finished(ended)
+    for job, lost in dead:
+        signals.send(signals.job_dead, job, error=lost)
     return reaped
 
 

@@ -3,6 +3,7 @@
 Shared by the worker's threads and the in-process ``run_jobs()`` test helper.
 """
 
+import contextvars
 import json
 import logging
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import InterfaceError, OperationalError, connection
 
-from jobs import engine
+from jobs import engine, signals
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
 from jobs.models import Job
 from jobs.registry import get_job_type
@@ -113,7 +114,17 @@ def run(
 
     With ``defer_success`` a handler's return value is handed to it (the worker's batched completer)
     instead of being recorded here; the outcome is then "completing". Failures are recorded at once.
+
+    The job runs in a ``contextvars`` context of its own: what job_started receivers set (log context,
+    the current span) holds for the handler and the recording of its outcome, and ends with them.
     """
+    return contextvars.copy_context().run(
+        _run, job, cancel_event=cancel_event, abandoned=abandoned, defer_success=defer_success
+    )
+
+
+def _run(job: Job, *, cancel_event, abandoned, defer_success) -> Outcome:
+    signals.send(signals.job_started, job)
     ctx = JobContext(
         job=job, logger=logging.getLogger(f"jobs.{job.type}"), cancel_event=cancel_event or threading.Event()
     )
@@ -203,6 +214,12 @@ def run_batch(
 ) -> list[tuple[Job, Outcome]]:
     """Hand a batch handler ``[(job_id, payload), ...]``; it returns ``{job_id: result or exception}``.
     Each job's outcome is recorded on its own; a job the handler did not answer for is failed."""
+    return contextvars.copy_context().run(_run_batch, jobs, cancel_event=cancel_event, abandoned=abandoned)
+
+
+def _run_batch(jobs: list[Job], *, cancel_event, abandoned) -> list[tuple[Job, Outcome]]:
+    for job in jobs:
+        signals.send(signals.job_started, job)
     job_type = get_job_type(jobs[0].type)
     outcomes: list[tuple[Job, Outcome]] = []
     items, by_id = [], {}

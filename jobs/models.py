@@ -54,6 +54,9 @@ class Job(models.Model):
     concurrency_limit = models.PositiveIntegerField(null=True, blank=True)
     waiting_on = models.PositiveIntegerField(default=0, help_text="Parents that have not succeeded yet.")
     cancel_requested = models.BooleanField(default=False)
+    # Where the job was enqueued from, for tracing (W3C trace context headers), set by a job_enqueuing
+    # receiver; empty unless tracing is on.
+    trace_context = models.JSONField(null=True, blank=True)
     requeued_from = models.ForeignKey(
         "DeadLetter", null=True, blank=True, on_delete=models.SET_NULL, related_name="requeued_jobs"
     )

@@ -1,5 +1,52 @@
+"""The job lifecycle as Django signals: the way to plug other tools (tracing, error reports, audit)
+into the queue without touching the engine.
+
+Every signal is sent with ``sender=Job`` and ``job`` (the row as the engine holds it):
+
+- ``job_enqueuing``: a job was built and validated and is about to be stored; a receiver may set fields
+  of the unsaved row (``trace_context``). For ``enqueue_many`` it is sent once, for the first job, whose
+  fields the others copy.
+- ``job_enqueued``: the row was inserted (inside the caller's transaction: use ``transaction.on_commit``
+  for effects that must wait for the commit).
+- ``job_started``: in the thread that runs the handler, just before it, inside a context of its own
+  (``contextvars``): what a receiver sets there is seen by the handler and gone after the job.
+- ``job_succeeded`` (``result``): the success was recorded.
+- ``job_failed`` (``error``, ``will_retry=True``): an attempt failed and the job waits for its retry.
+- ``job_dead`` (``error``): the job was moved to the dead letters (after its transaction committed).
+
+Receivers run in the worker; one that raises is logged and does not disturb the job.
+"""
+
+import logging
+
 from django.db.models.signals import post_migrate
 from django.dispatch import Signal, receiver
+
+log = logging.getLogger("jobs.signals")
+
+job_enqueuing = Signal()
+job_enqueued = Signal()
+job_started = Signal()
+job_succeeded = Signal()
+job_failed = Signal()
+job_dead = Signal()
+
+
+def send(signal: Signal, job, **kwargs) -> None:
+    """Send ``signal`` for ``job``; a receiver's exception is logged, never raised into the engine."""
+    if not signal.has_listeners(type(job)):
+        return
+    for receiver_fn, response in signal.send_robust(sender=type(job), job=job, **kwargs):
+        if isinstance(response, Exception):
+            log.error(
+                "job %s %s: signal receiver %r failed: %r",
+                job.id,
+                job.type,
+                getattr(receiver_fn, "__qualname__", receiver_fn),
+                response,
+                exc_info=response,
+            )
+
 
 job_finished = Signal()
 """Sent with ``jobs`` (Job instances as claimed, not re-read) by the process that recorded their final

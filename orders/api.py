@@ -66,6 +66,13 @@ def page_not_found(request: HttpRequest, exception: Exception | None = None) -> 
     return defaults.page_not_found(request, exception)
 
 
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler400 (a disallowed Host header, a malformed request): JSON under /api/, like the others."""
+    if request.path.startswith("/api/"):
+        return error(400, "bad_request", "The request is malformed.")
+    return defaults.bad_request(request, exception)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     """handler500: JSON under /api/, Django's page elsewhere."""
     if request.path.startswith("/api/"):

@@ -16,6 +16,7 @@ from jobs.api import HIGH, Backoff, PermanentError, job
 from orders import inventory, invoices, notifications, payment_events, reports, services, webhooks
 from orders.http import PermanentHTTPError
 from orders.models import Order, PaymentEvent, Refund, WebhookEvent
+from shop import logging as log_context
 
 
 class OrderRef(BaseModel):
@@ -61,9 +62,11 @@ def _backoff() -> Backoff:
 
 def _order(payload) -> Order:
     try:
-        return Order.objects.get(pk=payload.order_id)
+        order = Order.objects.get(pk=payload.order_id)
     except Order.DoesNotExist:
         raise PermanentError(f"order {payload.order_id} does not exist") from None
+    log_context.bind(order_number=order.number)  # the job's log lines, spans and error reports
+    return order
 
 
 # A network call may take HTTP_TIMEOUT to connect and again to read; leave room for both.

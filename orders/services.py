@@ -23,6 +23,7 @@ from orders.gateways import ChargeResult, ChargeStatus, GatewayError, PaymentGat
 from orders.idempotency import Lease
 from orders.models import IdempotencyKey, Order, OrderLine, Payment, RecoveryPoint, Refund, WebhookEvent
 from orders.pipeline import job_key, on_order_event, on_order_fulfilled, on_order_paid
+from shop import logging as log_context
 from shop.models import Product
 
 logger = logging.getLogger(__name__)
@@ -111,12 +112,12 @@ def _resume(order: Order, payment_token: str, lease: Lease) -> Order:
     for (its reference is recorded) is asked about by that reference; otherwise the charge is replayed
     with the same idempotency key, which returns the first charge's outcome if there was one and charges
     only if there was none (a gateway never confirms one key twice)."""
+    log_context.bind(order_number=order.number)
     if order.status != Order.Status.PENDING_PAYMENT:
         return order  # settled: by the request that died, by the reconciliation job, or by staff
     gateway = get_gateway()
-    if lease.recovery_point == RecoveryPoint.CHARGE_ATTEMPTED and order.payments.exclude(
-        gateway_reference=""
-    ):
+    answered = order.payments.exclude(gateway_reference="").exists()
+    if lease.recovery_point == RecoveryPoint.CHARGE_ATTEMPTED and answered:
         try:
             result = _retrieve(gateway, order)
         except GatewayError as error:
@@ -214,6 +215,7 @@ def _reserve(
             total=sum((products[sku].price * q for sku, q in items.items()), Decimal("0.00")),
             stock_reserved=True,
         )
+        log_context.bind(order_number=order.number)  # the request's log lines, spans, error reports
         OrderLine.objects.bulk_create(
             OrderLine(
                 order=order,

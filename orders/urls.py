@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from orders import api, payment_views, views
+from orders import api, openapi, payment_views, views
 
 urlpatterns = [
     path("checkout/", views.checkout, name="checkout"),
@@ -16,5 +16,7 @@ urlpatterns = [
     ),
     path("api/orders", api.create_order, name="api-order-create"),
     path("api/orders/<str:token>", api.order_detail, name="api-order-detail"),
+    path("api/openapi.json", openapi.openapi_json, name="api-openapi"),
+    path("api/docs", openapi.openapi_page, name="api-docs"),
     re_path(r"^api/(?P<rest>.*)$", api.not_found),
 ]

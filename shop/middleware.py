@@ -1,9 +1,12 @@
-"""Request-wide guards that must run before anything reads the body."""
+"""Request-wide guards that must run before anything reads the body, and the request's log context."""
 
+import re
+import uuid
 from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.log import log_response
 
 
 class RequestSizeLimitMiddleware:
@@ -29,3 +32,31 @@ class RequestSizeLimitMiddleware:
                 return JsonResponse({"error": "too_large", "message": message}, status=413)
             return HttpResponse(message, status=413, content_type="text/plain; charset=utf-8")
         return self.get_response(request)
+
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,200}$")
+
+
+class RequestIdMiddleware:
+    """The request id: the client's ``X-Request-ID`` when it is a plain token of at most 200 characters,
+    else a fresh one; bound to the log context for the request and echoed in the response."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from shop.logging import bound
+
+        given = request.headers.get("X-Request-ID", "")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        request.request_id = request_id
+        with bound(request_id=request_id):
+            response = self.get_response(request)
+            if response.status_code >= 400:
+                # Django logs "Not Found: ..." after the middleware returns, outside this context; log it
+                # here instead, with the request id (the response is marked logged, so once).
+                log_response(
+                    "%s: %s", response.reason_phrase, request.path, response=response, request=request
+                )
+        response["X-Request-ID"] = request_id
+        return response

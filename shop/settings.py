@@ -8,6 +8,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from shop.logging import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -41,6 +43,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "shop.middleware.RequestIdMiddleware",
+    "shop.health.HealthProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "shop.middleware.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -192,14 +196,33 @@ API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="60/m")
 # in front must set (overwrite), never pass through from the client.
 TRUSTED_PROXY = env.bool("TRUSTED_PROXY", default=False)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# Logs: LOG_FORMAT=text (default) or json (one object per line with the request's or job's context).
+LOG_FORMAT = env.str("LOG_FORMAT", default="text").strip().lower()
+LOGGING = logging_config(LOG_FORMAT, env.str("LOG_LEVEL", default="INFO"))
+
+# Health probes (shop/health.py): seconds /readyz waits for the database; a header whose presence lets a
+# probe from elsewhere than the loopback skip the HTTPS redirect and host check (empty: none).
+HEALTH_DB_TIMEOUT = env.float("HEALTH_DB_TIMEOUT", default=2.0)
+HEALTH_PROBE_HEADER = env.str("HEALTH_PROBE_HEADER", default="").strip()
+if HEALTH_DB_TIMEOUT <= 0:
+    raise ImproperlyConfigured(
+        f"HEALTH_DB_TIMEOUT must be a positive number of seconds, not {HEALTH_DB_TIMEOUT:g}."
+    )
+if HEALTH_PROBE_HEADER and not HEALTH_PROBE_HEADER.replace("-", "").isalnum():
+    raise ImproperlyConfigured(
+        f"HEALTH_PROBE_HEADER must be a header name (letters, digits, dashes), not {HEALTH_PROBE_HEADER!r}."
+    )
+
+# Tracing (shop/tracing.py): on when an OTLP endpoint is set; the exporter reads the other standard
+# OTEL_EXPORTER_OTLP_* variables itself. OTEL_TRACES_FILE: also write spans as JSON lines to a file.
+OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
+OTEL_TRACES_FILE = env.str("OTEL_TRACES_FILE", default="")
+OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="shop")
+
+# Error reports (shop/sentry.py): on when SENTRY_DSN is set.
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="production")
+SENTRY_RELEASE = env.str("SENTRY_RELEASE", default="")
 
 # Job queue (see jobs/conf.py for what each does)
 JOBS_POLL_INTERVAL = env.float("JOBS_POLL_INTERVAL", default=0.2)

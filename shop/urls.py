@@ -1,9 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from shop import views
+from shop import health, views
 
 urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("staff/jobs/", include("jobs.urls")),
     path("admin/", admin.site.urls),
     path("", views.product_list, name="product-list"),
@@ -15,5 +17,6 @@ urlpatterns = [
     path("", include("orders.urls")),
 ]
 
+handler400 = "orders.api.bad_request"
 handler404 = "orders.api.page_not_found"
 handler500 = "orders.api.server_error"

@@ -202,3 +202,18 @@ def slow_effect(payload, ctx):
         if first:
             record(payload, ctx)
     return {"first": first}
+
+
+class Customer(BaseModel):
+    email: str
+    order_number: str = ""
+
+
+@job("test.leaky", payload=Customer, max_attempts=2, backoff=Backoff(base=0.01, cap=0.05, jitter=0))
+def leaky(payload, ctx):
+    """Fails on every attempt with customer data in its message (error reports must filter it out)."""
+    from shop import logging as log_context
+
+    if payload.order_number:
+        log_context.bind(order_number=payload.order_number)
+    raise RuntimeError(f"cannot mail {payload.email} about card tok_4242secret on attempt {ctx.attempt}")

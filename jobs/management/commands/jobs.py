@@ -67,8 +67,28 @@ class Command(BaseCommand):
         cron_sub.add_parser("list", help="List schedules with their next and last run.")
         run = cron_sub.add_parser("run", help="Enqueue a schedule's job now.")
         run.add_argument("name")
+        health = sub.add_parser(
+            "health", help="Exit 0 if a worker on this host heartbeats from its claim loop, else 1."
+        )
+        health.add_argument(
+            "--max-heartbeat-age",
+            type=float,
+            metavar="S",
+            help="Seconds since the last heartbeat still counted as alive (default JOBS_STALE_AFTER).",
+        )
         prune = sub.add_parser("prune", help="Delete finished jobs (succeeded, cancelled) older than an age.")
         prune.add_argument("--older-than", default="7d", help="Age such as 7d, 12h, 30m (default 7d).")
+
+    def do_health(self, max_heartbeat_age=None, **options):
+        from jobs import health
+
+        try:
+            result = health.check(max_heartbeat_age)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if not result.ok:
+            raise CommandError(f"unhealthy: {result.reason}", returncode=1)
+        self.stdout.write(f"ok: {result.reason}")
 
     def handle(self, *args, action, **options):
         return getattr(self, f"do_{action.replace('-', '_')}")(**options) or None

@@ -1,0 +1,210 @@
+"""OpenTelemetry traces, off unless ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_TRACES_FILE``) is set.
+
+A span per HTTP request (Django instrumentation), per enqueue and per job run. The enqueue span's
+context is stored on the job (``Job.trace_context``, W3C headers) and the worker starts the run span as
+its child, so an order's trace holds the request and every job it spawned as one tree; each attempt is
+a span of its own with its number, a failure carries the exception. The job side is plugged in through
+the lifecycle signals of ``jobs.signals``.
+"""
+
+import logging
+import threading
+from typing import Any
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+TRACER_NAME = "shop.jobs"
+MAX_OPEN_SPANS = 10_000
+_state: dict[str, Any] = {}
+_running: dict[tuple[int, str | None], Any] = {}  # (job id, lock token): its run's span
+_lock = threading.Lock()
+
+
+def enabled() -> bool:
+    return bool(_state)
+
+
+def setup(exporter=None) -> bool:
+    """Install the tracer provider, the Django instrumentation and the job receivers when configured
+    (or when given an ``exporter``, as tests do). Returns whether tracing is on."""
+    if _state:
+        return True
+    if exporter is None and not (settings.OTEL_EXPORTER_OTLP_ENDPOINT or settings.OTEL_TRACES_FILE):
+        return False
+    # Imported here: OpenTelemetry costs some 200 ms at start-up, for nothing when tracing is off.
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    processors = []
+    if exporter is not None:
+        processors.append(SimpleSpanProcessor(exporter))
+    if settings.OTEL_EXPORTER_OTLP_ENDPOINT:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        # The exporter reads the standard OTEL_EXPORTER_OTLP_* variables (endpoint, headers, timeout).
+        processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+    if settings.OTEL_TRACES_FILE:
+        processors.append(SimpleSpanProcessor(_file_exporter(settings.OTEL_TRACES_FILE)))
+    provider = trace.get_tracer_provider()
+    if not hasattr(provider, "add_span_processor"):  # the API's no-op provider: install the SDK's
+        provider = TracerProvider(resource=Resource.create({"service.name": settings.OTEL_SERVICE_NAME}))
+        trace.set_tracer_provider(provider)
+        provider = trace.get_tracer_provider()
+    for processor in processors:
+        provider.add_span_processor(processor)
+    _state.update(provider=provider, processors=processors, tracer=provider.get_tracer(TRACER_NAME))
+    _instrument_django(provider)
+    _connect()
+    return True
+
+
+def teardown() -> None:
+    """Undo :func:`setup` (tests): receivers disconnected, instrumentation removed, spans flushed."""
+    if not _state:
+        return
+    _disconnect()
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+    DjangoInstrumentor().uninstrument()
+    for processor in _state["processors"]:
+        processor.shutdown()
+    # The provider stays (OpenTelemetry sets it once per process); without processors it exports nothing.
+    _state["provider"]._active_span_processor._span_processors = tuple(
+        p for p in _state["provider"]._active_span_processor._span_processors if p not in _state["processors"]
+    )
+    _state.clear()
+    _running.clear()
+
+
+def _file_exporter(path: str):
+    """Spans as JSON lines appended to ``path`` (the SDK's console exporter writing to a file)."""
+    from django.core.exceptions import ImproperlyConfigured
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    try:
+        out = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (open for the process's life)
+    except OSError as exc:
+        raise ImproperlyConfigured(f"OTEL_TRACES_FILE {path!r} cannot be written: {exc.strerror}.") from None
+    return ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")
+
+
+def _instrument_django(provider) -> None:
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+    instrumentor = DjangoInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider, excluded_urls="healthz,readyz")
+
+
+# -- the job receivers -----------------------------------------------------------------------------
+
+
+def _connect() -> None:
+    from jobs import signals
+    from jobs.models import Job
+
+    for name, receiver in _RECEIVERS.items():
+        getattr(signals, name).connect(receiver, sender=Job, dispatch_uid=f"shop.tracing.{name}")
+
+
+def _disconnect() -> None:
+    from jobs import signals
+    from jobs.models import Job
+
+    for name in _RECEIVERS:
+        getattr(signals, name).disconnect(sender=Job, dispatch_uid=f"shop.tracing.{name}")
+
+
+def _job_attributes(job) -> dict[str, Any]:
+    return {"job.id": job.id or 0, "job.type": job.type, "job.queue": job.queue, "job.attempt": job.attempts}
+
+
+def annotate(key: str, value: Any) -> None:
+    """Set an attribute on the current span (the request's or the job run's)."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute(key, value)
+
+
+def on_enqueuing(sender, job, **kwargs) -> None:
+    """A short span for the enqueue, whose context the job carries to its run."""
+    from opentelemetry import trace
+    from opentelemetry.propagate import inject
+    from opentelemetry.trace import SpanKind
+
+    span = _state["tracer"].start_span(
+        f"enqueue {job.type}",
+        kind=SpanKind.PRODUCER,
+        attributes={"job.type": job.type, "job.queue": job.queue},
+    )
+    carrier: dict[str, str] = {}
+    inject(carrier, context=trace.set_span_in_context(span))
+    job.trace_context = carrier
+    span.end()
+
+
+def on_started(sender, job, **kwargs) -> None:
+    """The run's span, child of the enqueue span, current for the handler (whose context is its own:
+    see jobs.execution.run, so nothing needs detaching)."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import SpanKind
+
+    parent = extract(job.trace_context or {})
+    span = _state["tracer"].start_span(
+        f"run {job.type}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes={**_job_attributes(job), "job.worker": job.locked_by or ""},
+    )
+    with _lock:
+        _running[(job.id, job.lock_token)] = span
+        if len(_running) > MAX_OPEN_SPANS:
+            # A job whose claim was lost sends no outcome: its span is dropped, oldest first.
+            _running.pop(next(iter(_running))).end()
+    otel_context.attach(trace.set_span_in_context(span))
+
+
+def _finish(job, error: BaseException | None = None, **attributes: Any) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    with _lock:
+        span = _running.pop((job.id, job.lock_token), None)
+    if span is None:
+        return  # started elsewhere (a job reaped from a lost worker) or before tracing was on
+    for key, value in attributes.items():
+        span.set_attribute(key, value)
+    if error is None:
+        span.set_status(Status(StatusCode.OK))
+    else:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}"))
+    span.end()
+
+
+def on_succeeded(sender, job, **kwargs) -> None:
+    _finish(job, **{"job.outcome": "succeeded"})
+
+
+def on_failed(sender, job, error=None, **kwargs) -> None:
+    _finish(job, error, **{"job.outcome": "retry"})
+
+
+def on_dead(sender, job, error=None, **kwargs) -> None:
+    _finish(job, error, **{"job.outcome": "dead"})
+
+
+_RECEIVERS = {
+    "job_enqueuing": on_enqueuing,
+    "job_started": on_started,
+    "job_succeeded": on_succeeded,
+    "job_failed": on_failed,
+    "job_dead": on_dead,
+}

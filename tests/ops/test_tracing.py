@@ -1,0 +1,150 @@
+"""Tracing across jobs: an order's trace holds the HTTP request, the enqueues and every job run they led
+to (in a real runworker process), as one tree; retries are spans of their own with their attempt
+number, failures carry the exception."""
+
+import json
+from pathlib import Path
+
+import pytest
+from django.test import Client
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from jobs.models import Job
+from jobs.testing import run_jobs
+from orders.models import Order, WebhookEndpoint
+from shop import tracing
+from tests.factories import ProductFactory
+from tests.jobs.conftest import WorkerProcesses
+from tests.utils import wait_for
+
+ORDER = {
+    "email": "grace@example.com",
+    "name": "Grace Hopper",
+    "shipping_address": {"line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+    "lines": [{"sku": "TRACE-1", "quantity": 1}],
+    "payment_token": "tok_visa",
+}
+
+
+@pytest.fixture
+def spans():
+    """Tracing on in this process, its spans kept by the SDK's in-memory exporter."""
+    exporter = InMemorySpanExporter()
+    tracing.setup(exporter=exporter)
+    yield exporter
+    tracing.teardown()
+
+
+def hexid(value: int, width: int) -> str:
+    return f"0x{value:0{width}x}"
+
+
+def as_record(span) -> dict:
+    """An in-memory span in the shape ConsoleSpanExporter writes (the worker's file)."""
+    return json.loads(span.to_json(indent=None))
+
+
+def read_spans(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_tracing_is_off_unless_configured():
+    assert not tracing.enabled()
+    assert tracing.setup() is False  # no OTEL_EXPORTER_OTLP_ENDPOINT, no OTEL_TRACES_FILE
+
+
+@pytest.mark.django_db
+def test_an_enqueue_stores_its_span_context_on_the_job_and_the_run_is_its_child(spans):
+    ProductFactory(sku="TRACE-1", stock=5)
+    response = Client().post("/api/orders", ORDER, content_type="application/json")
+    assert response.status_code == 201, response.content
+    (request,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    trace_id = hexid(request.context.trace_id, 32)
+    job = Job.objects.get(type="send_order_confirmation")
+    assert job.trace_context["traceparent"].split("-")[1] == trace_id[2:]
+    run_jobs(max_jobs=1)
+    by_id = {s.context.span_id: s for s in spans.get_finished_spans()}
+    (run,) = [s for s in by_id.values() if s.name == "run send_order_confirmation"]
+    enqueue = by_id[run.parent.span_id]
+    assert enqueue.name == "enqueue send_order_confirmation"
+    assert by_id[enqueue.parent.span_id] is request
+    assert run.attributes["job.id"] == job.id and run.attributes["job.attempt"] == 1
+    assert run.attributes["shop.order_number"] == response.json()["number"]
+    assert "grace@example.com" not in json.dumps([as_record(s) for s in by_id.values()])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_orders_trace_follows_every_job_it_spawned_in_a_worker_process(
+    spans, tmp_path, http_server, settings
+):
+    ProductFactory(sku="TRACE-1", stock=5)
+    warehouse = http_server(script=[503])  # the first sync fails: two attempts, two spans
+    receiver = http_server()
+    WebhookEndpoint.objects.create(url=receiver.url, secret="s", events=["order.paid", "order.fulfilled"])
+    span_file = tmp_path / "worker-spans.jsonl"
+    workers = WorkerProcesses(tmp_path)
+    worker = workers.start(
+        env={
+            "OTEL_TRACES_FILE": str(span_file),
+            "WAREHOUSE_URL": warehouse.url + "stock",
+            "EMAIL_URL": f"filemail://{tmp_path / 'mail'}",
+            "MEDIA_ROOT": settings.MEDIA_ROOT,
+        }
+    )
+    try:
+        response = Client().post("/api/orders", ORDER, content_type="application/json")
+        assert response.status_code == 201, response.content
+        (request,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+        trace_id = hexid(request.context.trace_id, 32)
+        expected = [
+            "run deliver_webhook",
+            "run deliver_webhook",
+            "run generate_invoice",
+            "run mark_order_fulfilled",
+            "run send_order_confirmation",
+            "run sync_inventory",
+            "run sync_inventory",
+        ]
+
+        def worker_spans():
+            found = [s for s in read_spans(span_file) if s["context"]["trace_id"] == trace_id]
+            runs = sorted(s["name"] for s in found if s["name"].startswith("run "))
+            return found if runs == expected else None
+
+        found = wait_for(
+            worker_spans,
+            timeout=90,
+            message=f"the pipeline's spans; worker log:\n{workers.output(worker)[-3000:]}",
+        )
+    finally:
+        workers.stop_all()
+    assert Order.objects.get().status == "fulfilled"
+
+    web = [as_record(s) for s in spans.get_finished_spans() if hexid(s.context.trace_id, 32) == trace_id]
+    every = {s["context"]["span_id"]: s for s in web + found}
+    roots = [s for s in every.values() if s["parent_id"] is None]
+    assert [r["context"]["span_id"] for r in roots] == [hexid(request.context.span_id, 16)]
+    for span in every.values():  # one tree: each parent is in the trace
+        assert span["parent_id"] is None or span["parent_id"] in every, span["name"]
+    for span in found:  # every run hangs off an enqueue span
+        if span["name"].startswith("run "):
+            assert every[span["parent_id"]]["name"] == "enqueue " + span["name"].removeprefix("run ")
+
+    syncs = sorted(
+        (s for s in found if s["name"] == "run sync_inventory"), key=lambda s: s["attributes"]["job.attempt"]
+    )
+    assert [s["attributes"]["job.attempt"] for s in syncs] == [1, 2]
+    assert [s["status"]["status_code"] for s in syncs] == ["ERROR", "OK"]
+    assert syncs[0]["attributes"]["job.outcome"] == "retry"
+    (event,) = syncs[0]["events"]
+    assert event["name"] == "exception"
+    assert event["attributes"]["exception.type"].endswith("TransientHTTPError")
+
+    # The order.fulfilled webhook was enqueued by the mark_order_fulfilled job, inside its run's span.
+    fulfilled_run = next(s for s in found if s["name"] == "run mark_order_fulfilled")
+    enqueued_by_job = [s for s in found if s["name"] == "enqueue deliver_webhook"]
+    assert [s["parent_id"] for s in enqueued_by_job] == [fulfilled_run["context"]["span_id"]]
+    assert "grace@example.com" not in span_file.read_text()
