@@ -131,7 +131,7 @@ ODD_ROWS = [
 def test_rows_the_engine_cannot_read_go_straight_to_the_dead_letters(workers, label, job_type, fields):
     job = corrupt_new(job_type, fields)
     workers.start()
-    wait_for(lambda: Job.objects.get(pk=job.pk).errors, timeout=5, message="first attempt recorded")
+    wait_for(lambda: Job.objects.get(pk=job.pk).errors, timeout=30, message="first attempt recorded")
     job.refresh_from_db()
     assert job.status == JobStatus.DEAD and job.attempts == 1
     assert DeadLetter.objects.filter(job=job).exists()
