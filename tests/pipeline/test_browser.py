@@ -17,7 +17,7 @@ def workers(tmp_path):
     procs.stop_all()
 
 
-def test_order_page_timeline_reaches_fulfilled_without_a_reload(page, workers, tmp_path, settings):
+def test_order_page_timeline_reaches_ready_to_ship_without_a_reload(page, workers, tmp_path, settings):
     ProductFactory(sku="LAMP", name="Desk lamp", price="39.00", stock=3)
     page.goto("/products/LAMP/")
     page.get_by_role("button", name="Add to cart").click()
@@ -41,7 +41,7 @@ def test_order_page_timeline_reaches_fulfilled_without_a_reload(page, workers, t
     workers.start(env={"EMAIL_URL": f"filemail://{mail_dir}", "MEDIA_ROOT": settings.MEDIA_ROOT})
     page.wait_for_selector('[data-step="fulfilled"][data-state="done"]', timeout=30_000)
 
-    assert page.locator("#order-status").inner_text() == "Fulfilled"
+    assert page.locator("#order-status").inner_text() == "Ready to ship"
     for step in ("confirmation", "invoice", "inventory"):
         assert page.locator(f'[data-step="{step}"]').get_attribute("data-state") == "done"
     link = page.get_by_role("link", name="Download invoice (PDF)")
@@ -69,7 +69,7 @@ def checkout_with(page, token: str) -> None:
     page.get_by_role("button", name="Place order and pay").click()
 
 
-def test_three_d_secure_in_the_browser_ends_paid_then_fulfilled(page, workers, tmp_path, settings):
+def test_three_d_secure_in_the_browser_ends_paid_then_ready_to_ship(page, workers, tmp_path, settings):
     checkout_with(page, "tok_threeDSecureRequired")
     page.wait_for_url("**/fake-gateway/authenticate/*/")
     assert "confirm a payment of" in page.content() and "39.00" in page.content()
@@ -82,7 +82,7 @@ def test_three_d_secure_in_the_browser_ends_paid_then_fulfilled(page, workers, t
     mail_dir.mkdir()
     workers.start(env={"EMAIL_URL": f"filemail://{mail_dir}", "MEDIA_ROOT": settings.MEDIA_ROOT})
     page.wait_for_selector('[data-step="fulfilled"][data-state="done"]', timeout=30_000)
-    assert page.locator("#order-status").inner_text() == "Fulfilled"
+    assert page.locator("#order-status").inner_text() == "Ready to ship"
 
 
 def test_failed_three_d_secure_in_the_browser_fails_the_order_and_returns_the_stock(page):
