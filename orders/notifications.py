@@ -111,7 +111,9 @@ def send_shipping(shipment: Shipment, *, actor: Actor | str = SYSTEM) -> bool:
     order = shipment.order
     order.refresh_from_db()
     items = list(shipment.lines.select_related("line").order_by("line__sku"))
-    context = _context(order, shipment=shipment, items=items, complete=order.status != "partially_shipped")
+    context = _context(
+        order, shipment=shipment, items=items, complete=order.status != Order.Status.PARTIALLY_SHIPPED
+    )
     _send("order_shipped", context, f"Your order {order.number} has shipped", [order.email])
     services.record_document_email_sent(
         order, Shipment, shipment.pk, actor=actor, email="shipping", label="Shipping"
