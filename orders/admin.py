@@ -9,18 +9,23 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from jobs.models import DeadLetter
 from orders import services
+from orders.events import Actor
 from orders.models import (
     CreditNote,
     InventorySync,
     Invoice,
     Order,
     OrderEmail,
+    OrderEvent,
     OrderLine,
     Payment,
     PaymentEvent,
     Refund,
     SalesReport,
+    Shipment,
+    WarehouseEvent,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
@@ -89,6 +94,63 @@ class RefundInline(admin.TabularInline):
         )
 
 
+class ShipmentInline(admin.TabularInline):
+    model = Shipment
+    fields = ["created_at", "status", "items", "carrier", "tracking_number", "shipped_at", "delivered_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="Lines")
+    def items(self, obj: Shipment) -> str:
+        return ", ".join(f"{item.quantity} x {item.line.sku}" for item in obj.lines.select_related("line"))
+
+
+class ShipmentForm(forms.Form):
+    """Ship some of an order's lines: at most what is left of each (checked again by the service, under
+    the order's lock)."""
+
+    carrier = forms.CharField(max_length=100, required=False)
+    tracking_number = forms.CharField(max_length=100, required=False)
+    tracking_url = forms.URLField(max_length=500, required=False, assume_scheme="https")
+    shipped = forms.BooleanField(
+        required=False, initial=True, label="Handed to the carrier now (emails the customer)"
+    )
+
+    def __init__(self, *args, order: Order, left: dict[str, int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.order = order
+        for line in order.lines.order_by("sku"):
+            rest = left.get(line.sku, 0)
+            self.fields[f"line_{line.sku}"] = forms.IntegerField(
+                required=False,
+                min_value=0,
+                max_value=max(rest, 0),
+                label=f"{line.sku} ({line.name}; {line.quantity} ordered, {rest} left to ship)",
+            )
+
+    def lines(self) -> dict[str, int]:
+        return {
+            name.removeprefix("line_"): value
+            for name, value in self.cleaned_data.items()
+            if name.startswith("line_") and value
+        }
+
+    def clean(self):
+        data = super().clean()
+        if not self.errors and not self.lines():
+            raise forms.ValidationError("Pick at least one line to ship.")
+        return data
+
+
+class StaffNoteForm(forms.Form):
+    text = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=2000, label="Staff note")
+
+
 class RefundForm(forms.Form):
     """Refund the whole rest, some lines, or an amount, with a reason (required)."""
 
@@ -133,7 +195,7 @@ class OrderAdmin(admin.ModelAdmin):
     list_filter = ["status", "created_at"]
     search_fields = ["number", "email", "name"]
     date_hierarchy = "created_at"
-    inlines = [OrderLineInline, PaymentInline, RefundInline]
+    inlines = [OrderLineInline, PaymentInline, RefundInline, ShipmentInline]
     change_form_template = "admin/orders/order/change_form.html"
     readonly_fields = [
         "number",
@@ -185,8 +247,76 @@ class OrderAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.refund_view),
                 name="orders_order_refund",
             ),
+            path("<int:pk>/ship/", self.admin_site.admin_view(self.ship_view), name="orders_order_ship"),
+            path("<int:pk>/note/", self.admin_site.admin_view(self.note_view), name="orders_order_note"),
             *super().get_urls(),
         ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        order = self.get_object(request, object_id)
+        extra = {**(extra_context or {})}
+        if order is not None:
+            extra["timeline"] = timeline(order)
+            extra["note_form"] = StaffNoteForm()
+            extra["can_ship"] = order.status in services.SHIPPABLE
+        return super().change_view(request, object_id, form_url, extra_context=extra)
+
+    def ship_view(self, request, pk: int):
+        """Create a shipment: lines and quantities, carrier, tracking; never more than is left to ship."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        order = get_object_or_404(Order, pk=pk)
+        form = ShipmentForm(request.POST or None, order=order, left=services.unshipped(order))
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                shipment = services.create_shipment(
+                    order,
+                    lines=form.lines(),
+                    actor=Actor.staff(request.user),
+                    carrier=data["carrier"],
+                    tracking_number=data["tracking_number"],
+                    tracking_url=data["tracking_url"],
+                    shipped=data["shipped"],
+                )
+            except services.OrderError as exc:
+                form.add_error(None, str(exc))
+            else:
+                self.message_user(
+                    request,
+                    f"Shipment {shipment.pk} created ({shipment.get_status_display()}).",
+                    messages.SUCCESS,
+                )
+                return redirect(reverse("admin:orders_order_change", args=[order.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Ship order {order.number}",
+            "order": order,
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(
+            request, "admin/orders/order/ship.html", context, status=400 if form.errors else 200
+        )
+
+    def note_view(self, request, pk: int):
+        """Add a staff note to the order's history (POST only; never shown to the customer)."""
+        if not self.has_change_permission(request) or request.method != "POST":
+            raise PermissionDenied
+        order = get_object_or_404(Order, pk=pk)
+        form = StaffNoteForm(request.POST)
+        if form.is_valid():
+            try:
+                services.add_staff_note(
+                    order, actor=Actor.staff(request.user), text=form.cleaned_data["text"]
+                )
+            except services.OrderError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+            else:
+                self.message_user(request, "Note added.", messages.SUCCESS)
+        else:
+            self.message_user(request, "The note is empty or too long.", messages.ERROR)
+        return redirect(reverse("admin:orders_order_change", args=[order.pk]))
 
     def refund_view(self, request, pk: int):
         """Refund the whole order, some lines, or an amount, with a reason; the gateway call is a job."""
@@ -199,7 +329,7 @@ class OrderAdmin(admin.ModelAdmin):
             try:
                 refund = services.request_refund(
                     order,
-                    actor=f"staff:{request.user.get_username()}",
+                    actor=Actor.staff(request.user),
                     reason=form.cleaned_data["reason"],
                     amount=form.cleaned_data.get("amount"),
                     lines=form.lines() or None,
@@ -229,7 +359,7 @@ class OrderAdmin(admin.ModelAdmin):
 
     def _apply(self, request, queryset, service, verb: str) -> None:
         done = 0
-        actor = f"staff:{request.user.get_username()}"
+        actor = Actor.staff(request.user)
         for order in queryset:
             try:
                 service(order, actor)
@@ -255,7 +385,12 @@ class OrderAdmin(admin.ModelAdmin):
 
     @admin.action(description="Settle pending payments with the gateway", permissions=["change"])
     def settle_pending_payments(self, request, queryset) -> None:
-        self._apply(request, queryset, lambda order, actor: services.settle_pending_payment(order), "Checked")
+        self._apply(
+            request,
+            queryset,
+            lambda order, actor: services.settle_pending_payment(order, actor=actor),
+            "Checked",
+        )
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -411,7 +546,7 @@ class RefundAdmin(ReadOnlyAdmin):
         done = 0
         for refund in queryset:
             try:
-                services.retry_refund(refund, actor=f"staff:{request.user.get_username()}")
+                services.retry_refund(refund, actor=Actor.staff(request.user))
                 done += 1
             except services.OrderError as exc:
                 self.message_user(request, f"Refund {refund.pk}: {exc}", messages.WARNING)
@@ -458,6 +593,99 @@ class CreditNoteAdmin(ReadOnlyAdmin):
 @admin.register(PaymentEvent)
 class PaymentEventAdmin(ReadOnlyAdmin):
     """The payment provider's events as they arrived (raw), and what became of each."""
+
+    list_display = ["event_id", "type", "outcome", "note", "received_at", "applied_at"]
+    list_filter = ["type", "outcome"]
+    search_fields = ["event_id"]
+
+
+def timeline(order: Order) -> list[dict]:
+    """The order's whole history for staff, each event with links to what is behind it: the job that
+    made it (and its dead letter, if it gave up), the webhook endpoint, the refund, the shipment."""
+    events = list(
+        OrderEvent.objects.filter(order=order).select_related("actor_user").order_by("created_at", "id")
+    )
+    job_ids = {e.job_id for e in events if e.job_id}
+    dead = dict(DeadLetter.objects.filter(job_id__in=job_ids).values_list("job_id", "pk")) if job_ids else {}
+    rows = []
+    for event in events:
+        links = []
+        if event.job_id:
+            links.append((f"job {event.job_id}", reverse("admin:jobs_job_change", args=[event.job_id])))
+            if event.job_id in dead:
+                links.append(
+                    ("dead letter", reverse("admin:jobs_deadletter_change", args=[dead[event.job_id]]))
+                )
+        facts = event.facts or {}
+        if facts.get("endpoint"):
+            links.append(
+                ("endpoint", reverse("admin:orders_webhookendpoint_change", args=[facts["endpoint"]]))
+            )
+        if facts.get("refund"):
+            links.append(
+                (f"refund {facts['refund']}", reverse("admin:orders_refund_change", args=[facts["refund"]]))
+            )
+        if facts.get("shipment"):
+            links.append(
+                (
+                    f"shipment {facts['shipment']}",
+                    reverse("admin:orders_shipment_change", args=[facts["shipment"]]),
+                )
+            )
+        rows.append({"event": event, "links": links, "facts": facts})
+    return rows
+
+
+@admin.register(Shipment)
+class ShipmentAdmin(admin.ModelAdmin):
+    """Shipments are made from the order page ("Ship…") or by the warehouse; here staff move them on."""
+
+    list_display = ["id", "order", "status", "carrier", "tracking_number", "shipped_at", "delivered_at"]
+    list_filter = ["status", "carrier"]
+    search_fields = ["order__number", "tracking_number", "warehouse_id"]
+    list_select_related = ["order"]
+    fields = [
+        "order",
+        "status",
+        "warehouse_id",
+        "carrier",
+        "tracking_number",
+        "tracking_url",
+        "created_at",
+        "shipped_at",
+        "delivered_at",
+        "emailed_at",
+    ]
+    readonly_fields = fields
+    actions = ["mark_shipped", "mark_delivered"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def _apply(self, request, queryset, service, verb: str) -> None:
+        done = 0
+        for shipment in queryset:
+            try:
+                done += bool(service(shipment, actor=Actor.staff(request.user)))
+            except services.OrderError as exc:
+                self.message_user(request, f"Shipment {shipment.pk}: {exc}", messages.WARNING)
+        self.message_user(request, f"{verb} {done} shipment(s).", messages.SUCCESS)
+
+    @admin.action(description="Mark selected shipments shipped", permissions=["change"])
+    def mark_shipped(self, request, queryset) -> None:
+        self._apply(request, queryset, services.mark_shipment_shipped, "Shipped")
+
+    @admin.action(description="Mark selected shipments delivered", permissions=["change"])
+    def mark_delivered(self, request, queryset) -> None:
+        self._apply(request, queryset, services.mark_shipment_delivered, "Delivered")
+
+
+@admin.register(WarehouseEvent)
+class WarehouseEventAdmin(ReadOnlyAdmin):
+    """The warehouse's callbacks as they arrived (raw), and what became of each."""
 
     list_display = ["event_id", "type", "outcome", "note", "received_at", "applied_at"]
     list_filter = ["type", "outcome"]

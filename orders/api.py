@@ -13,7 +13,7 @@ from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import ValidationError
 
-from orders import idempotency
+from orders import idempotency, warehouse
 from orders.api_schemas import OrderIn
 from orders.models import IdempotencyKey, Order
 from orders.serializers import order_to_dict
@@ -25,6 +25,7 @@ from orders.services import (
     decline_reason,
     place_order,
 )
+from orders.webhooks import SIGNATURE_HEADER
 from shop import throttle
 
 logger = logging.getLogger(__name__)
@@ -226,3 +227,25 @@ def _create_order(data: Any, lease: idempotency.Lease | None = None) -> JsonResp
             waiting["action_url"] = body["payment"]["action_url"]
         return JsonResponse(waiting, status=202)
     return JsonResponse(order_to_dict(order), status=201)
+
+
+MAX_WAREHOUSE_BYTES = 64 * 1024
+
+
+@api_view("POST")
+def warehouse_webhook(request: HttpRequest) -> JsonResponse:
+    """The warehouse reports a shipment (see ``orders.warehouse``): verified on the raw body, stored
+    once and applied by a job; 200 at once (``duplicate`` says whether it was seen before), or a 4xx
+    JSON error that stores nothing."""
+    try:
+        if int(request.META.get("CONTENT_LENGTH") or 0) > MAX_WAREHOUSE_BYTES:
+            return error(413, "too_large", f"The body is larger than {MAX_WAREHOUSE_BYTES} bytes.")
+        body = request.body
+    except (ValueError, RequestDataTooBig):
+        return error(413, "too_large", f"The body is larger than {MAX_WAREHOUSE_BYTES} bytes.")
+    try:
+        received = warehouse.receive(body, request.headers.get(SIGNATURE_HEADER, ""))
+    except warehouse.WarehouseError as exc:
+        logger.warning("Refused a warehouse callback: %s", exc.code)
+        return error(exc.status, exc.code, str(exc), **exc.extra)
+    return JsonResponse({"received": received.event.event_id, "duplicate": received.duplicate})

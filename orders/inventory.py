@@ -10,6 +10,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from orders import services
+from orders.events import SYSTEM, Actor
 from orders.http import post_json
 from orders.models import InventorySync, Order
 from orders.webhooks import SIGNATURE_HEADER, sign
@@ -19,7 +21,7 @@ def stock_levels(order: Order) -> dict[str, int]:
     return {line.sku: line.product.stock for line in order.lines.select_related("product").order_by("sku")}
 
 
-def sync_inventory(order: Order) -> InventorySync:
+def sync_inventory(order: Order, *, actor: Actor | str = SYSTEM) -> InventorySync:
     """Push the stock levels of the order's products to ``settings.WAREHOUSE_URL`` once (signed with
     ``WAREHOUSE_SECRET``); with no URL set, record the sync locally. Raises orders.http's
     TransientHTTPError (try again) or PermanentHTTPError (the warehouse refused it)."""
@@ -42,12 +44,14 @@ def sync_inventory(order: Order) -> InventorySync:
         status = post_json(url, body, headers=headers)
     try:
         with transaction.atomic():
-            return InventorySync.objects.create(
+            sync = InventorySync.objects.create(
                 order=order,
                 target=url or "local",
                 response_status=status,
                 stock_levels=levels,
                 synced_at=timezone.now(),
             )
+            services.record_inventory_synced(sync, actor=actor)
+            return sync
     except IntegrityError:  # a concurrent run of the same job recorded it first
         return InventorySync.objects.get(order=order)

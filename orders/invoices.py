@@ -13,6 +13,8 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from orders import services
+from orders.events import SYSTEM, Actor
 from orders.models import CreditNote, DocumentSequence, Invoice, Order, Refund
 
 CENT = Decimal("0.01")
@@ -34,7 +36,7 @@ def invoice_number(order: Order) -> str:
     return f"INV-{order.number}"
 
 
-def generate_invoice(order: Order) -> Invoice:
+def generate_invoice(order: Order, *, actor: Actor | str = SYSTEM) -> Invoice:
     """The order's invoice, made and stored the first time; later calls return the same one."""
     existing = Invoice.objects.filter(order=order).first()
     if existing is not None:
@@ -62,6 +64,7 @@ def generate_invoice(order: Order) -> Invoice:
         )
         invoice.file.name = _write_file(invoice_path(number), pdf)
         invoice.save()
+        services.record_invoice_issued(invoice, actor=actor)
     return invoice
 
 
@@ -177,13 +180,13 @@ def next_number(kind: str, prefix: str) -> str:
     return f"{prefix}-{year}-{sequence.last + 1:05d}"
 
 
-def issue_credit_note(refund: Refund) -> CreditNote:
+def issue_credit_note(refund: Refund, *, actor: Actor | str = SYSTEM) -> CreditNote:
     """The credit note of a succeeded refund, made once (the order's invoice first, if it has none)."""
     existing = CreditNote.objects.filter(refund=refund).first()
     if existing is not None:
         return existing
     order = refund.order
-    invoice = generate_invoice(order)
+    invoice = generate_invoice(order, actor=actor)
     with transaction.atomic():
         Order.objects.select_for_update().filter(pk=order.pk).first()
         existing = CreditNote.objects.filter(refund=refund).first()
@@ -202,6 +205,7 @@ def issue_credit_note(refund: Refund) -> CreditNote:
         )
         note.file.name = _write_file(f"credit_notes/{number}.pdf", pdf)
         note.save()
+        services.record_credit_note_issued(note, actor=actor)
     return note
 
 

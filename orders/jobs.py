@@ -6,6 +6,8 @@ row that records its effect and does nothing more), and every external call has 
 """
 
 import datetime
+import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
@@ -13,10 +15,22 @@ from pydantic import BaseModel, Field
 
 from jobs import scheduler
 from jobs.api import HIGH, Backoff, PermanentError, job
-from orders import inventory, invoices, notifications, payment_events, reports, services, webhooks
+from orders import (
+    inventory,
+    invoices,
+    notifications,
+    payment_events,
+    reports,
+    services,
+    warehouse,
+    webhooks,
+)
+from orders.events import Actor
 from orders.http import PermanentHTTPError
-from orders.models import Order, PaymentEvent, Refund, WebhookEvent
+from orders.models import Order, PaymentEvent, Refund, Shipment, WarehouseEvent, WebhookEvent
 from shop import logging as log_context
+
+logger = logging.getLogger(__name__)
 
 
 class OrderRef(BaseModel):
@@ -32,6 +46,14 @@ class WebhookDeliveryRef(BaseModel):
 
 class PaymentEventRef(BaseModel):
     event_id: str
+
+
+class WarehouseEventRef(BaseModel):
+    event_id: str
+
+
+class ShipmentRef(BaseModel):
+    shipment_id: int
 
 
 class RefundRef(BaseModel):
@@ -69,6 +91,22 @@ def _order(payload) -> Order:
     return order
 
 
+def _step(step: str, payload: OrderRef, ctx, work: Callable[[], dict]) -> dict:
+    """Run a customer-visible pipeline step; a failed attempt is written to the order's history (so the
+    order page reads events, not job rows): "being retried", or "delayed" when none is left."""
+    try:
+        return work()
+    except Exception as exc:
+        final = isinstance(exc, PermanentError) or ctx.attempt >= ctx.max_attempts
+        try:
+            services.record_step_failed(
+                payload.order_id, step, actor=Actor.job(ctx), attempt=ctx.attempt, final=final
+            )
+        except Exception:  # the order is gone, or the database: the job's own failure says enough
+            logger.warning("job %s: could not record the failed %s step", ctx.job_id, step, exc_info=True)
+        raise
+
+
 # A network call may take HTTP_TIMEOUT to connect and again to read; leave room for both.
 _NETWORK_TIMEOUT = 3 * settings.HTTP_TIMEOUT + 30
 
@@ -82,34 +120,68 @@ _NETWORK_TIMEOUT = 3 * settings.HTTP_TIMEOUT + 30
     timeout=_NETWORK_TIMEOUT,
 )
 def send_order_confirmation(payload: OrderRef, ctx) -> dict:
-    return {"sent": notifications.send_order_confirmation(_order(payload))}
+    return _step(
+        "confirmation",
+        payload,
+        ctx,
+        lambda: {"sent": notifications.send_order_confirmation(_order(payload), actor=Actor.job(ctx))},
+    )
 
 
 @job("generate_invoice", payload=OrderRef, max_attempts=5, backoff=_backoff(), timeout=120)
 def generate_invoice(payload: OrderRef, ctx) -> dict:
-    return {"invoice": invoices.generate_invoice(_order(payload)).number}
+    return _step(
+        "invoice",
+        payload,
+        ctx,
+        lambda: {"invoice": invoices.generate_invoice(_order(payload), actor=Actor.job(ctx)).number},
+    )
 
 
 @job("sync_inventory", payload=OrderRef, max_attempts=10, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
 def sync_inventory(payload: OrderRef, ctx) -> dict:
-    try:
-        sync = inventory.sync_inventory(_order(payload))
-    except PermanentHTTPError as exc:
-        raise PermanentError(str(exc)) from exc
-    return {"target": sync.target, "status": sync.response_status}
+    def work() -> dict:
+        try:
+            sync = inventory.sync_inventory(_order(payload), actor=Actor.job(ctx))
+        except PermanentHTTPError as exc:
+            raise PermanentError(str(exc)) from exc
+        return {"target": sync.target, "status": sync.response_status}
+
+    return _step("inventory", payload, ctx, work)
 
 
 @job("mark_order_fulfilled", payload=OrderRef, max_attempts=5, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
 def mark_order_fulfilled(payload: OrderRef, ctx) -> dict:
-    order = _order(payload)
-    services.capture_payment(order)  # with PAYMENT_CAPTURE=on_fulfilment: no capture, no shipping
-    changed = services.mark_fulfilled(order)
-    return {"fulfilled": changed, "status": order.status}
+    """Ready to ship: invoice and inventory are done (and, with PAYMENT_CAPTURE=on_fulfilment, the
+    payment captured: no capture, no shipping)."""
+
+    def work() -> dict:
+        order = _order(payload)
+        services.capture_payment(order, actor=Actor.job(ctx))
+        changed = services.mark_fulfilled(order, actor=Actor.job(ctx))
+        return {"fulfilled": changed, "status": order.status}
+
+    return _step("fulfilled", payload, ctx, work)
 
 
 @job("send_followup_email", payload=OrderRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
 def send_followup_email(payload: OrderRef, ctx) -> dict:
-    return {"sent": notifications.send_followup(_order(payload))}
+    return {"sent": notifications.send_followup(_order(payload), actor=Actor.job(ctx))}
+
+
+@job(
+    "send_cancellation_email", payload=OrderRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT
+)
+def send_cancellation_email(payload: OrderRef, ctx) -> dict:
+    return {"sent": notifications.send_cancellation(_order(payload), actor=Actor.job(ctx))}
+
+
+@job("send_shipping_email", payload=ShipmentRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
+def send_shipping_email(payload: ShipmentRef, ctx) -> dict:
+    shipment = Shipment.objects.filter(pk=payload.shipment_id).select_related("order").first()
+    if shipment is None:
+        raise PermanentError(f"shipment {payload.shipment_id} does not exist")
+    return {"sent": notifications.send_shipping(shipment, actor=Actor.job(ctx))}
 
 
 @job(
@@ -121,8 +193,13 @@ def send_followup_email(payload: OrderRef, ctx) -> dict:
 )
 def deliver_webhook(payload: WebhookDeliveryRef, ctx) -> dict:
     try:
-        delivery = webhooks.deliver(payload.endpoint_id, payload.event, payload.order_id, payload.message_id)
+        delivery = webhooks.deliver(
+            payload.endpoint_id, payload.event, payload.order_id, payload.message_id, actor=Actor.job(ctx)
+        )
     except PermanentHTTPError as exc:
+        services.record_webhook_refused(
+            payload.order_id, payload.endpoint_id, payload.event, str(exc), actor=Actor.job(ctx)
+        )
         raise PermanentError(str(exc)) from exc
     except Order.DoesNotExist:
         raise PermanentError(f"order {payload.order_id} does not exist") from None
@@ -138,7 +215,9 @@ def daily_sales_report(payload: ReportDay, ctx) -> dict:
 
 @job("reconcile_pending_payments", payload=ReconcileOptions, max_attempts=1, timeout=600)
 def reconcile_pending_payments(payload: ReconcileOptions, ctx) -> dict:
-    return services.reconcile_pending_payments(older_than=timedelta(minutes=payload.older_than_minutes))
+    return services.reconcile_pending_payments(
+        older_than=timedelta(minutes=payload.older_than_minutes), actor=Actor.job(ctx)
+    )
 
 
 @job("purge_idempotency_keys", payload=NoOptions, max_attempts=3, timeout=600)
@@ -158,15 +237,30 @@ def apply_payment_event(payload: PaymentEventRef, ctx) -> dict:
     if event is None:
         raise PermanentError(f"payment event {payload.event_id} is not stored")
     try:
-        outcome = payment_events.apply_event(event)
+        outcome = payment_events.apply_event(event, actor=Actor.job(ctx))
     except payment_events.EventError as exc:
         raise PermanentError(str(exc)) from exc
     return {"outcome": outcome, "type": event.type}
 
 
+@job(
+    "apply_warehouse_event",
+    payload=WarehouseEventRef,
+    max_attempts=8,
+    backoff=_backoff(),
+    timeout=_NETWORK_TIMEOUT,
+)
+def apply_warehouse_event(payload: WarehouseEventRef, ctx) -> dict:
+    event = WarehouseEvent.objects.filter(event_id=payload.event_id).first()
+    if event is None:
+        raise PermanentError(f"warehouse event {payload.event_id} is not stored")
+    outcome = warehouse.apply_event(event, actor=Actor.job(ctx))
+    return {"outcome": outcome, "type": event.type}
+
+
 @job("expire_unpaid_order", payload=OrderRef, max_attempts=10, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
 def expire_unpaid_order(payload: OrderRef, ctx) -> dict:
-    return {"status": services.expire_unpaid_order(_order(payload)).status}
+    return {"status": services.expire_unpaid_order(_order(payload), actor=Actor.job(ctx)).status}
 
 
 def _refund_of(payload: RefundRef) -> Refund:
@@ -178,14 +272,14 @@ def _refund_of(payload: RefundRef) -> Refund:
 
 @job("process_refund", payload=RefundRef, max_attempts=10, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
 def process_refund(payload: RefundRef, ctx) -> dict:
-    refund = services.process_refund(_refund_of(payload))
+    refund = services.process_refund(_refund_of(payload), actor=Actor.job(ctx))
     return {"status": refund.status}
 
 
 @job("issue_credit_note", payload=RefundRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
 def issue_credit_note(payload: RefundRef, ctx) -> dict:
-    note = invoices.issue_credit_note(_refund_of(payload))
-    return {"credit_note": note.number, "emailed": notifications.send_credit_note(note)}
+    note = invoices.issue_credit_note(_refund_of(payload), actor=Actor.job(ctx))
+    return {"credit_note": note.number, "emailed": notifications.send_credit_note(note, actor=Actor.job(ctx))}
 
 
 @job(

@@ -5,6 +5,7 @@ Models hold data and the invariants the database can enforce; workflows live in 
 
 import secrets
 
+from django.conf import settings
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
@@ -27,7 +28,12 @@ class OrderStatus(models.TextChoices):
     PENDING_PAYMENT = "pending_payment", "Pending payment"
     PAID = "paid", "Paid"
     PAYMENT_FAILED = "payment_failed", "Payment failed"
-    FULFILLED = "fulfilled", "Fulfilled"
+    # Stored as "fulfilled" (the API and the order.fulfilled webhook keep the name): invoice and
+    # inventory are done and the goods may leave; shipments move the order on from here.
+    FULFILLED = "fulfilled", "Ready to ship"
+    PARTIALLY_SHIPPED = "partially_shipped", "Partially shipped"
+    SHIPPED = "shipped", "Shipped"
+    DELIVERED = "delivered", "Delivered"
     CANCELLED = "cancelled", "Cancelled"
     REFUNDED = "refunded", "Refunded"
     EXPIRED = "expired", "Expired (not paid in time)"
@@ -334,6 +340,7 @@ class OrderEmail(models.Model):
     class Kind(models.TextChoices):
         CONFIRMATION = "confirmation", "Order confirmation"
         FOLLOWUP = "followup", "Follow-up"
+        CANCELLATION = "cancellation", "Cancellation"
 
     order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="emails")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -397,6 +404,8 @@ class WebhookEvent(models.TextChoices):
     ORDER_CANCELLED = "order.cancelled", "order.cancelled"
     ORDER_EXPIRED = "order.expired", "order.expired"
     ORDER_DISPUTED = "order.disputed", "order.disputed"
+    ORDER_SHIPPED = "order.shipped", "order.shipped"
+    ORDER_DELIVERED = "order.delivered", "order.delivered"
 
 
 class OrderMessage(models.Model):
@@ -484,3 +493,158 @@ class SalesReport(models.Model):
 
     def __str__(self) -> str:
         return f"Sales of {self.date}"
+
+
+class OrderEventKind(models.TextChoices):
+    PLACED = "placed", "Order placed"
+    STOCK_RESERVED = "stock_reserved", "Stock reserved"
+    STOCK_RELEASED = "stock_released", "Stock released"
+    PAYMENT_REQUIRES_ACTION = "payment_requires_action", "Payment waits for confirmation"
+    PAYMENT_PROCESSING = "payment_processing", "Payment processing"
+    PAYMENT_AUTHORIZED = "payment_authorized", "Payment authorized"
+    PAYMENT_CAPTURED = "payment_captured", "Payment received"
+    PAYMENT_FAILED = "payment_failed", "Payment failed"
+    EXPIRED = "expired", "Expired (not paid in time)"
+    EMAIL_SENT = "email_sent", "Email sent"
+    INVOICE_ISSUED = "invoice_issued", "Invoice issued"
+    INVENTORY_SYNCED = "inventory_synced", "Inventory synced with the warehouse"
+    STEP_FAILED = "step_failed", "A step failed"
+    READY_TO_SHIP = "ready_to_ship", "Ready to ship"
+    SHIPMENT_CREATED = "shipment_created", "Shipment prepared"
+    SHIPMENT_SHIPPED = "shipment_shipped", "Shipped"
+    SHIPMENT_DELIVERED = "shipment_delivered", "Delivered"
+    REFUND_REQUESTED = "refund_requested", "Refund requested"
+    REFUND_SUCCEEDED = "refund_succeeded", "Refunded"
+    REFUND_FAILED = "refund_failed", "Refund failed"
+    CREDIT_NOTE_ISSUED = "credit_note_issued", "Credit note issued"
+    CANCELLED = "cancelled", "Cancelled"
+    DISPUTED = "disputed", "Payment disputed"
+    WEBHOOK_DELIVERED = "webhook_delivered", "Webhook delivered"
+    WEBHOOK_REFUSED = "webhook_refused", "Webhook refused"
+    STAFF_NOTE = "staff_note", "Staff note"
+
+
+class ActorKind(models.TextChoices):
+    STAFF = "staff", "Staff"
+    CUSTOMER = "customer", "Customer"
+    SYSTEM = "system", "System"
+    JOB = "job", "Job"
+
+
+class OrderEvent(models.Model):
+    """One change to an order, written by ``orders.services`` in the transaction that makes the change
+    (a rollback leaves none). Append-only: never updated or deleted. ``public`` events (and only the
+    customer-safe part of them) are shown to the customer; the rest are for staff."""
+
+    Kind = OrderEventKind
+    ActorKind = ActorKind
+
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=40, choices=OrderEventKind.choices)
+    actor_kind = models.CharField(max_length=10, choices=ActorKind.choices)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150, blank=True, help_text="The staff user's name then.")
+    job_id = models.BigIntegerField(null=True, blank=True, help_text="The job that made the change.")
+    public = models.BooleanField(default=True, help_text="Shown to the customer.")
+    facts = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        # The customer page's one query: an order's public events in order.
+        indexes = [models.Index(fields=["order", "public", "created_at", "id"], name="orderevent_timeline")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(kind__in=OrderEventKind.values), name="orderevent_kind_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of order {self.order_id} by {self.actor}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ValueError("Order events are append-only.")
+        super().save(*args, **kwargs)
+
+    @property
+    def actor(self) -> str:
+        if self.actor_kind == ActorKind.STAFF:
+            return f"staff:{self.actor_name}"
+        if self.actor_kind == ActorKind.JOB:
+            return f"job:{self.job_id}"
+        return self.actor_kind
+
+
+class ShipmentStatus(models.TextChoices):
+    CREATED = "created", "Created"
+    SHIPPED = "shipped", "Shipped"
+    DELIVERED = "delivered", "Delivered"
+
+
+class Shipment(models.Model):
+    """A parcel of some of an order's lines. Staff make it in admin or the warehouse reports it
+    (``warehouse_id`` is then the warehouse's own id: its callback is applied once)."""
+
+    Status = ShipmentStatus
+
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="shipments")
+    warehouse_id = models.CharField(max_length=100, null=True, blank=True, unique=True)
+    carrier = models.CharField(max_length=100, blank=True)
+    tracking_number = models.CharField(max_length=100, blank=True)
+    tracking_url = models.URLField(max_length=500, blank=True)
+    status = models.CharField(max_length=10, choices=ShipmentStatus.choices, default=ShipmentStatus.CREATED)
+    created_at = models.DateTimeField(default=timezone.now)
+    shipped_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    emailed_at = models.DateTimeField(null=True, blank=True, help_text="When the shipping email went out.")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"Shipment {self.pk} of {self.order}"
+
+
+class ShipmentLine(models.Model):
+    shipment = models.ForeignKey(Shipment, on_delete=models.CASCADE, related_name="lines")
+    line = models.ForeignKey(OrderLine, on_delete=models.PROTECT, related_name="shipment_lines")
+    quantity = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["shipment", "line"], name="shipmentline_one_per_line"),
+            models.CheckConstraint(
+                condition=models.Q(quantity__gte=1), name="shipmentline_quantity_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} x {self.line.sku}"
+
+
+class WarehouseEvent(models.Model):
+    """A warehouse callback as it arrived (raw), stored once by its id and applied by a job
+    (``apply_warehouse_event``), like ``PaymentEvent``."""
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "Waiting to be applied"
+        APPLIED = "applied", "Applied"
+        REFUSED = "refused", "Refused"
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    payload = models.JSONField()
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
+    note = models.CharField(max_length=255, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"

@@ -1,18 +1,29 @@
-"""Emails to customers and staff, rendered from templates and sent through Django's email framework
-(``EMAIL_URL``). Each customer email is sent once per order: the ``OrderEmail`` row is checked before
-and written right after the send."""
+"""Emails to customers and staff, rendered from templates (HTML and plain text) and sent through
+Django's email framework (``EMAIL_URL``). Customer emails are transactional: no List-Unsubscribe, no
+marketing. Each is sent once per event: its sent-marker (an ``OrderEmail`` row, or ``emailed_at`` on
+the shipment or credit note) is checked before and written right after the send, with the order's
+``email_sent`` event, by ``orders.services``."""
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
-from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from orders.models import CreditNote, Order, OrderEmail, SalesReport
+from orders import services
+from orders.events import SYSTEM, Actor
+from orders.models import CreditNote, Order, OrderEmail, SalesReport, Shipment
 
 # Orders a customer is told about: paid and not since cancelled or refunded.
-CONFIRMED_STATUSES = {Order.Status.PAID, Order.Status.FULFILLED}
+CONFIRMED_STATUSES = {
+    Order.Status.PAID,
+    Order.Status.FULFILLED,
+    Order.Status.PARTIALLY_SHIPPED,
+    Order.Status.SHIPPED,
+    Order.Status.DELIVERED,
+}
+# Orders whose customer is asked how it went: every unit left (and maybe arrived).
+FOLLOWUP_STATUSES = {Order.Status.SHIPPED, Order.Status.DELIVERED}
 
 
 def _absolute(path: str) -> str:
@@ -33,25 +44,26 @@ def _send(template: str, context: dict, subject: str, to: list[str], attachments
     message.send()
 
 
-def _send_once(order: Order, kind: str, template: str, subject: str) -> bool:
-    if OrderEmail.objects.filter(order=order, kind=kind).exists():
-        return False
-    context = {
+def _context(order: Order, **extra) -> dict:
+    return {
         "order": order,
         "lines": list(order.lines.order_by("sku")),
         "order_url": _absolute(order.get_absolute_url()),
         "shop_name": settings.SHOP_NAME,
+        "shop_url": settings.SHOP_BASE_URL,
+        **extra,
     }
-    _send(template, context, subject, [order.email])
-    try:
-        with transaction.atomic():
-            OrderEmail.objects.create(order=order, kind=kind, recipient=order.email, sent_at=timezone.now())
-    except IntegrityError:
-        pass  # a concurrent run sent it too: the duplicate the at-least-once contract allows
+
+
+def _send_once(order: Order, kind: str, template: str, subject: str, actor: Actor | str) -> bool:
+    if OrderEmail.objects.filter(order=order, kind=kind).exists():
+        return False
+    _send(template, _context(order), subject, [order.email])
+    services.record_email_sent(order, kind, actor=actor, label=OrderEmail.Kind(kind).label)
     return True
 
 
-def send_order_confirmation(order: Order) -> bool:
+def send_order_confirmation(order: Order, *, actor: Actor | str = SYSTEM) -> bool:
     """Email the order confirmation (HTML and plain text); False if it was sent before, or if the
     order was cancelled or refunded before it went out."""
     order.refresh_from_db()
@@ -62,17 +74,51 @@ def send_order_confirmation(order: Order) -> bool:
         OrderEmail.Kind.CONFIRMATION,
         "order_confirmation",
         f"Your order {order.number} at {settings.SHOP_NAME}",
+        actor,
     )
 
 
-def send_followup(order: Order) -> bool:
-    """Ask how the order went, unless it was cancelled or refunded meanwhile (or sent before)."""
+def send_followup(order: Order, *, actor: Actor | str = SYSTEM) -> bool:
+    """Ask how the order went: only once everything shipped (the job waits FOLLOWUP_DELAY after that)
+    or arrived. Checked now, when the job runs: a cancelled or refunded order gets nothing."""
     order.refresh_from_db()
-    if order.status not in CONFIRMED_STATUSES:
+    if order.status not in FOLLOWUP_STATUSES:
         return False
     return _send_once(
-        order, OrderEmail.Kind.FOLLOWUP, "order_followup", f"How was your order {order.number}?"
+        order, OrderEmail.Kind.FOLLOWUP, "order_followup", f"How was your order {order.number}?", actor
     )
+
+
+def send_cancellation(order: Order, *, actor: Actor | str = SYSTEM) -> bool:
+    """Tell the customer their order is cancelled and the money on its way back, once."""
+    order.refresh_from_db()
+    if order.status != Order.Status.CANCELLED:
+        return False
+    return _send_once(
+        order,
+        OrderEmail.Kind.CANCELLATION,
+        "order_cancelled",
+        f"Your order {order.number} at {settings.SHOP_NAME} is cancelled",
+        actor,
+    )
+
+
+def send_shipping(shipment: Shipment, *, actor: Actor | str = SYSTEM) -> bool:
+    """Tell the customer a parcel left, with its tracking link, once per shipment."""
+    shipment.refresh_from_db()
+    if shipment.emailed_at is not None or shipment.shipped_at is None:
+        return False
+    order = shipment.order
+    order.refresh_from_db()
+    items = list(shipment.lines.select_related("line").order_by("line__sku"))
+    context = _context(
+        order, shipment=shipment, items=items, complete=order.status != Order.Status.PARTIALLY_SHIPPED
+    )
+    _send("order_shipped", context, f"Your order {order.number} has shipped", [order.email])
+    services.record_document_email_sent(
+        order, Shipment, shipment.pk, actor=actor, email="shipping", label="Shipping"
+    )
+    return True
 
 
 def send_sales_report(report: SalesReport) -> bool:
@@ -96,20 +142,14 @@ def send_sales_report(report: SalesReport) -> bool:
     return True
 
 
-def send_credit_note(note: CreditNote) -> bool:
+def send_credit_note(note: CreditNote, *, actor: Actor | str = SYSTEM) -> bool:
     """Email the customer their credit note (the refund's document, PDF attached) once; False if sent
     before. The ``emailed_at`` mark is written right after the send."""
     note.refresh_from_db()
     if note.emailed_at is not None:
         return False
     order = note.order
-    context = {
-        "order": order,
-        "note": note,
-        "refund": note.refund,
-        "order_url": _absolute(order.get_absolute_url()),
-        "shop_name": settings.SHOP_NAME,
-    }
+    context = _context(order, note=note, refund=note.refund)
     with note.file.open("rb") as handle:
         pdf = handle.read()
     _send(
@@ -119,7 +159,9 @@ def send_credit_note(note: CreditNote) -> bool:
         [order.email],
         attachments=[(f"{note.number}.pdf", pdf, "application/pdf")],
     )
-    CreditNote.objects.filter(pk=note.pk, emailed_at=None).update(emailed_at=timezone.now())
+    services.record_document_email_sent(
+        order, CreditNote, note.pk, actor=actor, email="credit_note", label="Refund and credit note"
+    )
     return True
 
 

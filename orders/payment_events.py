@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from jobs.api import enqueue
 from orders import services
+from orders.events import SYSTEM, Actor
 from orders.gateways import (
     ChargeResult,
     ChargeStatus,
@@ -66,7 +67,7 @@ def receive_event(payload: bytes, signature: str, *, gateway: PaymentGateway | N
     return Received(stored, duplicate=False)
 
 
-def apply_event(event: PaymentEvent) -> str:
+def apply_event(event: PaymentEvent, *, actor: Actor | str = SYSTEM) -> str:
     """Apply a stored event (idempotent); returns its outcome. Unknown types are marked ignored."""
     if event.outcome != PaymentEvent.Outcome.PENDING:
         return event.outcome
@@ -75,7 +76,7 @@ def apply_event(event: PaymentEvent) -> str:
     if handler is None:
         outcome, note = PaymentEvent.Outcome.IGNORED, f"no handler for {event.type}"
     else:
-        note = handler(obj) or ""
+        note = handler(obj, actor) or ""
         outcome = PaymentEvent.Outcome.APPLIED
     PaymentEvent.objects.filter(pk=event.pk, outcome=PaymentEvent.Outcome.PENDING).update(
         outcome=outcome, note=note[:255], applied_at=timezone.now()
@@ -113,19 +114,19 @@ def _charge_result(obj: dict) -> ChargeResult:
     )
 
 
-def _payment_intent(obj: dict) -> str:
+def _payment_intent(obj: dict, actor: Actor | str) -> str:
     order = _order_of_payment_intent(obj)
     result = _charge_result(obj)
     if result.amount != order.total or result.currency != order.currency:
         raise EventError(
             f"payment {result.reference} is {result.amount} {result.currency}, order {order.total}"
         )
-    services.record_charge(order, result)
+    services.record_charge(order, result, actor=actor)
     order.refresh_from_db()
     return f"order {order.number} is {order.status}"
 
 
-def _refund(obj: dict) -> str:
+def _refund(obj: dict, actor: Actor | str) -> str:
     """refund.updated / refund.failed: the refund row with this reference settles."""
     refund = Refund.objects.filter(gateway_reference=obj.get("id") or "-").first()
     if refund is None:
@@ -133,23 +134,23 @@ def _refund(obj: dict) -> str:
     status = {"succeeded": "succeeded", "failed": "failed", "canceled": "failed"}.get(
         obj.get("status"), "pending"
     )
-    services.record_refund_result(refund, status, reason=str(obj.get("failure_reason") or ""))
+    services.record_refund_result(refund, status, reason=str(obj.get("failure_reason") or ""), actor=actor)
     return f"refund {refund.pk} is {status}"
 
 
-def _charge_refunded(obj: dict) -> str:
+def _charge_refunded(obj: dict, actor: Actor | str) -> str:
     """charge.refunded: every refund listed on the charge settles as the charge says."""
     refunds = ((obj.get("refunds") or {}).get("data")) or []
-    notes = [_refund(item) for item in refunds if isinstance(item, dict)]
+    notes = [_refund(item, actor) for item in refunds if isinstance(item, dict)]
     return "; ".join(notes) or "no refunds listed"
 
 
-def _dispute(obj: dict) -> str:
+def _dispute(obj: dict, actor: Actor | str) -> str:
     reference = obj.get("payment_intent") or obj.get("charge")
     payment = Payment.objects.filter(gateway_reference=reference or "-").select_related("order").first()
     if payment is None:
         raise EventError(f"no payment {reference!r} for the dispute")
-    services.mark_disputed(payment.order, reason=str(obj.get("reason") or "unknown"))
+    services.mark_disputed(payment.order, reason=str(obj.get("reason") or "unknown"), actor=actor)
     return f"order {payment.order.number} disputed"
 
 

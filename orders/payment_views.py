@@ -10,6 +10,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from orders import services
+from orders.events import CUSTOMER
 from orders.gateways import FakeGateway, GatewayError, InvalidSignature, get_gateway
 from orders.models import FakeGatewayCharge, Order
 from orders.payment_events import receive_event
@@ -42,7 +43,9 @@ def payment_return(request: HttpRequest, token: str) -> HttpResponse:
     paid, failed or still processing and keeps updating."""
     order = get_object_or_404(Order, token=token)
     try:
-        services.settle_pending_payment(order, not_charged_reason="The payment was not completed.")
+        services.settle_pending_payment(
+            order, not_charged_reason="The payment was not completed.", actor=CUSTOMER
+        )
     except GatewayError:
         logger.warning("Order %s: the gateway did not answer on the customer's return", order.number)
     return redirect(order)

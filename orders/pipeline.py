@@ -4,18 +4,17 @@ Every job carries a unique key per order and step (``order:<id>:<step>``), so ca
 enqueues nothing more, and the order page finds a step's job by its key.
 """
 
-from datetime import timedelta
+from collections.abc import Iterable
 from typing import Any
 
-from django.conf import settings
+from django.urls import reverse
 
 from jobs.api import HIGH, enqueue, prepare
-from jobs.models import Job, JobStatus
+from jobs.models import Job
 from orders.models import (
-    InventorySync,
-    Invoice,
     Order,
-    OrderEmail,
+    OrderEvent,
+    OrderEventKind,
     OrderMessage,
     WebhookEndpoint,
     WebhookEvent,
@@ -26,13 +25,12 @@ STEPS = [
     ("confirmation", "Confirmation email sent"),
     ("invoice", "Invoice ready"),
     ("inventory", "Inventory synced with the warehouse"),
-    ("fulfilled", "Fulfilled"),
+    ("fulfilled", "Ready to ship"),
 ]
 STATE_LABELS = {
     "done": "Done",
     "waiting": "Waiting",
     "pending": "Up next",
-    "running": "In progress",
     "retrying": "Retrying",
     "delayed": "Delayed",
     "skipped": "Skipped",
@@ -40,7 +38,6 @@ STATE_LABELS = {
 MESSAGES = {
     "waiting": "Waiting for the previous step.",
     "pending": "Coming up shortly.",
-    "running": "In progress.",
     "retrying": "This is taking a little longer than usual. We are retrying automatically.",
     "delayed": "This step is delayed. Our team has been notified and will take care of it.",
     "skipped": "Not needed any more.",
@@ -61,7 +58,8 @@ def on_order_paid(order: Order) -> None:
     if and only if the order is paid.
 
     send_order_confirmation (high priority) releases generate_invoice and sync_inventory when it
-    succeeds; mark_order_fulfilled waits for both. The follow-up email waits FOLLOWUP_DELAY seconds.
+    succeeds; mark_order_fulfilled (ready to ship) waits for both. The follow-up email is enqueued when
+    the order has shipped (``services.create_shipment``), not here.
     """
     ref = {"order_id": order.id}
     invoice = prepare("generate_invoice", ref, unique_key=job_key(order.id, "invoice"))
@@ -80,12 +78,6 @@ def on_order_paid(order: Order) -> None:
             depends_on=[invoice, inventory],
             unique_key=job_key(order.id, "fulfilled"),
         )
-    enqueue(
-        "send_followup_email",
-        ref,
-        delay=timedelta(seconds=settings.FOLLOWUP_DELAY),
-        unique_key=job_key(order.id, "followup"),
-    )
     enqueue_webhooks(order, WebhookEvent.ORDER_PAID)
 
 
@@ -125,60 +117,65 @@ def enqueue_webhooks(order: Order, event: str, **facts: Any) -> list[Job]:
 
 
 # -- progress, for the order page and the API --------------------------------------------------------
+# Read from the order's events (one indexed query), never from job rows: the pipeline's handlers
+# write an event when a step is done or an attempt failed.
+
+STEP_KINDS = {
+    OrderEventKind.INVOICE_ISSUED: "invoice",
+    OrderEventKind.INVENTORY_SYNCED: "inventory",
+    OrderEventKind.READY_TO_SHIP: "fulfilled",
+}
+DEPENDS_ON = {"confirmation": [], "invoice": ["confirmation"], "inventory": ["confirmation"]}
+DEPENDS_ON["fulfilled"] = ["invoice", "inventory"]
+CLOSED = (Order.Status.CANCELLED, Order.Status.REFUNDED)
 
 
-def _job_state(job: Job | None) -> str:
-    if job is None:
-        return "waiting"
-    if job.status in (JobStatus.DEAD, JobStatus.CANCELLED):
-        return "delayed"
-    if job.status in (JobStatus.PENDING, JobStatus.RUNNING) and job.errors:
-        return "retrying"
-    return {JobStatus.BLOCKED: "waiting", JobStatus.RUNNING: "running"}.get(job.status, "pending")
+def pipeline_steps(order: Order, events: Iterable[OrderEvent] | None = None) -> list[dict[str, Any]]:
+    """The state of each customer-visible step: done, waiting, pending, retrying (a failed attempt,
+    another one is scheduled), delayed (gave up; staff must act) or skipped (order cancelled or
+    refunded). Empty until the order is paid. Never carries error text.
 
-
-def pipeline_steps(order: Order) -> list[dict[str, Any]]:
-    """The state of each customer-visible step: done, waiting, pending, running, retrying (a failed
-    attempt, another one is scheduled), delayed (gave up; staff must act) or skipped (order cancelled
-    or refunded). Empty until the order is paid. Never carries error text."""
+    ``events`` are the order's public events, oldest first (read here if not given)."""
     if order.paid_at is None:
         return []
-    done: dict[str, dict[str, Any]] = {}
-    email = OrderEmail.objects.filter(order=order, kind=OrderEmail.Kind.CONFIRMATION).first()
-    if email is not None:
-        done["confirmation"] = {"at": email.sent_at}
-    invoice = Invoice.objects.filter(order=order).first()
-    if invoice is not None:
-        done["invoice"] = {"at": invoice.created_at, "download_url": invoice.get_absolute_url()}
-    sync = InventorySync.objects.filter(order=order).first()
-    if sync is not None:
-        done["inventory"] = {"at": sync.synced_at}
-    if order.status == Order.Status.FULFILLED:
-        done["fulfilled"] = {"at": order.updated_at}
+    if events is None:
+        from orders.events import customer_timeline
 
-    keys = {job_key(order.id, step): step for step, _ in STEPS}
-    latest: dict[str, Job] = {}
-    jobs = Job.objects.filter(unique_key__in=keys).only("id", "status", "errors", "unique_key")
-    for job in jobs.order_by("id"):
-        latest[keys[job.unique_key]] = job
-    closed = order.status in (Order.Status.CANCELLED, Order.Status.REFUNDED)
+        events = customer_timeline(order)
+    done: dict[str, OrderEvent] = {}
+    failed: dict[str, OrderEvent] = {}
+    for event in events:
+        step = STEP_KINDS.get(event.kind)
+        if event.kind == OrderEventKind.EMAIL_SENT and event.facts.get("email") == "confirmation":
+            step = "confirmation"
+        if step is not None:
+            done.setdefault(step, event)
+        elif event.kind == OrderEventKind.STEP_FAILED:
+            failed[event.facts.get("step", "")] = event
+    closed = order.status in CLOSED
 
+    states: dict[str, str] = {}
     steps = []
     for step, label in STEPS:
         if step in done:
-            extra = done[step]
-            entry = {
-                "step": step,
-                "label": label,
-                "state": "done",
-                "message": "",
-                "at": extra["at"].isoformat(),
-            }
-            if "download_url" in extra:
-                entry["download_url"] = extra["download_url"]
+            entry = {"step": step, "label": label, "state": "done", "message": ""}
+            entry["at"] = done[step].created_at.isoformat()
+            if step == "invoice":
+                entry["download_url"] = reverse("order-invoice", args=[order.token])
         else:
-            state = "skipped" if closed else _job_state(latest.get(step))
+            parents = [states[parent] for parent in DEPENDS_ON[step]]
+            if closed:
+                state = "skipped"
+            elif step in failed:
+                state = "delayed" if failed[step].facts.get("final") else "retrying"
+            elif "delayed" in parents:
+                state = "delayed"
+            elif all(parent == "done" for parent in parents):
+                state = "pending"
+            else:
+                state = "waiting"
             entry = {"step": step, "label": label, "state": state, "message": MESSAGES[state], "at": None}
+        states[step] = entry["state"]
         entry["state_label"] = STATE_LABELS[entry["state"]]
         steps.append(entry)
     return steps

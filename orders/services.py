@@ -12,16 +12,29 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 from django.urls import reverse
 from django.utils import timezone
 
 from jobs.api import enqueue
+from orders.events import CUSTOMER, SYSTEM, Actor, Kind, record
 from orders.gateways import ChargeResult, ChargeStatus, GatewayError, PaymentGateway, get_gateway
 from orders.idempotency import Lease
-from orders.models import IdempotencyKey, Order, OrderLine, Payment, RecoveryPoint, Refund, WebhookEvent
+from orders.models import (
+    IdempotencyKey,
+    Order,
+    OrderEmail,
+    OrderEvent,
+    OrderLine,
+    Payment,
+    RecoveryPoint,
+    Refund,
+    Shipment,
+    ShipmentLine,
+    WebhookEvent,
+)
 from orders.pipeline import job_key, on_order_event, on_order_fulfilled, on_order_paid
 from shop import logging as log_context
 from shop.models import Product
@@ -30,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 MAX_QUANTITY = 100
 MAX_LINES = 50
+
+
+def _money(amount) -> str:
+    return f"{Decimal(amount):.2f}"
 
 
 class OrderError(Exception):
@@ -81,6 +98,7 @@ def place_order(
     items: Mapping[str, int],
     payment_token: str,
     lease: Lease | None = None,
+    actor: Actor | str = CUSTOMER,
 ) -> Order:
     """Reserve stock, charge, and record the outcome; return the order, paid or payment_failed.
 
@@ -96,9 +114,11 @@ def place_order(
     """
     gateway = get_gateway()
     if lease is not None and lease.order_id is not None:
-        return _resume(Order.objects.get(pk=lease.order_id), payment_token, lease)
-    order = _reserve(email=email, name=name, shipping_address=shipping_address, items=items, lease=lease)
-    return _charge(gateway, order, payment_token, lease)
+        return _resume(Order.objects.get(pk=lease.order_id), payment_token, lease, actor)
+    order = _reserve(
+        email=email, name=name, shipping_address=shipping_address, items=items, lease=lease, actor=actor
+    )
+    return _charge(gateway, order, payment_token, lease, actor)
 
 
 def decline_reason(order: Order) -> str:
@@ -107,7 +127,7 @@ def decline_reason(order: Order) -> str:
     return payment.decline_reason if payment else "The payment did not go through."
 
 
-def _resume(order: Order, payment_token: str, lease: Lease) -> Order:
+def _resume(order: Order, payment_token: str, lease: Lease, actor: Actor | str) -> Order:
     """The request's retry: settle what the first attempt left. A payment the gateway already answered
     for (its reference is recorded) is asked about by that reference; otherwise the charge is replayed
     with the same idempotency key, which returns the first charge's outcome if there was one and charges
@@ -123,9 +143,9 @@ def _resume(order: Order, payment_token: str, lease: Lease) -> Order:
         except GatewayError as error:
             raise PaymentGatewayError(order, error) from error
         if result is not None:
-            record_charge(order, result)
+            record_charge(order, result, actor=actor)
             return order
-    return _charge(gateway, order, payment_token, lease)
+    return _charge(gateway, order, payment_token, lease, actor)
 
 
 def _retrieve(gateway: PaymentGateway, order: Order) -> ChargeResult | None:
@@ -140,7 +160,9 @@ def _retrieve(gateway: PaymentGateway, order: Order) -> ChargeResult | None:
     )
 
 
-def _charge(gateway: PaymentGateway, order: Order, payment_token: str, lease: Lease | None) -> Order:
+def _charge(
+    gateway: PaymentGateway, order: Order, payment_token: str, lease: Lease | None, actor: Actor | str
+) -> Order:
     if lease is not None:
         with transaction.atomic():
             lease.advance(RecoveryPoint.CHARGE_ATTEMPTED)
@@ -156,7 +178,7 @@ def _charge(gateway: PaymentGateway, order: Order, payment_token: str, lease: Le
         )
     except GatewayError as error:
         try:
-            settle_pending_payment(order, not_charged_reason=f"payment gateway error: {error}")
+            settle_pending_payment(order, not_charged_reason=f"payment gateway error: {error}", actor=actor)
         except GatewayError:
             logger.warning("Order %s left pending_payment: gateway unreachable", order.number)
         waiting = order.payments.filter(status__in=Payment.WAITING).exists()
@@ -165,7 +187,7 @@ def _charge(gateway: PaymentGateway, order: Order, payment_token: str, lease: Le
         ):
             raise PaymentGatewayError(order, error) from error
         return order
-    record_charge(order, result)
+    record_charge(order, result, actor=actor)
     return order
 
 
@@ -176,6 +198,7 @@ def _reserve(
     shipping_address: ShippingAddress,
     items: Mapping[str, int],
     lease: Lease | None = None,
+    actor: Actor | str = CUSTOMER,
 ) -> Order:
     if not items:
         raise InvalidOrder("The order has no lines.")
@@ -227,16 +250,18 @@ def _reserve(
             )
             for sku, quantity in sorted(items.items())
         )
+        record(order, Kind.PLACED, actor, total=_money(order.total), currency=currency)
+        record(order, Kind.STOCK_RESERVED, actor, lines=dict(sorted(items.items())))
         if lease is not None:
             lease.advance(RecoveryPoint.RESERVED, order=order)
     return order
 
 
-def record_charge(order: Order, result: ChargeResult) -> None:
+def record_charge(order: Order, result: ChargeResult, *, actor: Actor | str = SYSTEM) -> None:
     """Record what the gateway says of the order's charge. Safe to call again with the same answer, and
     with answers in any order (the customer's return, the provider's webhook, reconciliation)."""
     if result.status in (ChargeStatus.SUCCEEDED, ChargeStatus.AUTHORIZED):
-        if mark_paid(order, result) or _holds(order, result.reference):
+        if mark_paid(order, result, actor=actor) or _holds(order, result.reference):
             return
         # The order was settled as failed, expired or cancelled while the charge was in flight: the
         # customer must not pay for an order we no longer honour.
@@ -249,10 +274,10 @@ def record_charge(order: Order, result: ChargeResult) -> None:
         else:
             gateway.refund(result.reference, idempotency_key=f"{order.number}-refund")
     elif result.status in (ChargeStatus.REQUIRES_ACTION, ChargeStatus.PROCESSING):
-        mark_payment_waiting(order, result)
+        mark_payment_waiting(order, result, actor=actor)
     else:
         reason = result.decline_reason or "The payment was canceled."
-        mark_payment_failed(order, reason, charge_result=result)
+        mark_payment_failed(order, reason, charge_result=result, actor=actor)
 
 
 def _holds(order: Order, reference: str) -> bool:
@@ -261,7 +286,7 @@ def _holds(order: Order, reference: str) -> bool:
     return order.payments.filter(gateway_reference=reference, status__in=held).exists()
 
 
-def mark_paid(order: Order, charge_result: ChargeResult) -> bool:
+def mark_paid(order: Order, charge_result: ChargeResult, *, actor: Actor | str = SYSTEM) -> bool:
     """pending_payment -> paid, recording the payment and enqueuing the pipeline in one transaction.
 
     Returns False (and changes nothing) if the order was no longer pending_payment.
@@ -279,12 +304,14 @@ def mark_paid(order: Order, charge_result: ChargeResult) -> bool:
         order.refresh_from_db()
         if not changed:
             return False
-        _record_payment(order, charge_result, status)
+        payment = _record_payment(order, charge_result, status)
+        kind = Kind.PAYMENT_AUTHORIZED if status == Payment.Status.AUTHORIZED else Kind.PAYMENT_CAPTURED
+        record(order, kind, actor, amount=_money(payment.amount), currency=payment.currency)
         on_order_paid(order)
     return True
 
 
-def mark_payment_waiting(order: Order, charge_result: ChargeResult) -> bool:
+def mark_payment_waiting(order: Order, charge_result: ChargeResult, *, actor: Actor | str = SYSTEM) -> bool:
     """The payment waits for the customer (3-D Secure) or the bank (processing): the order stays
     pending_payment with its stock reserved until ``settings.PAYMENT_RESERVATION_TTL``, when the
     ``expire_unpaid_order`` job enqueued here gives it up. Returns False if the order was settled."""
@@ -292,7 +319,15 @@ def mark_payment_waiting(order: Order, charge_result: ChargeResult) -> bool:
         if not Order.objects.filter(pk=order.pk, status=Order.Status.PENDING_PAYMENT).exists():
             order.refresh_from_db()
             return False
-        _record_payment(order, charge_result, charge_result.status)
+        before = order.payments.filter(gateway_reference=charge_result.reference).first()
+        payment = _record_payment(order, charge_result, charge_result.status)
+        if before is None or before.status != payment.status:
+            kind = (
+                Kind.PAYMENT_REQUIRES_ACTION
+                if payment.status == Payment.Status.REQUIRES_ACTION
+                else Kind.PAYMENT_PROCESSING
+            )
+            record(order, kind, actor)
         enqueue(
             "expire_unpaid_order",
             {"order_id": order.id},
@@ -303,7 +338,9 @@ def mark_payment_waiting(order: Order, charge_result: ChargeResult) -> bool:
     return True
 
 
-def mark_payment_failed(order: Order, reason: str, *, charge_result: ChargeResult | None = None) -> bool:
+def mark_payment_failed(
+    order: Order, reason: str, *, charge_result: ChargeResult | None = None, actor: Actor | str = SYSTEM
+) -> bool:
     """pending_payment -> payment_failed, releasing the stock in the same transaction.
 
     ``charge_result`` is the declined charge, if the gateway answered. Returns False (and changes
@@ -314,7 +351,8 @@ def mark_payment_failed(order: Order, reason: str, *, charge_result: ChargeResul
             status=Order.Status.PAYMENT_FAILED, updated_at=timezone.now()
         )
         if changed:
-            _release_stock(order)
+            record(order, Kind.PAYMENT_FAILED, actor, reason=reason[:255])
+            _release_stock(order, actor)
             if charge_result is None:
                 status = Payment.Status.FAILED
             elif charge_result.status == ChargeStatus.CANCELED:
@@ -360,7 +398,9 @@ def _record_payment(
     )
 
 
-def settle_pending_payment(order: Order, *, not_charged_reason: str = "payment not completed") -> Order:
+def settle_pending_payment(
+    order: Order, *, not_charged_reason: str = "payment not completed", actor: Actor | str = SYSTEM
+) -> Order:
     """Ask the gateway what became of a pending order's charge and record it.
 
     No record at the gateway means the charge never happened: the order fails with
@@ -371,13 +411,13 @@ def settle_pending_payment(order: Order, *, not_charged_reason: str = "payment n
         return order
     result = _retrieve(get_gateway(), order)
     if result is None:
-        mark_payment_failed(order, not_charged_reason)
+        mark_payment_failed(order, not_charged_reason, actor=actor)
     else:
-        record_charge(order, result)
+        record_charge(order, result, actor=actor)
     return order
 
 
-def expire_unpaid_order(order: Order) -> Order:
+def expire_unpaid_order(order: Order, *, actor: Actor | str = SYSTEM) -> Order:
     """The payment of a pending order did not settle within ``PAYMENT_RESERVATION_TTL``: cancel it at
     the gateway and release the stock once (the order becomes expired). A payment that succeeded
     meanwhile wins: the gateway is asked first, and its answer recorded."""
@@ -391,7 +431,7 @@ def expire_unpaid_order(order: Order) -> Order:
     else:
         result = _retrieve(gateway, order)
     if result is not None and result.status != ChargeStatus.CANCELED:
-        record_charge(order, result)
+        record_charge(order, result, actor=actor)
         order.refresh_from_db()
         if order.status != Order.Status.PENDING_PAYMENT:
             return order
@@ -400,7 +440,8 @@ def expire_unpaid_order(order: Order) -> Order:
             status=Order.Status.EXPIRED, updated_at=timezone.now()
         )
         if changed:
-            _release_stock(order)
+            record(order, Kind.EXPIRED, actor)
+            _release_stock(order, actor)
             if payment is not None:
                 Payment.objects.filter(pk=payment.pk).update(
                     status=Payment.Status.CANCELED, updated_at=timezone.now()
@@ -411,15 +452,16 @@ def expire_unpaid_order(order: Order) -> Order:
     return order
 
 
-def mark_fulfilled(order: Order) -> bool:
-    """paid -> fulfilled (the goods left the warehouse), enqueuing the order.fulfilled webhooks in the
-    same transaction. Returns False if the order was not paid."""
+def mark_fulfilled(order: Order, *, actor: Actor | str = SYSTEM) -> bool:
+    """paid -> ready to ship (stored as "fulfilled": invoice and inventory are done), enqueuing the
+    order.fulfilled webhooks in the same transaction. Returns False if the order was not paid."""
     with transaction.atomic():
         changed = Order.objects.filter(pk=order.pk, status=Order.Status.PAID).update(
             status=Order.Status.FULFILLED, updated_at=timezone.now()
         )
         order.refresh_from_db()
         if changed:
+            record(order, Kind.READY_TO_SHIP, actor)
             on_order_fulfilled(order)
     return bool(changed)
 
@@ -428,12 +470,12 @@ class InvalidRefund(InvalidTransition):
     pass
 
 
-def refund(order: Order, *, actor: str = "system", reason: str = "Refunded by staff") -> Order:
-    """Return all the customer's money still captured for a paid or fulfilled order. The order becomes
-    refunded when the refund succeeds (a job calls the gateway).
+def refund(order: Order, *, actor: Actor | str = SYSTEM, reason: str = "Refunded by staff") -> Order:
+    """Return all the customer's money still captured for a paid or ready-to-ship order. The order
+    becomes refunded when the refund succeeds (a job calls the gateway).
 
-    Stock comes back only if the goods never left (the order was paid, not yet fulfilled); returned
-    goods of a fulfilled order are restocked by hand.
+    Stock comes back only if the goods never left (the order was paid, not yet ready to ship); returned
+    goods are restocked by hand.
     """
     order.refresh_from_db()
     if order.status not in (Order.Status.PAID, Order.Status.FULFILLED):
@@ -443,24 +485,42 @@ def refund(order: Order, *, actor: str = "system", reason: str = "Refunded by st
     return order
 
 
-def cancel_order(order: Order, *, actor: str = "system", reason: str = "Cancelled") -> Order:
-    """Cancel a paid order before it is fulfilled: the order is cancelled and its stock released at once
-    (nothing will ship), and its whole payment refunded by a job.
+CANCELLABLE = (Order.Status.PAID, Order.Status.FULFILLED)
+
+
+def can_cancel(order: Order) -> bool:
+    """Paid or ready to ship, and nothing shipped or packed: a shipment, even one not yet handed to the
+    carrier, means the goods are on their way out."""
+    return order.status in CANCELLABLE and not order.shipments.exists()
+
+
+def cancel_order(order: Order, *, actor: Actor | str = SYSTEM, reason: str = "Cancelled") -> Order:
+    """Cancel a paid or ready-to-ship order before anything ships: the order is cancelled and its stock
+    released at once (nothing will ship), its whole payment refunded by a job, and the customer told
+    by email and the endpoints by order.cancelled.
 
     An order still pending_payment cannot be cancelled (its charge may be in flight); settle it first.
-    A payment_failed order needs no cancelling: it holds neither money nor stock.
+    A payment_failed order needs no cancelling: it holds neither money nor stock. An order with a
+    shipment cannot be cancelled any more (the shipment is created under the same row lock).
     """
     with transaction.atomic():
         locked = Order.objects.select_for_update().get(pk=order.pk)
-        if locked.status != Order.Status.PAID:
+        if locked.status not in CANCELLABLE:
             order.refresh_from_db()
             raise InvalidTransition(f"Order {order.number} is {locked.get_status_display().lower()}.")
+        if locked.shipments.exists():
+            order.refresh_from_db()
+            raise InvalidTransition(f"Order {order.number} has a shipment; it can no longer be cancelled.")
         Order.objects.filter(pk=order.pk).update(status=Order.Status.CANCELLED, updated_at=timezone.now())
-        _release_stock(locked)
+        record(locked, Kind.CANCELLED, actor, reason=reason[:255])
+        _release_stock(locked, actor)
         order.refresh_from_db()
         if _captured(order) is not None:
             request_refund(order, actor=actor, reason=reason)
         on_order_event(order, WebhookEvent.ORDER_CANCELLED)
+        enqueue(
+            "send_cancellation_email", {"order_id": order.id}, unique_key=job_key(order.id, "cancellation")
+        )
     order.refresh_from_db()
     return order
 
@@ -486,7 +546,7 @@ def refundable(order: Order) -> tuple[Payment | None, Decimal, dict[str, int]]:
 def request_refund(
     order: Order,
     *,
-    actor: str,
+    actor: Actor | str,
     reason: str,
     amount: Decimal | None = None,
     lines: Mapping[str, int] | None = None,
@@ -525,14 +585,28 @@ def request_refund(
             currency=payment.currency,
             lines=dict(lines or {}),
             reason=reason.strip()[:255],
-            actor=actor[:200],
+            actor=str(Actor.of(actor))[:200],
             restock=restock,
         )
+        _record_refund_requested(refund, actor)
         enqueue("process_refund", {"refund_id": refund.id}, unique_key=f"refund:{refund.id}")
     return refund
 
 
-def process_refund(refund: Refund) -> Refund:
+def _record_refund_requested(refund: Refund, actor: Actor | str) -> None:
+    record(
+        refund.order_id,
+        Kind.REFUND_REQUESTED,
+        actor,
+        refund=refund.pk,
+        amount=_money(refund.amount),
+        currency=refund.currency,
+        lines=refund.lines,
+        reason=refund.reason,
+    )
+
+
+def process_refund(refund: Refund, *, actor: Actor | str = SYSTEM) -> Refund:
     """Call the gateway for a pending refund (the refund row is the idempotency key, so a retry after a
     timeout or a crash never refunds twice) and record its answer. GatewayError propagates: retry."""
     refund.refresh_from_db()
@@ -542,11 +616,11 @@ def process_refund(refund: Refund) -> Refund:
         refund.payment.gateway_reference, idempotency_key=f"refund-{refund.id}", amount=refund.amount
     )
     return record_refund_result(
-        refund, result.status, reference=result.reference, reason=result.failure_reason
+        refund, result.status, reference=result.reference, reason=result.failure_reason, actor=actor
     )
 
 
-def retry_refund(refund: Refund, *, actor: str) -> Refund:
+def retry_refund(refund: Refund, *, actor: Actor | str) -> Refund:
     """Staff try a failed refund again: back to pending, with a new job (and a new idempotency key)."""
     with transaction.atomic():
         locked = Order.objects.select_for_update().get(pk=refund.order_id)
@@ -563,14 +637,17 @@ def retry_refund(refund: Refund, *, actor: str) -> Refund:
             currency=refund.currency,
             lines=refund.lines,
             reason=f"{refund.reason} (retry of refund {refund.pk})"[:255],
-            actor=actor[:200],
+            actor=str(Actor.of(actor))[:200],
             restock=refund.restock,
         )
+        _record_refund_requested(attempt, actor)
         enqueue("process_refund", {"refund_id": attempt.id}, unique_key=f"refund:{attempt.id}")
     return attempt
 
 
-def record_refund_result(refund: Refund, status: str, *, reference: str = "", reason: str = "") -> Refund:
+def record_refund_result(
+    refund: Refund, status: str, *, reference: str = "", reason: str = "", actor: Actor | str = SYSTEM
+) -> Refund:
     """pending -> succeeded or failed (a "pending" answer waits for the provider's webhook), once. A
     succeeded refund moves the payment's status by the sum of refunds, refunds the order when all is
     returned, releases the stock it was asked to, and issues a credit note and an order.refunded event."""
@@ -583,10 +660,9 @@ def record_refund_result(refund: Refund, status: str, *, reference: str = "", re
             refund.refresh_from_db()
             return refund
         if status != "succeeded":
-            Refund.objects.filter(pk=refund.pk).update(
-                status=Refund.Status.FAILED,
-                failure_reason=(reason or "The gateway refused the refund.")[:255],
-            )
+            failure = (reason or "The gateway refused the refund.")[:255]
+            Refund.objects.filter(pk=refund.pk).update(status=Refund.Status.FAILED, failure_reason=failure)
+            record(locked, Kind.REFUND_FAILED, actor, refund=refund.pk, reason=failure)
             refund.refresh_from_db()
             return refund
         Refund.objects.filter(pk=refund.pk).update(status=Refund.Status.SUCCEEDED)
@@ -599,8 +675,16 @@ def record_refund_result(refund: Refund, status: str, *, reference: str = "", re
             status=Payment.Status.REFUNDED if whole else Payment.Status.PARTIALLY_REFUNDED,
             updated_at=timezone.now(),
         )
+        record(
+            locked,
+            Kind.REFUND_SUCCEEDED,
+            actor,
+            refund=refund.pk,
+            amount=_money(refund.amount),
+            currency=refund.currency,
+        )
         if refund.restock:
-            _release_stock(locked)
+            _release_stock(locked, actor)
         if whole and locked.status in (Order.Status.PAID, Order.Status.FULFILLED):
             Order.objects.filter(pk=locked.pk).update(status=Order.Status.REFUNDED, updated_at=timezone.now())
         enqueue("issue_credit_note", {"refund_id": refund.id}, unique_key=f"refund:{refund.id}:credit-note")
@@ -610,7 +694,7 @@ def record_refund_result(refund: Refund, status: str, *, reference: str = "", re
     return refund
 
 
-def capture_payment(order: Order) -> Payment | None:
+def capture_payment(order: Order, *, actor: Actor | str = SYSTEM) -> Payment | None:
     """Capture the order's authorized payment (PAYMENT_CAPTURE=on_fulfilment), once; the goods ship only
     after this. GatewayError propagates: a capture the gateway refuses is for staff to look at."""
     payment = order.payments.filter(status=Payment.Status.AUTHORIZED).order_by("-id").first()
@@ -619,14 +703,20 @@ def capture_payment(order: Order) -> Payment | None:
     result = get_gateway().capture(payment.gateway_reference, idempotency_key=f"{order.number}-capture")
     if result.status != ChargeStatus.SUCCEEDED:
         raise GatewayError(f"capture of {payment.gateway_reference} ended {result.status}")
-    Payment.objects.filter(pk=payment.pk, status=Payment.Status.AUTHORIZED).update(
-        status=Payment.Status.SUCCEEDED, updated_at=timezone.now()
-    )
+    with transaction.atomic():
+        if Payment.objects.filter(pk=payment.pk, status=Payment.Status.AUTHORIZED).update(
+            status=Payment.Status.SUCCEEDED, updated_at=timezone.now()
+        ):
+            record(
+                order, Kind.PAYMENT_CAPTURED, actor, amount=_money(payment.amount), currency=payment.currency
+            )
     payment.refresh_from_db()
     return payment
 
 
-def mark_disputed(order: Order, *, reason: str, amount: Decimal | None = None) -> bool:
+def mark_disputed(
+    order: Order, *, reason: str, amount: Decimal | None = None, actor: Actor | str = SYSTEM
+) -> bool:
     """The customer's bank opened a dispute: the order is marked, staff are told by email and the
     order.disputed event is sent, once. Returns False if it was marked already."""
     with transaction.atomic():
@@ -634,17 +724,20 @@ def mark_disputed(order: Order, *, reason: str, amount: Decimal | None = None) -
         if not Order.objects.filter(pk=order.pk, disputed_at=None).update(disputed_at=now, updated_at=now):
             return False
         order.refresh_from_db()
+        record(order, Kind.DISPUTED, actor, reason=reason[:255])
         on_order_event(order, WebhookEvent.ORDER_DISPUTED, dispute={"reason": reason})
         enqueue("notify_staff_of_dispute", {"order_id": order.id}, unique_key=job_key(order.id, "dispute"))
     return True
 
 
-def _release_stock(order: Order) -> None:
+def _release_stock(order: Order, actor: Actor | str) -> None:
     """Give an order's stock back, at most once. Call inside the transaction that changes its status."""
     if not Order.objects.filter(pk=order.pk, stock_reserved=True).update(stock_reserved=False):
         return
-    for line in order.lines.order_by("sku"):
+    lines = list(order.lines.order_by("sku"))
+    for line in lines:
         Product.objects.filter(pk=line.product_id).update(stock=F("stock") + line.quantity)
+    record(order, Kind.STOCK_RELEASED, actor, lines={line.sku: line.quantity for line in lines})
 
 
 def purge_idempotency_keys(*, older_than: timedelta = timedelta(hours=24)) -> int:
@@ -654,7 +747,9 @@ def purge_idempotency_keys(*, older_than: timedelta = timedelta(hours=24)) -> in
     return deleted
 
 
-def reconcile_pending_payments(*, older_than: timedelta = timedelta(minutes=1)) -> dict[str, int]:
+def reconcile_pending_payments(
+    *, older_than: timedelta = timedelta(minutes=1), actor: Actor | str = SYSTEM
+) -> dict[str, int]:
     """Settle with the gateway every order left in pending_payment for longer than ``older_than`` (a
     crash between reserving and recording the charge), so that none holds stock or money for long.
 
@@ -673,7 +768,9 @@ def reconcile_pending_payments(*, older_than: timedelta = timedelta(minutes=1)) 
     )
     for order in stuck:
         try:
-            settle_pending_payment(order, not_charged_reason="payment not completed (reconciled)")
+            settle_pending_payment(
+                order, not_charged_reason="payment not completed (reconciled)", actor=actor
+            )
         except GatewayError as exc:
             logger.warning("Order %s still pending_payment: gateway unreachable (%s)", order.number, exc)
             counts["unreachable"] += 1
@@ -681,3 +778,273 @@ def reconcile_pending_payments(*, older_than: timedelta = timedelta(minutes=1)) 
         if order.status in counts:
             counts[order.status] += 1
     return counts
+
+
+# -- shipments ------------------------------------------------------------------------------------------
+
+
+class InvalidShipment(InvalidTransition):
+    pass
+
+
+SHIPPABLE = (Order.Status.FULFILLED, Order.Status.PARTIALLY_SHIPPED)
+
+
+def unshipped(order: Order) -> dict[str, int]:
+    """SKU -> quantity not yet in any shipment (packed, shipped or delivered)."""
+    left = {line.sku: line.quantity for line in order.lines.all()}
+    for item in ShipmentLine.objects.filter(shipment__order=order).select_related("line"):
+        left[item.line.sku] -= item.quantity
+    return left
+
+
+def create_shipment(
+    order: Order,
+    *,
+    lines: Mapping[str, int],
+    actor: Actor | str,
+    carrier: str = "",
+    tracking_number: str = "",
+    tracking_url: str = "",
+    warehouse_id: str | None = None,
+    shipped: bool = False,
+) -> Shipment:
+    """A shipment of some of a ready-to-ship order's lines (SKU -> quantity), never more than is left to
+    ship, checked under the order's row lock (so two staff, or staff and the warehouse, cannot ship one
+    line twice, nor ship an order a customer is cancelling). ``shipped`` hands it to the carrier at
+    once. Raises InvalidShipment with a message for staff or the warehouse."""
+    if not lines:
+        raise InvalidShipment("Pick at least one line to ship.")
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=order.pk)
+        if locked.status not in SHIPPABLE:
+            raise InvalidShipment(
+                f"Order {locked.number} is {locked.get_status_display().lower()}; only orders ready to "
+                "ship or partially shipped can ship."
+            )
+        by_sku = {line.sku: line for line in locked.lines.all()}
+        left = unshipped(locked)
+        for sku, quantity in lines.items():
+            if sku not in by_sku:
+                raise InvalidShipment(f"Order {locked.number} has no line {sku}.")
+            if not isinstance(quantity, int) or quantity < 1:
+                raise InvalidShipment(f"The quantity of {sku} must be a whole number of at least 1.")
+            if quantity > left[sku]:
+                raise InvalidShipment(
+                    f"Only {left[sku]} of {sku} left to ship ({by_sku[sku].quantity} ordered), "
+                    f"{quantity} requested."
+                )
+        shipment = Shipment.objects.create(
+            order=locked,
+            warehouse_id=warehouse_id,
+            carrier=carrier[:100],
+            tracking_number=tracking_number[:100],
+            tracking_url=tracking_url[:500],
+        )
+        ShipmentLine.objects.bulk_create(
+            ShipmentLine(shipment=shipment, line=by_sku[sku], quantity=q) for sku, q in sorted(lines.items())
+        )
+        record(
+            locked,
+            Kind.SHIPMENT_CREATED,
+            actor,
+            shipment=shipment.pk,
+            lines=dict(sorted(lines.items())),
+            carrier=shipment.carrier,
+        )
+        if shipped:
+            _ship(locked, shipment, actor)
+    shipment.refresh_from_db()
+    order.refresh_from_db()
+    return shipment
+
+
+def mark_shipment_shipped(
+    shipment: Shipment,
+    *,
+    actor: Actor | str,
+    carrier: str = "",
+    tracking_number: str = "",
+    tracking_url: str = "",
+) -> bool:
+    """created -> shipped, once: the order moves to partially shipped or shipped, the customer gets a
+    shipping email (a job) and the endpoints order.shipped. Returns False if it had shipped already."""
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=shipment.order_id)
+        shipment.refresh_from_db()
+        if shipment.status != Shipment.Status.CREATED:
+            return False
+        tracking = {
+            "carrier": carrier[:100],
+            "tracking_number": tracking_number[:100],
+            "tracking_url": tracking_url[:500],
+        }
+        tracking = {name: value for name, value in tracking.items() if value}
+        if tracking:
+            Shipment.objects.filter(pk=shipment.pk).update(**tracking)
+            shipment.refresh_from_db()
+        _ship(locked, shipment, actor)
+    shipment.refresh_from_db()
+    return True
+
+
+def _ship(order: Order, shipment: Shipment, actor: Actor | str) -> None:
+    now = timezone.now()
+    if not Shipment.objects.filter(pk=shipment.pk, status=Shipment.Status.CREATED).update(
+        status=Shipment.Status.SHIPPED, shipped_at=now
+    ):
+        return
+    shipment.refresh_from_db()
+    status = _settle_shipping_status(order)
+    record(
+        order,
+        Kind.SHIPMENT_SHIPPED,
+        actor,
+        shipment=shipment.pk,
+        carrier=shipment.carrier,
+        tracking_number=shipment.tracking_number,
+        tracking_url=shipment.tracking_url,
+        status=status,
+    )
+    order.refresh_from_db()
+    on_order_event(order, WebhookEvent.ORDER_SHIPPED, shipment=_shipment_fact(shipment))
+    enqueue("send_shipping_email", {"shipment_id": shipment.pk}, unique_key=f"shipment:{shipment.pk}:email")
+    if status == Order.Status.SHIPPED:
+        enqueue(
+            "send_followup_email",
+            {"order_id": order.id},
+            delay=timedelta(seconds=settings.FOLLOWUP_DELAY),
+            unique_key=job_key(order.id, "followup"),
+        )
+
+
+def mark_shipment_delivered(shipment: Shipment, *, actor: Actor | str) -> bool:
+    """shipped -> delivered, once (a shipment still packed is shipped first); the order is delivered when
+    every line shipped and every shipment is delivered. Sends order.delivered. False if it was already."""
+    with transaction.atomic():
+        locked = Order.objects.select_for_update().get(pk=shipment.order_id)
+        shipment.refresh_from_db()
+        if shipment.status == Shipment.Status.CREATED:
+            _ship(locked, shipment, actor)
+        if not Shipment.objects.filter(pk=shipment.pk, status=Shipment.Status.SHIPPED).update(
+            status=Shipment.Status.DELIVERED, delivered_at=timezone.now()
+        ):
+            return False
+        shipment.refresh_from_db()
+        status = _settle_shipping_status(locked)
+        record(locked, Kind.SHIPMENT_DELIVERED, actor, shipment=shipment.pk, status=status)
+        locked.refresh_from_db()
+        on_order_event(locked, WebhookEvent.ORDER_DELIVERED, shipment=_shipment_fact(shipment))
+    return True
+
+
+def _shipment_fact(shipment: Shipment) -> dict:
+    return {
+        "id": shipment.pk,
+        "status": shipment.status,
+        "carrier": shipment.carrier,
+        "tracking_number": shipment.tracking_number,
+        "tracking_url": shipment.tracking_url,
+        "lines": {item.line.sku: item.quantity for item in shipment.lines.select_related("line")},
+    }
+
+
+def _settle_shipping_status(order: Order) -> str:
+    """The order's status from its shipments: partially shipped while some units have not left, shipped
+    when every unit left, delivered when every unit left and every shipment arrived. Call under the
+    order's row lock."""
+    ordered = {line.pk: line.quantity for line in order.lines.all()}
+    left = dict(ordered)
+    all_delivered = True
+    for shipment in order.shipments.prefetch_related("lines"):
+        if shipment.status == Shipment.Status.CREATED:
+            continue
+        all_delivered &= shipment.status == Shipment.Status.DELIVERED
+        for item in shipment.lines.all():
+            left[item.line_id] -= item.quantity
+    if any(left.values()):
+        status = Order.Status.PARTIALLY_SHIPPED
+    elif all_delivered:
+        status = Order.Status.DELIVERED
+    else:
+        status = Order.Status.SHIPPED
+    Order.objects.filter(pk=order.pk).update(status=status, updated_at=timezone.now())
+    return status
+
+
+# -- what the pipeline's jobs record -------------------------------------------------------------------
+
+
+def add_staff_note(order: Order, *, actor: Actor | str, text: str) -> OrderEvent:
+    """A staff member's note on the order's history (never shown to the customer)."""
+    text = text.strip()
+    if not text:
+        raise InvalidTransition("The note is empty.")
+    with transaction.atomic():
+        return record(order, Kind.STAFF_NOTE, actor, text=text[:2000])
+
+
+def record_email_sent(order: Order, kind: str, *, actor: Actor | str, label: str) -> bool:
+    """The customer email of ``kind`` went out: its sent-marker and its event, together. False if a
+    concurrent run recorded it first (the duplicate the at-least-once contract allows)."""
+    try:
+        with transaction.atomic():
+            OrderEmail.objects.create(order=order, kind=kind, recipient=order.email, sent_at=timezone.now())
+            record(order, Kind.EMAIL_SENT, actor, email=kind, label=label)
+    except IntegrityError:
+        return False
+    return True
+
+
+def record_document_email_sent(
+    order: Order, model, pk: int, *, actor: Actor | str, email: str, label: str
+) -> bool:
+    """A shipping or credit-note email went out: ``emailed_at`` on its row and the event, once."""
+    with transaction.atomic():
+        if not model.objects.filter(pk=pk, emailed_at=None).update(emailed_at=timezone.now()):
+            return False
+        record(order, Kind.EMAIL_SENT, actor, email=email, label=label)
+    return True
+
+
+def record_invoice_issued(invoice, *, actor: Actor | str) -> None:
+    """Call in the transaction that stores the invoice."""
+    record(invoice.order_id, Kind.INVOICE_ISSUED, actor, invoice=invoice.number)
+
+
+def record_credit_note_issued(note, *, actor: Actor | str) -> None:
+    """Call in the transaction that stores the credit note."""
+    record(note.order_id, Kind.CREDIT_NOTE_ISSUED, actor, credit_note=note.number, refund=note.refund_id)
+
+
+def record_inventory_synced(sync, *, actor: Actor | str) -> None:
+    """Call in the transaction that stores the sync."""
+    record(sync.order_id, Kind.INVENTORY_SYNCED, actor, response_status=sync.response_status)
+
+
+def record_webhook_delivery(delivery, *, actor: Actor | str) -> None:
+    """Call in the transaction that stores the delivery."""
+    record(
+        delivery.order_id,
+        Kind.WEBHOOK_DELIVERED,
+        actor,
+        event=delivery.event,
+        endpoint=delivery.endpoint_id,
+        delivery=delivery.pk,
+        response_status=delivery.response_status,
+    )
+
+
+def record_webhook_refused(
+    order_id: int, endpoint_id: int, event: str, error: str, *, actor: Actor | str
+) -> None:
+    """An endpoint refused an event for good (4xx): staff see it in the history."""
+    with transaction.atomic():
+        record(order_id, Kind.WEBHOOK_REFUSED, actor, event=event, endpoint=endpoint_id, error=error[:255])
+
+
+def record_step_failed(order_id: int, step: str, *, actor: Actor | str, attempt: int, final: bool) -> None:
+    """A pipeline step's attempt failed; ``final`` when no attempt is left. The customer sees "being
+    retried" or "delayed", never the error (staff find it on the job, linked from the event)."""
+    with transaction.atomic():
+        record(order_id, Kind.STEP_FAILED, actor, step=step, attempt=attempt, final=final)

@@ -6,9 +6,11 @@ urlpatterns = [
     path("checkout/", views.checkout, name="checkout"),
     path("orders/", views.create_order, name="order-create"),
     path("orders/<str:token>/", views.order_detail, name="order-detail"),
+    path("orders/<str:token>/cancel", views.order_cancel, name="order-cancel"),
     path("orders/<str:token>/invoice.pdf", views.invoice_download, name="order-invoice"),
     path("orders/<str:token>/payment-return", payment_views.payment_return, name="order-payment-return"),
     path("webhooks/stripe", payment_views.stripe_webhook, name="stripe-webhook"),
+    path("webhooks/warehouse", api.warehouse_webhook, name="warehouse-webhook"),
     path(
         "fake-gateway/authenticate/<str:reference>/",
         payment_views.fake_authenticate,

@@ -7,9 +7,10 @@ import time
 from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from orders import idempotency, services
+from orders.events import CUSTOMER, customer_timeline, customer_view, shown_to_customer
 from orders.forms import CheckoutForm
 from orders.models import IdempotencyKey, Invoice, Order, Payment
 from orders.pipeline import pipeline_steps
@@ -150,15 +151,42 @@ def _checkout_answer(
 
 @require_GET
 def order_detail(request: HttpRequest, token: str) -> HttpResponse:
+    """The customer's order page: its progress, history and shipments come from the order's events and
+    shipment rows (a fixed number of queries), never from job rows."""
     order = get_object_or_404(Order, token=token)
+    events = customer_timeline(order)
+    shipments = list(order.shipments.prefetch_related("lines__line"))
     context = {
         "order": order,
         "lines": order.lines.all(),
         "payment": order.payments.order_by("-created_at", "-id").first(),
-        "steps": pipeline_steps(order),
+        "steps": pipeline_steps(order, events),
+        "events": [customer_view(event) for event in shown_to_customer(events)],
+        "shipments": shipments,
+        "can_cancel": order.status in services.CANCELLABLE and not shipments,
         "status_labels": dict(Order.Status.choices),
     }
     return render(request, "orders/order_detail.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+def order_cancel(request: HttpRequest, token: str) -> HttpResponse:
+    """The customer cancels their order: a confirmation page (GET), then the cancellation (POST, with
+    the CSRF token). Refused, with the reason, once anything has shipped."""
+    order = get_object_or_404(Order, token=token)
+    error = ""
+    if request.method == "POST":
+        try:
+            services.cancel_order(order, actor=CUSTOMER, reason="Cancelled by the customer")
+        except services.InvalidTransition:
+            error = "This order can no longer be cancelled: it has shipped or is not paid."
+        else:
+            return redirect(order)
+    elif not services.can_cancel(order):
+        error = "This order can no longer be cancelled: it has shipped or is not paid."
+    return render(
+        request, "orders/order_cancel.html", {"order": order, "error": error}, status=409 if error else 200
+    )
 
 
 @require_GET

@@ -55,7 +55,8 @@ def event_body(
     Its id is ``<event>:<number>``, with the message's id added for a later event of the same kind (a
     second partial refund); ``created`` is when it happened."""
     data = order_to_dict(order)
-    data.pop("pipeline", None)
+    for live in ("pipeline", "events", "settled", "can_cancel"):  # the page's, not the event's
+        data.pop(live, None)
     event_id = f"{event}:{order.number}" + (f":{message.pk}" if message is not None else "")
     at = created.timestamp() if created is not None else time.time()
     body = {"id": event_id, "type": event, "created": int(at), "data": data}
@@ -79,7 +80,7 @@ def _fact(value: Any) -> Any:
 
 
 def deliver(
-    endpoint_id: int, event: str, order_id: int, message_id: int | None = None
+    endpoint_id: int, event: str, order_id: int, message_id: int | None = None, *, actor="system"
 ) -> WebhookDelivery | None:
     """Send ``event`` about the order to the endpoint once. None if the endpoint was deleted or
     deactivated meanwhile. Raises orders.http.TransientHTTPError (retry) or PermanentHTTPError."""
@@ -108,7 +109,7 @@ def deliver(
     status = post_json(endpoint.url, body, headers=headers)
     try:
         with transaction.atomic():
-            return WebhookDelivery.objects.create(
+            delivery = WebhookDelivery.objects.create(
                 endpoint=endpoint,
                 event=event,
                 order=order,
@@ -116,5 +117,9 @@ def deliver(
                 response_status=status,
                 delivered_at=timezone.now(),
             )
+            from orders import services  # services -> pipeline -> webhooks: imported late
+
+            services.record_webhook_delivery(delivery, actor=actor)
+            return delivery
     except IntegrityError:  # a concurrent run of the same job got there first
         return WebhookDelivery.objects.get(endpoint=endpoint, event=event, order=order, message_id=message_id)

@@ -67,3 +67,19 @@ def pgbouncer(request):
         connections.close_all()
         params["HOST"], params["PORT"] = direct
         bouncer.remove()
+
+
+@pytest.fixture
+def ship():
+    """ship(order, lines=None, **fields): a shipment of ``lines`` (default: everything left), handed
+    to the carrier by a staff member; the order must be ready to ship."""
+    from orders.services import create_shipment, unshipped
+
+    def _ship(order, lines: dict[str, int] | None = None, **fields):
+        fields.setdefault("carrier", "DHL")
+        fields.setdefault("tracking_number", "TRACK-1")
+        fields.setdefault("tracking_url", "https://track.example/TRACK-1")
+        lines = lines or {sku: n for sku, n in unshipped(order).items() if n}
+        return create_shipment(order, lines=lines, actor="staff:shipper", shipped=True, **fields)
+
+    return _ship

@@ -256,8 +256,10 @@ def test_cancel_paid_order_refunds_and_releases_stock(place):
     assert order.payments.get().status == Payment.Status.REFUNDED
 
 
-@pytest.mark.parametrize("status", ["pending_payment", "fulfilled", "payment_failed"])
-def test_cancel_is_only_for_paid_orders(place, status):
+@pytest.mark.parametrize(
+    "status", ["pending_payment", "partially_shipped", "shipped", "delivered", "payment_failed", "refunded"]
+)
+def test_cancel_is_only_for_paid_or_ready_to_ship_orders(place, status):
     ProductFactory(sku="A", stock=5)
     order = place({"A": 1})
     Order.objects.filter(pk=order.pk).update(status=status)

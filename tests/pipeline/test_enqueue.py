@@ -9,7 +9,7 @@ from django.utils import timezone
 from jobs.api import HIGH
 from jobs.models import Job, JobStatus
 from jobs.scheduler import _declared
-from jobs.testing import assert_enqueued
+from jobs.testing import assert_enqueued, run_jobs
 from orders import pipeline
 from orders.gateways import ChargeResult
 from orders.models import Order, OrderMessage, WebhookEndpoint
@@ -50,9 +50,12 @@ def test_fulfilment_waits_for_both_invoice_and_inventory(place):
     assert set(fulfilled.parents.all()) == {job("invoice", order), job("inventory", order)}
 
 
-def test_followup_is_enqueued_followup_delay_after_payment(place, settings):
-    before = timezone.now()
+def test_followup_is_enqueued_followup_delay_after_the_order_shipped_not_at_payment(place, ship, settings):
     order = place()
+    assert not Job.objects.filter(type="send_followup_email").exists()
+    run_jobs()
+    before = timezone.now()
+    ship(order)
     followup = assert_enqueued("send_followup_email", count=1, order_id=order.id)
     expected = timedelta(seconds=settings.FOLLOWUP_DELAY)
     assert settings.FOLLOWUP_DELAY == 24 * 3600
@@ -84,7 +87,7 @@ def test_marking_an_order_paid_twice_enqueues_the_pipeline_once(place):
     charge = ChargeResult(True, "ch_x", order.total, order.currency)
     assert mark_paid(order, charge) is False
     assert Job.objects.filter(type="send_order_confirmation").count() == 1
-    assert Job.objects.count() == 5  # confirmation, invoice, inventory, fulfilled, follow-up
+    assert Job.objects.count() == 4  # confirmation, invoice, inventory, ready to ship
 
 
 def test_enqueuing_the_pipeline_again_adds_no_job(place):
@@ -101,7 +104,7 @@ def test_pipeline_rolls_back_with_the_status_change():
     charge = ChargeResult(True, "ch_x", order.total, order.currency)
     with pytest.raises(RuntimeError), transaction.atomic():
         assert mark_paid(order, charge) is True
-        assert Job.objects.count() == 5
+        assert Job.objects.count() == 4
         raise RuntimeError("the commit failed")
     assert Order.objects.get(pk=order.pk).status == Order.Status.PENDING_PAYMENT
     assert not Job.objects.exists()

@@ -119,3 +119,32 @@ def test_order_page_links_the_invoice_when_it_is_ready(place, client):
     page = client.get(f"/orders/{order.token}/").content.decode()
     assert f'href="/orders/{order.token}/invoice.pdf"' in page
     assert 'data-step="fulfilled" data-state="done"' in page
+
+
+def test_the_poll_makes_the_same_few_queries_however_many_jobs_the_order_has(
+    place, client, django_assert_max_num_queries
+):
+    """The page and its poll read the order's events (one indexed query), never its job rows."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    order = place()
+    run_jobs()
+
+    def counted(url: str) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url).status_code == 200
+        return len(queries)
+
+    api, page = counted(f"/api/orders/{order.token}"), counted(f"/orders/{order.token}/")
+    for n in range(200):  # retries, webhooks, anything: jobs keyed to the order
+        Job.objects.create(type="deliver_webhook", unique_key=f"order:{order.id}:extra-{n}", payload={})
+    assert counted(f"/api/orders/{order.token}") == api
+    assert counted(f"/orders/{order.token}/") == page
+    with django_assert_max_num_queries(12):
+        client.get(f"/api/orders/{order.token}")
+    with django_assert_max_num_queries(12):
+        client.get(f"/orders/{order.token}/")
+    with CaptureQueriesContext(connection) as queries:
+        client.get(f"/api/orders/{order.token}")
+    assert not [q for q in queries.captured_queries if "jobs_job" in q["sql"]]
