@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from orders.api_schemas import OrderIn
-from orders.models import OrderStatus, Payment
+from orders.models import OrderStatus, Payment, ShipmentStatus
 from orders.pipeline import STATE_LABELS, STEPS
 
 Money = Annotated[str, Field(pattern=r"^-?\d+\.\d{2}$", examples=["19.90"])]
@@ -45,6 +45,32 @@ class PaymentOut(_Out):
     status: Literal[tuple(Payment.Status.values)]  # type: ignore[valid-type]
     amount: Money
     decline_reason: str
+    action_url: str = Field(description="Where to send the customer for 3-D Secure; empty otherwise.")
+
+
+class EventOut(_Out):
+    """One step of the order's history, as the customer may see it."""
+
+    kind: str
+    label: str
+    at: DateTime
+    by: Literal["you", "shop"]
+    facts: dict[str, Any]
+
+
+class ShipmentLineOut(_Out):
+    sku: str
+    quantity: int
+
+
+class ShipmentOut(_Out):
+    status: Literal[tuple(ShipmentStatus.values)]  # type: ignore[valid-type]
+    carrier: str
+    tracking_number: str
+    tracking_url: str
+    shipped_at: DateTime | None
+    delivered_at: DateTime | None
+    lines: list[ShipmentLineOut]
 
 
 class PipelineStepOut(_Out):
@@ -73,6 +99,10 @@ class OrderOut(_Out):
     created_at: DateTime
     paid_at: DateTime | None
     pipeline: list[PipelineStepOut] = Field(description="Empty until the order is paid.")
+    events: list[EventOut] = Field(description="The order's history, oldest first.")
+    shipments: list[ShipmentOut]
+    can_cancel: bool = Field(description="The customer may still cancel (nothing has shipped).")
+    settled: bool = Field(description="Nothing is in progress: a page following the order may stop.")
     status_url: str
     page_url: str
 
@@ -95,6 +125,15 @@ class OutOfStock(Error):
 
 class RateLimited(Error):
     retry_after: int = Field(description="Seconds; also in the Retry-After header.")
+
+
+class WaitingForPayment(_Out):
+    """Accepted, not settled: the customer must confirm the payment (3-D Secure) or the bank answers
+    later. A retry with the same Idempotency-Key tells what it became."""
+
+    status: Literal["requires_action", "processing"]
+    action_url: str | None = Field(default=None, description="Where to send the customer (3-D Secure).")
+    order: OrderOut
 
 
 class WithOrder(Error):
@@ -152,6 +191,7 @@ def document() -> dict[str, Any]:
         (OutOfStock, "serialization"),
         (RateLimited, "serialization"),
         (WithOrder, "serialization"),
+        (WaitingForPayment, "serialization"),
     ]
     _, schemas = models_json_schema(models, ref_template="#/components/schemas/{model}")
     return {
@@ -192,7 +232,11 @@ def document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "201": _response("The order, paid or waiting for the payment to settle.", "OrderOut"),
+                        "201": _response("The order, paid.", "OrderOut"),
+                        "202": _response(
+                            "The payment waits for the customer (3-D Secure) or the bank (processing).",
+                            "WaitingForPayment",
+                        ),
                         "400": _response(
                             "Not JSON, an invalid body or Idempotency-Key, an unknown SKU.", "InvalidRequest"
                         ),

@@ -33,7 +33,9 @@ through_pgbouncer = pytest.mark.skipif(
 def settings_with(**env: str) -> subprocess.CompletedProcess:
     code = (
         "from django.conf import settings; d = settings.DATABASES['default'];"
-        " print(d.get('DISABLE_SERVER_SIDE_CURSORS'), d['OPTIONS'], settings.JOBS_LISTEN_NOTIFY)"
+        " o = d['OPTIONS'];"
+        " pooled = {k: o.get(k, '-') for k in ('prepare_threshold', 'server_side_binding')};"
+        " print(d.get('DISABLE_SERVER_SIDE_CURSORS'), pooled, settings.JOBS_LISTEN_NOTIFY)"
     )
     return subprocess.run(
         [*manage_py(), "shell", "--no-imports", "-c", code],
