@@ -137,13 +137,16 @@ def test_failed_attempts_back_off_exponentially_then_die_with_whole_history():
         from jobs.execution import run
 
         run(claimed)
+        after = timezone.now()
         job.refresh_from_db()
         if attempt < 4:
             assert job.status == JobStatus.PENDING
-            delays.append((job.run_at - before).total_seconds())
+            # the failure was recorded between before and after: its delay lies between these
+            delays.append(((job.run_at - after).total_seconds(), (job.run_at - before).total_seconds()))
             Job.objects.filter(id=job.id).update(run_at=timezone.now())
     # base 0.01 s, doubling, capped at 0.05 s, no jitter for this type
-    assert delays == pytest.approx([0.01, 0.02, 0.04], abs=0.01)
+    for (least, most), expected in zip(delays, [0.01, 0.02, 0.04], strict=True):
+        assert least - 1e-6 <= expected <= most + 1e-6, (delays, expected)
     assert job.status == JobStatus.DEAD
     dead = DeadLetter.objects.get(job=job)
     assert dead.attempts == 4
