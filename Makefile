@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint browser bench bench-peers clean
+.PHONY: run test install lint browser hosts-tools bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ browser:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
 		else sudo apt-get update -q && sudo apt-get install -y -q chromium; fi; }
 
+# libfaketime for the hosts suite's clock-skew tests (tests/hosts; skipped with the reason without it).
+hosts-tools:
+	@command -v faketime >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { \
+		echo "installing Debian faketime for the hosts suite"; \
+		apt-get install -y -q faketime || { apt-get update -q && apt-get install -y -q faketime; } || \
+		echo "faketime not installed: the clock-skew tests will be skipped"; }
+
 run: export DEBUG = 1
 run: $(STAMP)
 	mkdir -p var/mail
@@ -32,7 +39,7 @@ run: $(STAMP)
 		$(PY) manage.py runworker & \
 		$(PY) manage.py runserver 127.0.0.1:8000 --noreload; wait'
 
-test: $(STAMP) browser
+test: $(STAMP) browser hosts-tools
 	mkdir -p var
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -1,12 +1,16 @@
 """Request-wide guards that must run before anything reads the body, and the request's log context."""
 
+import logging
 import re
 import uuid
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.log import log_response
+
+log = logging.getLogger("shop")
 
 
 class RequestSizeLimitMiddleware:
@@ -59,4 +63,30 @@ class RequestIdMiddleware:
                     "%s: %s", response.reason_phrase, request.path, response=response, request=request
                 )
         response["X-Request-ID"] = request_id
+        return response
+
+
+class DatabaseUnavailableMiddleware:
+    """A view that could not reach the database answers 503 with Retry-After, not a 500 page: the
+    client may retry (an API client with the same Idempotency-Key resumes where the request got to).
+    With DB_CONNECT_TIMEOUT and DB_TCP_USER_TIMEOUT this answer comes within seconds on a cut link."""
+
+    RETRY_AFTER = "5"
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, (OperationalError, InterfaceError)):
+            return None
+        log.error("%s %s: database unavailable (%s); answered 503", request.method, request.path, exception)
+        message = "The shop cannot reach its database right now; please retry in a few seconds."
+        if request.path.startswith("/api/"):
+            response = JsonResponse({"error": "unavailable", "message": message}, status=503)
+        else:
+            response = HttpResponse(message, status=503, content_type="text/plain; charset=utf-8")
+        response["Retry-After"] = self.RETRY_AFTER
         return response
