@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
@@ -39,7 +40,8 @@ def error(status: int, code: str, message: str, **extra: Any) -> JsonResponse:
 
 
 def api_view(*methods: str) -> Callable:
-    """CSRF-exempt, JSON 405 for other methods, JSON 500 instead of Django's error page."""
+    """CSRF-exempt, JSON 405 for other methods, JSON 500 instead of Django's error page (503 with
+    Retry-After when the database could not be reached, a retry may succeed)."""
 
     def decorator(view: Callable) -> Callable:
         @csrf_exempt
@@ -51,6 +53,8 @@ def api_view(*methods: str) -> Callable:
                 return response
             try:
                 return view(request, *args, **kwargs)
+            except (OperationalError, InterfaceError):
+                raise  # the database is away: shop.middleware.DatabaseUnavailableMiddleware answers 503
             except Exception:
                 logger.exception("API error on %s %s", request.method, request.path)
                 return error(500, "server_error", "Internal server error.")

@@ -78,7 +78,7 @@ def test_an_operational_error_once_in_on_order_paid_is_resumed_by_the_retry(monk
 
     monkeypatch.setattr(services, "on_order_paid", on_order_paid_failing_once)
     first = post("key-1")
-    assert first.status_code == 500 and failures
+    assert first.status_code == 503 and first["Retry-After"] and failures
     assert Order.objects.get().status == Order.Status.PENDING_PAYMENT  # charged, not yet recorded
     again = post("key-1")
     order = assert_one_paid_order_and_one_charge(again)
@@ -164,7 +164,7 @@ def test_a_connection_killed_at_each_recovery_point_is_resumed_by_the_retry(faul
     hook = fault(monkeypatch)
     first = post("key-1")
     assert hook.killed, "the fault was never injected"
-    assert first.status_code == 500
+    assert first.status_code in (500, 503)  # 503 where the dead connection surfaced as such
     connection.close()  # the test's own connection was the one killed
     key = IdempotencyKey.objects.get(key="key-1")
     assert key.recovery_point != RecoveryPoint.FINISHED  # kept for the retry, not given back
