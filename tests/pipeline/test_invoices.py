@@ -153,6 +153,12 @@ def test_a_worker_killed_between_the_invoice_file_and_its_row_leaves_one_file(pr
             assert not Invoice.objects.filter(order=order).exists() and path.exists()
             procs.start("--stale-after", "1", env={"MEDIA_ROOT": settings.MEDIA_ROOT})
             wait_for(lambda: Invoice.objects.filter(order=order).exists(), timeout=60, message="invoice made")
+            # The job's success is recorded just after the transaction that made the invoice commits.
+            wait_for(
+                lambda: Job.objects.get(type="generate_invoice").status == "succeeded",
+                timeout=60,
+                message="the rescued job recorded as succeeded",
+            )
         finally:
             procs.stop_all()
     finally:
