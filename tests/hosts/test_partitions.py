@@ -73,7 +73,8 @@ def test_a_cut_off_worker_notices_within_seconds_and_keeps_the_watchdog_fed(net)
 
         pings = [t for t in running_sock.times_of("WATCHDOG=1") if t >= cut_at]
         gaps = [b - a for a, b in zip([cut_at, *pings], pings, strict=False)]
-        assert max(gaps) < 10, gaps  # WatchdogSec=30 in the unit; systemd asks for a ping every 15 s
+        # WatchdogSec=30 in the unit: systemd asks for a ping every 15 s (half of it), and kills at 30 s.
+        assert max(gaps) < 15, gaps
         assert noticed < 12, noticed
         assert output(worker).count("database unavailable") == 1, output(worker)
         assert worker.poll() is None and late.poll() is None
