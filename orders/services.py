@@ -521,8 +521,27 @@ def cancel_order(order: Order, *, actor: Actor | str = SYSTEM, reason: str = "Ca
         enqueue(
             "send_cancellation_email", {"order_id": order.id}, unique_key=job_key(order.id, "cancellation")
         )
+    _void_authorization(order, actor)
     order.refresh_from_db()
     return order
+
+
+def _void_authorization(order: Order, actor: Actor | str) -> None:
+    """A cancelled order's payment that was only authorized (PAYMENT_CAPTURE=on_fulfilment) is let go at
+    the gateway, after the cancellation committed (a network call). If the gateway cannot be reached
+    the authorization stays on record, and lapses at the bank by itself; staff see it authorized."""
+    payment = order.payments.filter(status=Payment.Status.AUTHORIZED).order_by("-id").first()
+    if payment is None:
+        return
+    try:
+        result = get_gateway().cancel(payment.gateway_reference, idempotency_key=f"{order.number}-void")
+    except GatewayError as exc:
+        logger.warning("Order %s: the authorization could not be voided (%s)", order.number, exc)
+        return
+    if result.status == ChargeStatus.CANCELED:
+        Payment.objects.filter(pk=payment.pk, status=Payment.Status.AUTHORIZED).update(
+            status=Payment.Status.CANCELED, updated_at=timezone.now()
+        )
 
 
 def _captured(order: Order) -> Payment | None:
@@ -696,9 +715,11 @@ def record_refund_result(
 
 def capture_payment(order: Order, *, actor: Actor | str = SYSTEM) -> Payment | None:
     """Capture the order's authorized payment (PAYMENT_CAPTURE=on_fulfilment), once; the goods ship only
-    after this. GatewayError propagates: a capture the gateway refuses is for staff to look at."""
+    after this. Only a paid order's: a cancelled one's authorization is voided, never captured.
+    GatewayError propagates: a capture the gateway refuses is for staff to look at."""
+    order.refresh_from_db()
     payment = order.payments.filter(status=Payment.Status.AUTHORIZED).order_by("-id").first()
-    if payment is None:
+    if payment is None or order.status != Order.Status.PAID:
         return _captured(order)
     result = get_gateway().capture(payment.gateway_reference, idempotency_key=f"{order.number}-capture")
     if result.status != ChargeStatus.SUCCEEDED:

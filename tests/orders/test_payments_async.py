@@ -206,3 +206,17 @@ def test_checkout_form_sends_the_customer_to_three_d_secure_and_back_to_the_paid
     page = client.get(back["Location"], follow=True)
     assert b"Paid" in page.content
     assert Order.objects.get().status == Order.Status.PAID
+
+
+def test_a_cancelled_order_s_authorization_is_voided_and_never_captured(client, settings):
+    from orders.services import cancel_order
+
+    settings.PAYMENT_CAPTURE = "on_fulfilment"
+    post(client, "tok_visa")
+    order = cancel_order(Order.objects.get(), actor="staff:ada")
+    assert order.status == Order.Status.CANCELLED and stock() == 5
+    assert FakeGatewayCharge.objects.get().status == "canceled"
+    assert order.payments.get().status == Payment.Status.CANCELED
+    run_jobs()  # the pipeline's fulfilment step finds the order cancelled: nothing is captured
+    assert FakeGatewayCharge.objects.get().status == "canceled"
+    assert not FakeGatewayCharge.objects.get().refunds.exists()
