@@ -19,8 +19,8 @@ def run_jobs(queues: Sequence[str] | None = None, *, max_jobs: int | None = None
     """Run every due job (and the children they release) in this process; returns how many ran.
 
     Jobs that fail are retried later (their run_at moves past now), so this always terminates.
-    Handler timeouts are not enforced in-process. A handler's SystemExit is its job's failure like
-    any exception; a KeyboardInterrupt is recorded as the failure and then raised to the caller.
+    Handler timeouts are not enforced in-process. A handler's SystemExit or KeyboardInterrupt is its
+    job's failure like any exception: the caller gets the failed job, not an exit.
     """
     if getattr(_local, "running", False):
         return 0  # a handler enqueued in immediate mode: the outer loop picks the job up
@@ -34,13 +34,8 @@ def run_jobs(queues: Sequence[str] | None = None, *, max_jobs: int | None = None
                 break
             top_up = lambda job_type, n: engine.claim("inline", n, qs, types=[job_type])  # noqa: E731
             for group in execution.group_batches(claimed, top_up):
-                outcomes = execution.run_group(group)
+                execution.run_group(group)
                 ran += len(group)
-                for _, outcome in outcomes:
-                    if isinstance(outcome.error, KeyboardInterrupt):
-                        # Recorded as the attempt's failure; in the caller's own thread it cannot be
-                        # told from Ctrl+C, so it goes on up (as django-tasks' ImmediateBackend does).
-                        raise outcome.error
     finally:
         _local.running = False
     return ran
