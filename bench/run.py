@@ -6,6 +6,7 @@ Scenarios (each prints one line per database):
   latency  enqueue commit -> handler start, p50/p95/p99 over 1,000 jobs at a steady rate, idle worker
   depth    drain rate with 1,000,000 finished and 100,000 pending jobs in the table, vs an empty table
   orders   POST /api/orders, 8 concurrent clients for 30 s against gunicorn with a worker running
+  observability  drain and orders with tracing (to a local OTLP sink) and JSON logs at INFO, beside off
 
 Every scenario starts from a fresh database: PostgreSQL `bench_shop` on 127.0.0.1, SQLite in /tmp.
 """
@@ -23,14 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SQLITE_PATH = "/tmp/bench_shop.sqlite3"
 URLS = {"sqlite": f"sqlite:///{SQLITE_PATH}", "postgres": "postgres://postgres@127.0.0.1:5432/bench_shop"}
-SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders"]
+SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders", "observability"]
 WORKER_NICE = 10  # as Nice= in deploy/shop-worker@.service
+# Extra environment for the processes a scenario starts (the observability scenario turns it on and off).
+OBSERVE: dict[str, str] = {}
 
 
 def env_for(db: str, **extra) -> dict:
     env = dict(
         os.environ, DATABASE_URL=URLS[db], DJANGO_SETTINGS_MODULE="bench.settings", PYTHONPATH=str(ROOT)
     )
+    env.update(OBSERVE)
     env.update(extra)
     return env
 
@@ -232,18 +236,30 @@ def scenario_depth(db: str, n: int) -> str:
     )
 
 
-def scenario_orders(db: str, n: int) -> str:
-    import threading
-    import urllib.error
-    import urllib.request
-
+def _catalog() -> list[str]:
     from django.core.management import call_command
 
     from shop.models import Product
 
     call_command("load_demo_catalog", verbosity=0)
     Product.objects.update(stock=10_000_000)
-    skus = list(Product.objects.filter(active=True).values_list("sku", flat=True))
+    return list(Product.objects.filter(active=True).values_list("sku", flat=True))
+
+
+def scenario_orders(db: str, n: int) -> str:
+    rate, p50, p99, errors = _orders(db, _catalog())
+    return (
+        f"orders   {db:8s} 8 clients x 30 s: {rate:6.1f} orders/s"
+        f"   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   errors {errors}"
+    )
+
+
+def _orders(db: str, skus: list[str]) -> tuple[float, float, float, int]:
+    """(orders/s, p50 ms, p99 ms, errors) of 8 clients posting orders for 30 s."""
+    import threading
+    import urllib.error
+    import urllib.request
+
     port = 8765
     # As deploy/ runs them: web connections kept 60 s (CONN_MAX_AGE in shop.env.example), the worker at
     # a lower CPU priority than the web tier (Nice= in shop-worker@.service).
@@ -251,6 +267,7 @@ def scenario_orders(db: str, n: int) -> str:
         [PY, "-m", "gunicorn", "shop.wsgi", "-b", f"127.0.0.1:{port}", "-w", "3", "--log-level", "warning"],
         cwd=ROOT,
         env=env_for(db, CONN_MAX_AGE="60"),
+        stderr=subprocess.DEVNULL if OBSERVE else None,  # the JSON log lines: formatted, not shown
     )
     queues = "email,default,inventory,webhooks,invoices"
     worker = start_workers(db, 1, "--queues", queues, "--concurrency", "4", nice=WORKER_NICE)
@@ -317,11 +334,81 @@ def scenario_orders(db: str, n: int) -> str:
             p.terminate()
             p.wait(30)
     lat.sort()
-    return (
-        f"orders   {db:8s} 8 clients x 30 s: {len(lat) / elapsed:6.1f} orders/s"
-        f"   p50 {lat[len(lat) // 2]:6.1f} ms   p99 {lat[int(len(lat) * 0.99)]:6.1f} ms"
-        f"   errors {len(errors)}"
-    )
+    return len(lat) / elapsed, lat[len(lat) // 2], lat[int(len(lat) * 0.99)], len(errors)
+
+
+class OtlpSink:
+    """A local OTLP/HTTP trace collector: answers every export 200 and counts the spans it received."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        sink = self
+        self.spans = 0
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = ExportTraceServiceRequest.FromString(body)
+                count = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+                with lock:
+                    sink.spans += count
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def scenario_observability(db: str, n: int) -> str:
+    """Drain (1 and 2 processes) and orders with tracing on (every span exported to a local OTLP sink)
+    and JSON logs at INFO, beside both off, alternating, medians of 3 each way."""
+    sink = OtlpSink()
+    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+    skus = _catalog()
+    runs: dict[str, list[tuple]] = {"off": [], "on": []}
+    try:
+        for _ in range(3):
+            for mode in ("off", "on"):
+                OBSERVE.clear()
+                if mode == "on":
+                    OBSERVE.update(on)
+                one = _drain(db, n, 1, 4)[1]
+                two = _drain(db, n, 2, 4)[1]
+                rate, _, p99, errors = _orders(db, skus)
+                if errors:
+                    raise SystemExit(f"observability: {errors} order errors with {mode}")
+                runs[mode].append((one, two, rate, p99))
+    finally:
+        OBSERVE.clear()
+        sink.close()
+    if not sink.spans:
+        raise SystemExit("observability: tracing was on but no span reached the sink")
+
+    def med(mode: str, i: int) -> float:
+        return statistics.median(r[i] for r in runs[mode])
+
+    parts = []
+    for i, (name, unit) in enumerate(
+        [("drain 1 process", "jobs/s"), ("drain 2", "jobs/s"), ("orders", "/s"), ("orders p99", "ms")]
+    ):
+        parts.append(
+            f"{name} {med('on', i):.0f} vs {med('off', i):.0f} {unit} ({med('on', i) / med('off', i):.2f}x)"
+        )
+    return f"observe  {db:8s} on vs off ({sink.spans} spans exported): " + "   ".join(parts)
 
 
 def main() -> None:

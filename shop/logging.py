@@ -3,7 +3,7 @@
 The context in force (request id, order number, job id, type, attempt, worker id) lives in a
 ``contextvars`` variable: the request middleware and the job_started receiver bind it, services add the
 order number, and every log line written meanwhile carries it without the code passing it along.
-``LOG_FORMAT=json`` writes one JSON object per line (python-json-logger), the traceback as one field.
+``LOG_FORMAT=json`` writes one JSON object per line (shop.jsonlogs), the traceback as one field.
 """
 
 import logging
@@ -62,7 +62,7 @@ class TextFormatter(logging.Formatter):
 
 
 def __getattr__(name: str):
-    # python-json-logger is imported only when LOG_FORMAT=json asks for the formatter (150 ms at start).
+    # Imported only when LOG_FORMAT=json asks for the formatter.
     if name == "JsonFormatter":
         from shop.jsonlogs import JsonFormatter
 

@@ -8,7 +8,9 @@ the lifecycle signals of ``jobs.signals``.
 """
 
 import logging
+import os
 import threading
+import time
 from typing import Any
 
 from django.conf import settings
@@ -51,12 +53,15 @@ def setup(exporter=None) -> bool:
         processors.append(SimpleSpanProcessor(_file_exporter(settings.OTEL_TRACES_FILE)))
     provider = trace.get_tracer_provider()
     if not hasattr(provider, "add_span_processor"):  # the API's no-op provider: install the SDK's
-        provider = TracerProvider(resource=Resource.create({"service.name": settings.OTEL_SERVICE_NAME}))
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": settings.OTEL_SERVICE_NAME}), sampler=_sampler()
+        )
         trace.set_tracer_provider(provider)
         provider = trace.get_tracer_provider()
     for processor in processors:
         provider.add_span_processor(processor)
     _state.update(provider=provider, processors=processors, tracer=provider.get_tracer(TRACER_NAME))
+    _bind_hot_path()
     _instrument_django(provider)
     _connect()
     return True
@@ -77,7 +82,52 @@ def teardown() -> None:
         p for p in _state["provider"]._active_span_processor._span_processors if p not in _state["processors"]
     )
     _state.clear()
+    _hot.clear()
     _running.clear()
+
+
+def _sampler():
+    """The standard ``OTEL_TRACES_SAMPLER`` when set (the SDK reads it: None), else every trace up to
+    TRACE_SAMPLE_PER_SECOND a second, then TRACE_SAMPLE_RATIO of the rest, parent-based."""
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
+    return ParentBased(root=reservoir_sampler(settings.TRACE_SAMPLE_PER_SECOND, settings.TRACE_SAMPLE_RATIO))
+
+
+def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic):
+    """A root sampler that keeps every trace up to ``per_second`` a second and ``ratio`` of the rest
+    (as AWS X-Ray's reservoir and fixed rate): a small shop keeps every order's trace, a burst of jobs
+    costs the rate's share. The decision is by trace id beyond the reservoir, so it is the same
+    wherever it is taken."""
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
+
+    class ReservoirSampler(Sampler):
+        def __init__(self) -> None:
+            self._beyond = TraceIdRatioBased(ratio)
+            self._lock = threading.Lock()
+            self._window = -1
+            self._taken = 0
+
+        def should_sample(
+            self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None
+        ):
+            window = int(clock())
+            with self._lock:
+                if window != self._window:
+                    self._window, self._taken = window, 0
+                if self._taken < per_second:
+                    self._taken += 1
+                    return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+            return self._beyond.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+
+        def get_description(self) -> str:
+            return f"Reservoir{{{per_second:g}/s, then {ratio:g}}}"
+
+    return ReservoirSampler()
 
 
 def _file_exporter(path: str):
@@ -132,60 +182,76 @@ def annotate(key: str, value: Any) -> None:
         span.set_attribute(key, value)
 
 
-def on_enqueuing(sender, job, **kwargs) -> None:
-    """A short span for the enqueue, whose context the job carries to its run."""
+def _bind_hot_path() -> None:
+    """What every job run calls, looked up once: an import statement in a receiver costs a few
+    microseconds per job, which a drain of no-op jobs feels."""
+    from opentelemetry import context as otel_context
     from opentelemetry import trace
-    from opentelemetry.propagate import inject
-    from opentelemetry.trace import SpanKind
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+    _hot.update(
+        attach=otel_context.attach,
+        in_context=trace.set_span_in_context,
+        propagator=TraceContextTextMapPropagator(),
+        producer=SpanKind.PRODUCER,
+        consumer=SpanKind.CONSUMER,
+        ok=Status(StatusCode.OK),
+        error_status=lambda error: Status(StatusCode.ERROR, type(error).__name__),
+    )
+
+
+_hot: dict[str, Any] = {}
+
+
+def on_enqueuing(sender, job, **kwargs) -> None:
+    """A short span for the enqueue, whose context the job carries to its run (W3C ``traceparent``:
+    the run inherits the sampling decision, so a trace is kept or dropped whole)."""
     span = _state["tracer"].start_span(
         f"enqueue {job.type}",
-        kind=SpanKind.PRODUCER,
+        kind=_hot["producer"],
         attributes={"job.type": job.type, "job.queue": job.queue},
     )
     carrier: dict[str, str] = {}
-    inject(carrier, context=trace.set_span_in_context(span))
+    _hot["propagator"].inject(carrier, context=_hot["in_context"](span))
     job.trace_context = carrier
     span.end()
 
 
 def on_started(sender, job, **kwargs) -> None:
     """The run's span, child of the enqueue span, current for the handler (whose context is its own:
-    see jobs.execution.run, so nothing needs detaching)."""
-    from opentelemetry import context as otel_context
-    from opentelemetry import trace
-    from opentelemetry.propagate import extract
-    from opentelemetry.trace import SpanKind
-
-    parent = extract(job.trace_context or {})
+    see jobs.execution.run, so nothing needs detaching). A run the sampler drops is still current (its
+    jobs inherit the decision) but is not kept for an outcome."""
+    parent = _hot["propagator"].extract(job.trace_context) if job.trace_context else None
     span = _state["tracer"].start_span(
         f"run {job.type}",
         context=parent,
-        kind=SpanKind.CONSUMER,
+        kind=_hot["consumer"],
         attributes={**_job_attributes(job), "job.worker": job.locked_by or ""},
     )
-    with _lock:
-        _running[(job.id, job.lock_token)] = span
-        if len(_running) > MAX_OPEN_SPANS:
-            # A job whose claim was lost sends no outcome: its span is dropped, oldest first.
-            _running.pop(next(iter(_running))).end()
-    otel_context.attach(trace.set_span_in_context(span))
+    if span.is_recording():
+        with _lock:
+            _running[(job.id, job.lock_token)] = span
+            if len(_running) > MAX_OPEN_SPANS:
+                # A job whose claim was lost sends no outcome: its span is dropped, oldest first.
+                _running.pop(next(iter(_running))).end()
+    _hot["attach"](_hot["in_context"](span))
 
 
 def _finish(job, error: BaseException | None = None, **attributes: Any) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
+    if not _running:
+        return
     with _lock:
         span = _running.pop((job.id, job.lock_token), None)
     if span is None:
-        return  # started elsewhere (a job reaped from a lost worker) or before tracing was on
+        return  # not sampled, started elsewhere (a job reaped from a lost worker) or before tracing
     for key, value in attributes.items():
         span.set_attribute(key, value)
     if error is None:
-        span.set_status(Status(StatusCode.OK))
+        span.set_status(_hot["ok"])
     else:
         span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}"))
+        span.set_status(_hot["error_status"](error))
     span.end()
 
 

@@ -15,6 +15,8 @@ os.environ.setdefault("PIPELINE_RETRY_BACKOFF", "0.05")
 os.environ.setdefault("RECONCILE_SCHEDULE", "15 4 * * *")
 # High enough never to limit the suite; tests of the limit set their own.
 os.environ.setdefault("API_RATE_LIMIT", "1000000/m")
+# Tests of tracing read every span: keep them all (the sampler's own tests build it with its defaults).
+os.environ.setdefault("TRACE_SAMPLE_RATIO", "1")
 
 from shop.settings import *  # noqa: E402,F403
 from shop.settings import DATABASES, INSTALLED_APPS, VAR_DIR  # noqa: E402

@@ -21,6 +21,8 @@ from tests.utils import manage_py, subprocess_env
             "/nonexistent/dir/spans.jsonl",
             "OTEL_TRACES_FILE '/nonexistent/dir/spans.jsonl' cannot",
         ),
+        ("TRACE_SAMPLE_RATIO", "1.5", "TRACE_SAMPLE_RATIO must be between 0 and 1, not 1.5."),
+        ("TRACE_SAMPLE_PER_SECOND", "-1", "TRACE_SAMPLE_PER_SECOND must be zero or more, not -1."),
         (
             "SENTRY_DSN",
             "ftp://key@sentry.example.com/1",

@@ -56,6 +56,33 @@ def test_tracing_is_off_unless_configured():
     assert tracing.setup() is False  # no OTEL_EXPORTER_OTLP_ENDPOINT, no OTEL_TRACES_FILE
 
 
+def test_the_default_sampler_keeps_every_trace_up_to_its_rate_then_its_ratio_and_children_follow():
+    from opentelemetry.sdk.trace.sampling import ParentBased
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    now = [100.0]
+    sampler = ParentBased(root=tracing.reservoir_sampler(10, 0.1, clock=lambda: now[0]))
+    trace_ids = [(i * 0x9E3779B97F4A7C15 * 0x100000001B3) % (1 << 128) for i in range(1, 2001)]
+
+    def kept(ids, parent=None) -> int:
+        return sum(sampler.should_sample(parent, t, "run x").decision.is_sampled() for t in ids)
+
+    assert kept(trace_ids[:10]) == 10  # the first ten of a second, whatever their ids
+    beyond = kept(trace_ids[10:])  # the rest of that second: a tenth, by trace id
+    assert 120 < beyond < 280, beyond
+    now[0] += 1.0
+    assert kept(trace_ids[:10]) == 10  # a new second, a new reservoir
+
+    def parent(sampled: bool):
+        flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+        context = SpanContext(trace_id=7, span_id=9, is_remote=True, trace_flags=flags)
+        return set_span_in_context(NonRecordingSpan(context))
+
+    # a job run follows the request (or job) that enqueued it, reservoir or not: a trace is kept whole
+    assert kept(trace_ids[:50], parent(True)) == 50
+    assert kept(trace_ids[:50], parent(False)) == 0
+
+
 @pytest.mark.django_db
 def test_an_enqueue_stores_its_span_context_on_the_job_and_the_run_is_its_child(spans):
     ProductFactory(sku="TRACE-1", stock=5)
