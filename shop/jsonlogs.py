@@ -20,6 +20,9 @@ _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__d
 }
 
 
+_encode = json.JSONEncoder(default=str).encode  # built once: json.dumps with an option builds one a call
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: level, logger, message, the context and ``extra`` fields, the
     traceback as the one field ``exc_info`` (and ``stack_info``), and time (UTC, ISO 8601, ms).
@@ -38,4 +41,4 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             fields["stack_info"] = scrub(self.formatStack(record.stack_info))
         fields["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        return json.dumps(fields, default=str)
+        return _encode(fields)
