@@ -12,7 +12,7 @@ class JobsConfig(AppConfig):
         # Every installed app's jobs.py declares its job types with @job; import them all so that
         # any process (web, worker, shell) knows every type.
         autodiscover_modules("jobs")
-        from jobs import signals  # noqa: F401
+        from jobs import checks, signals  # noqa: F401
 
         if getattr(settings, "TASKS", None):
             # Django's Tasks API on our queue: the backends register their configured tasks' job types

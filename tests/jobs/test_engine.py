@@ -7,7 +7,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from jobs import engine, registry
+from jobs import db, engine, registry
 from jobs.api import HIGH, LOW, InvalidPayload, UnknownJobType, enqueue, enqueue_many
 from jobs.models import DeadLetter, Job, JobStatus
 from jobs.testing import assert_enqueued, immediate, run_jobs
@@ -340,3 +340,42 @@ def test_immediate_mode_records_a_handlers_keyboard_interrupt_as_its_failure_not
     job.refresh_from_db()
     assert job.status == JobStatus.DEAD
     assert [e["exception"] for e in job.errors] == ["builtins.KeyboardInterrupt"]
+
+
+def test_the_claim_walks_the_pending_jobs_index():
+    """The hottest statement: its candidate rows come from the partial index over pending jobs (in
+    claim order), never from a scan of the table, however many finished rows it holds."""
+    with transaction.atomic():
+        now = db.prepare_claim()  # the claim's own planner settings, as the engine runs it
+        sql, params = db._claim_sql(worker_id="w", token="t", now=now, limit=10, queues=["default"])
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SET LOCAL enable_seqscan = off")  # a tiny table would be scanned anyway
+                cursor.execute("EXPLAIN " + sql, params)
+            else:
+                cursor.execute("EXPLAIN QUERY PLAN " + sql, params)
+            plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+    if connection.vendor == "postgresql":
+        assert "Index Scan using jobs_job_claim_idx on jobs_job j" in plan, plan
+        assert "Seq Scan on jobs_job" not in plan and "Sort" not in plan, plan
+    else:
+        # SCAN of the partial index: it holds only pending jobs, already in claim order (no sort)
+        assert "SCAN j USING INDEX jobs_job_claim_idx" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+
+
+def test_a_sqlite_database_without_immediate_transactions_fails_the_system_check():
+    from django.core import checks as django_checks
+
+    from jobs.checks import check_sqlite_transaction_mode, sqlite_mode_errors
+
+    assert check_sqlite_transaction_mode in django_checks.registry.registry.get_checks()  # every command
+    assert check_sqlite_transaction_mode() == []  # the project's settings, on either database
+    databases = {
+        "default": {"ENGINE": "shop.backends.sqlite3", "OPTIONS": {"transaction_mode": "IMMEDIATE"}},
+        "other": {"ENGINE": "django.db.backends.sqlite3", "NAME": "x.sqlite3", "OPTIONS": {}},
+        "pg": {"ENGINE": "django.db.backends.postgresql", "OPTIONS": {}},
+    }
+    (error,) = sqlite_mode_errors(databases)
+    assert error.id == "jobs.E001" and error.level == django_checks.ERROR
+    assert "'other' begins its transactions DEFERRED" in error.msg
