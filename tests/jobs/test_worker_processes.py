@@ -23,12 +23,16 @@ def statuses() -> collections.Counter:
 
 
 def test_two_workers_run_500_jobs_exactly_once_each(workers):
-    jobs = enqueue_many("test.record", [{"key": str(i)} for i in range(500)])
-    a = workers.start("--concurrency", "2", "--burst")
-    b = workers.start("--concurrency", "2", "--burst")
-    assert a.wait(120) == 0, workers.output(a)
-    assert b.wait(120) == 0, workers.output(b)
-    assert statuses() == {JobStatus.SUCCEEDED: 500}
+    a = workers.start("--concurrency", "2")
+    b = workers.start("--concurrency", "2")
+    # Both registered (so both claim) before the jobs exist, and each job outlasts a claim round trip:
+    # 500 jobs of 20 ms are seconds of work for one worker, so the other cannot find the queue drained.
+    wait_for(lambda: WorkerProcess.objects.count() == 2, timeout=60, message="both workers registered")
+    jobs = enqueue_many("test.sleep", [{"key": str(i), "seconds": 0.02} for i in range(500)])
+    wait_for(lambda: statuses() == {JobStatus.SUCCEEDED: 500}, timeout=120, message="every job done")
+    for proc in (a, b):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, workers.output(proc)
     runs = collections.Counter(Run.objects.values_list("job_id", flat=True))
     assert set(runs) == {j.id for j in jobs}
     assert set(runs.values()) == {1}
