@@ -5,25 +5,12 @@ claim transaction. A job over the limit is simply not claimed: it waits without 
 other types keep running.
 """
 
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from jobs import db
 from jobs.models import RateLimitStart
 from jobs.registry import JobType, job_types
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
-
-
-def parse_rate(rate: str) -> tuple[int, float]:
-    """'120/m' -> (120, 60.0); '5/10s' -> (5, 10.0). Raises ValueError for anything else."""
-    match = _RATE.match(rate or "")
-    if not match or int(match.group(1)) < 1:
-        raise ValueError(f"invalid rate limit {rate!r}: expected 'N/s', 'N/m', 'N/h', 'N/d' or 'N/<k>s'")
-    count, mult, unit = match.groups()
-    return int(count), (int(mult) if mult else 1) * _UNITS[unit]
 
 
 def limited_types(types: Sequence[str] | None = None) -> list[str]:
@@ -40,7 +27,7 @@ def has_keyed_jobs() -> bool:
 def claim_limited(job_type_name: str, limit: int, *, now: datetime, **common) -> list[int]:
     """Claim up to ``limit`` jobs of one rate-limited type, as many as its window still allows."""
     job_type: JobType = job_types()[job_type_name]
-    count, seconds = parse_rate(job_type.rate_limit)
+    count, seconds = job_type.rate
     db.lock_name(f"jobs.ratelimit:{job_type_name}")
     window_start = now - timedelta(seconds=seconds)
     RateLimitStart.objects.filter(type=job_type_name, started_at__lte=window_start).delete()

@@ -1,15 +1,38 @@
 """Job types: a handler function, its payload model and its options, registered in code."""
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
 from jobs.exceptions import UnknownJobType
 from jobs.models import Priority
+
+
+class Rate(NamedTuple):
+    """So many events per period of seconds: ``"120/m"`` is Rate(120, 60)."""
+
+    limit: int
+    period: int
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
+
+
+def parse_rate(text: str, *, minimum: int = 1) -> Rate:
+    """'120/m' -> Rate(120, 60); '5/10s' -> Rate(5, 10); 'N/s', 'N/m', 'N/h', 'N/d' or 'N/<k>s'.
+    Raises ValueError for anything else, or a limit below ``minimum``. The one parser of rate strings:
+    job types' rate limits, and the shop's request throttles."""
+    match = _RATE.match(text or "")
+    if not match or int(match.group(1)) < minimum:
+        raise ValueError(f"invalid rate limit {text!r}: expected 'N/s', 'N/m', 'N/h', 'N/d' or 'N/<k>s'")
+    count, multiple, unit = match.groups()
+    return Rate(int(count), (int(multiple) if multiple else 1) * _UNITS[unit])
 
 
 @dataclass(frozen=True)
@@ -41,6 +64,11 @@ class JobType:
     payload_version: int = 1
     upgrade: Callable[[dict, int], dict] | None = None
     batch_size: int = 1
+    rate: Rate | None = field(init=False, default=None)  # rate_limit parsed, once
+
+    def __post_init__(self) -> None:
+        if self.rate_limit:
+            object.__setattr__(self, "rate", parse_rate(self.rate_limit))
 
 
 _registry: dict[str, JobType] = {}
@@ -72,8 +100,6 @@ def job(
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     if rate_limit is not None:
-        from jobs.ratelimit import parse_rate
-
         parse_rate(rate_limit)  # fail at import time, not at claim time
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:

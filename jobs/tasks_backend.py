@@ -54,7 +54,7 @@ from jobs.engine import mark_permanent
 from jobs.exceptions import JobCancelled, PermanentError
 from jobs.execution import JobContext
 from jobs.models import Job, JobStatus
-from jobs.registry import Backoff, JobType, job, job_types, register_resolver
+from jobs.registry import Backoff, JobType, job, job_types, parse_rate, register_resolver
 from jobs.signals import job_finished
 
 log = logging.getLogger("jobs.tasks")
@@ -230,8 +230,6 @@ def _checked(options: dict, allowed: set[str], where: str) -> dict:
             f"TASKS {where}: unknown options {sorted(unknown)}; known: {sorted(allowed)}"
         )
     if "rate_limit" in options:
-        from jobs.ratelimit import parse_rate
-
         try:
             parse_rate(options["rate_limit"])
         except ValueError as exc:

@@ -8,7 +8,6 @@ deleted when a new window starts.
 
 import ipaddress
 import math
-import re
 import time
 from dataclasses import dataclass
 
@@ -17,16 +16,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.http import HttpRequest
 
+from jobs.registry import Rate
+from jobs.registry import parse_rate as parse_job_rate
 from shop.models import RateLimitWindow
-
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
-
-
-@dataclass(frozen=True)
-class Rate:
-    limit: int
-    period: int  # seconds
 
 
 @dataclass(frozen=True)
@@ -36,14 +28,11 @@ class Decision:
 
 
 def parse_rate(text: str) -> Rate | None:
-    """``"60/m"``, ``"1000/h"``, ``"5/10s"`` as a Rate; None for an empty string (no limit)."""
+    """``"60/m"``, ``"1000/h"``, ``"5/10s"`` as a Rate (the job queue's parser; ``"0/m"`` refuses
+    every request); None for an empty string (no limit)."""
     if not text or not text.strip():
         return None
-    match = RATE.match(text)
-    if not match:
-        raise ValueError(f"rate {text!r} is not of the form <number>/<unit>, e.g. 60/m")
-    limit, multiple, unit = match.groups()
-    return Rate(limit=int(limit), period=int(multiple or 1) * UNITS[unit])
+    return parse_job_rate(text, minimum=0)
 
 
 def client_ip(request: HttpRequest) -> str:

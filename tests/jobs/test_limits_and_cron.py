@@ -14,7 +14,7 @@ from django.utils import timezone
 from jobs import scheduler
 from jobs.api import enqueue, enqueue_many
 from jobs.models import CronSchedule, Job, JobStatus
-from jobs.ratelimit import parse_rate
+from jobs.registry import parse_rate
 from tests.testapp.models import Run
 from tests.utils import wait_for
 
