@@ -42,10 +42,12 @@ run: $(STAMP)
 test: $(STAMP) browser hosts-tools
 	mkdir -p var
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)

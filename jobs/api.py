@@ -10,10 +10,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from jobs import conf, db, signals
-from jobs.engine import cancel, requeue, retry_now, validate_payload
+from jobs import conf, db, execution, signals
+from jobs.engine import cancel, retry_now, validate_payload
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
 from jobs.models import ACTIVE_STATUSES, DeadLetter, Job, JobDependency, JobStatus, Priority
 from jobs.registry import Backoff, JobType, get_job_type, job
@@ -176,9 +177,7 @@ def immediate_after() -> Iterator[None]:
 
 def _run_immediately() -> None:
     if runs_immediately() and not getattr(_held, "active", False):
-        from jobs.testing import run_jobs
-
-        run_jobs()
+        execution.drain()
 
 
 def _refreshed(job: Job) -> Job:
@@ -229,8 +228,6 @@ def _attach_child(parent: Job, child: Job) -> None:
         child.save(force_insert=True)
     else:
         # Fan-in: the child already waits on another parent of this workflow.
-        from django.db.models import F
-
         Job.objects.filter(pk=child.pk, status=JobStatus.BLOCKED).update(waiting_on=F("waiting_on") + 1)
     JobDependency.objects.create(parent=parent, child=child)
 
@@ -275,3 +272,29 @@ def enqueue_many(
                 signals.send(signals.job_enqueued, stored)
     _run_immediately()
     return jobs
+
+
+def requeue(dead_letter_id: int, payload: dict | None = None) -> Job | None:
+    """A fresh pending job from a dead letter (an enqueue of its type and payload), at most once:
+    returns None if it was already requeued or discarded. ``payload`` replaces the stored one
+    (validated by the job type's model)."""
+    with transaction.atomic():
+        dead = DeadLetter.objects.select_for_update().get(id=dead_letter_id)
+        if not dead.is_open:
+            return None
+        if payload is not None:
+            job_type = get_job_type(dead.type)
+            dead.payload = validate_payload(job_type, payload)
+            dead.payload_version = job_type.payload_version
+        job = enqueue(
+            dead.type,
+            dead.payload,
+            priority=dead.priority,
+            queue=dead.queue,
+            _payload_version=dead.payload_version,
+            _requeued_from=dead,
+        )
+        dead.requeued_at = timezone.now()
+        dead.requeued_job = job
+        dead.save(update_fields=["payload", "payload_version", "requeued_at", "requeued_job"])
+        return job

@@ -1,5 +1,6 @@
 from django.apps import AppConfig
 from django.conf import settings
+from django.db.models.signals import post_migrate
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -12,7 +13,10 @@ class JobsConfig(AppConfig):
         # Every installed app's jobs.py declares its job types with @job; import them all so that
         # any process (web, worker, shell) knows every type.
         autodiscover_modules("jobs")
-        from jobs import checks, signals  # noqa: F401
+        from jobs import checks  # noqa: F401  (registers the system checks)
+        from jobs.scheduler import register_declared_schedules
+
+        post_migrate.connect(register_declared_schedules, dispatch_uid="jobs.register_declared_schedules")
 
         if getattr(settings, "TASKS", None):
             # Django's Tasks API on our queue: the backends register their configured tasks' job types

@@ -6,13 +6,17 @@ other. SQLite: every transaction is ``BEGIN IMMEDIATE`` (see settings), so a cla
 write lock from its first statement and two claims can never interleave.
 """
 
+import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from django.db import connection
+from django.db.models.functions import Now
+from django.db.models.sql import InsertQuery
 from django.utils import timezone
 
 from jobs import conf
+from jobs.models import Job
 
 NOTIFY_CHANNEL = "jobs_enqueued"
 
@@ -35,8 +39,6 @@ def now() -> datetime:
 def now_value():
     """The database's clock as a value for an ORM update or filter, read by the database itself (no
     round trip): ``statement_timestamp()`` on PostgreSQL, this host's clock for SQLite (see now())."""
-    from django.db.models.functions import Now
-
     return Now() if is_postgres() else timezone.now()
 
 
@@ -120,8 +122,6 @@ def claim_ids(**options) -> list[int]:
 
 def claim_jobs(**options) -> list:
     """The common claim as one statement returning whole rows (inside the caller's transaction)."""
-    from jobs.models import Job
-
     sql, params = _claim_sql(returning="*", **options)
     return list(Job.objects.raw(sql, params))
 
@@ -245,8 +245,6 @@ def bulk_insert_jobs(jobs: list) -> list[int]:
     document unpacked by the database (jsonb_array_elements / json_each), which is cheaper to build
     and to parse than an escaped text array per column, and keeps SQLite under its parameter cap.
     """
-    import json
-
     postgres = is_postgres()
     values = {}
     for name in _BULK_COLUMNS:
@@ -329,8 +327,6 @@ def complete_ids(items: list[tuple[int, str, object]], now: datetime) -> list[in
 
 def complete_sql(items: list[tuple[int, str, object]], now: datetime) -> tuple[str, list]:
     """The statement of :func:`complete_ids`, and its parameters."""
-    import json
-
     results = [None if r is None else json.dumps(r) for _, _, r in items]
     set_done = (
         "status = 'succeeded', result = v.result, finished_at = %s, locked_by = NULL, lock_token = NULL,"
@@ -365,8 +361,6 @@ def heartbeat_jobs(items: list[tuple[int, str]]) -> dict[int, bool]:
     """Stamp the running jobs still held under these lock tokens with the database's clock, in one
     statement; returns ``{id: cancellation requested}`` for those. A job missing from the answer is no
     longer ours: it finished, or was reaped and perhaps claimed by another worker."""
-    import json
-
     if not items:
         return {}
     if is_postgres():
@@ -401,8 +395,6 @@ def insert_job(job, *, unless_key_taken: bool = False) -> bool:
     inserted (``ON CONFLICT DO NOTHING``: no error, so no savepoint is needed) and False is returned.
     On PostgreSQL a concurrent insert of the same key waits for the other transaction to end.
     """
-    from django.db.models.sql import InsertQuery
-
     model = type(job)
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     notify = is_postgres() and conf.get("JOBS_LISTEN_NOTIFY")

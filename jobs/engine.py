@@ -17,8 +17,8 @@ from django.db.models import F
 from django.utils import timezone
 from pydantic import BaseModel, ValidationError
 
-from jobs import db, signals
-from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
+from jobs import db, ratelimit, signals
+from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType, WorkerLost
 from jobs.models import DeadLetter, Job, JobDependency, JobStatus, QueueState
 from jobs.registry import JobType, get_job_type
 from jobs.signals import job_finished
@@ -83,7 +83,6 @@ def claim(
     One short transaction: one claim statement in the common case; concurrency-keyed and rate-limited
     types take their own, locked passes so that their limits hold across workers.
     """
-    from jobs import ratelimit
 
     if limit <= 0:
         return []
@@ -402,7 +401,6 @@ def set_progress(job: Job, percent: int) -> None:
 def reap_stale(stale_after: float) -> list[int]:
     """Return running jobs whose worker stopped heartbeating to pending (or dead, if that was the last
     attempt). Any live worker runs this; SKIP LOCKED keeps two reapers off the same row."""
-    from jobs.exceptions import WorkerLost
 
     reaped, ended, dead = [], [], []
     with transaction.atomic():
@@ -473,30 +471,3 @@ def cancel(job_id: int, reason: str = "cancelled") -> str:
 def retry_now(job_id: int) -> bool:
     """Make a pending or failed-and-waiting job due now (staff's "retry now" / "run now")."""
     return bool(Job.objects.filter(id=job_id, status=JobStatus.PENDING).update(run_at=db.now()))
-
-
-def requeue(dead_letter_id: int, payload: dict | None = None) -> Job | None:
-    """A fresh pending job from a dead letter, at most once: returns None if it was already requeued or
-    discarded. ``payload`` replaces the stored one (validated by the job type's model)."""
-    from jobs.api import enqueue
-
-    with transaction.atomic():
-        dead = DeadLetter.objects.select_for_update().get(id=dead_letter_id)
-        if not dead.is_open:
-            return None
-        if payload is not None:
-            job_type = get_job_type(dead.type)
-            dead.payload = validate_payload(job_type, payload)
-            dead.payload_version = job_type.payload_version
-        job = enqueue(
-            dead.type,
-            dead.payload,
-            priority=dead.priority,
-            queue=dead.queue,
-            _payload_version=dead.payload_version,
-            _requeued_from=dead,
-        )
-        dead.requeued_at = timezone.now()
-        dead.requeued_job = job
-        dead.save(update_fields=["payload", "payload_version", "requeued_at", "requeued_job"])
-        return job

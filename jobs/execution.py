@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -277,3 +277,30 @@ def _run_batch(jobs: list[Job], *, cancel_event, abandoned) -> list[tuple[Job, O
 
 
 _MISSING = object()
+
+
+_draining = threading.local()
+
+
+def drain(queues: Sequence[str] | None = None, *, max_jobs: int | None = None) -> int:
+    """Run every due job (and the children they release) in this process, one claim at a time;
+    returns how many ran. Immediate mode and the test helper ``jobs.testing.run_jobs`` use it.
+    Failed jobs are retried later (their run_at moves past now), so it always ends. A job enqueued by
+    a handler while draining is picked up by this loop, not by a nested one."""
+    if getattr(_draining, "active", False):
+        return 0
+    _draining.active = True
+    ran = 0
+    try:
+        qs = list(queues) if queues else None
+        while max_jobs is None or ran < max_jobs:
+            claimed = engine.claim("inline", 1, qs)
+            if not claimed:
+                break
+            top_up = lambda job_type, n: engine.claim("inline", n, qs, types=[job_type])  # noqa: E731
+            for group in group_batches(claimed, top_up):
+                run_group(group)
+                ran += len(group)
+    finally:
+        _draining.active = False
+    return ran

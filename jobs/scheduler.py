@@ -15,8 +15,10 @@ from django.conf import settings
 from django.db import transaction
 
 from jobs import clock, conf, db
+from jobs.api import enqueue
 from jobs.exceptions import InvalidPayload, UnknownJobType
 from jobs.models import CronSchedule, Job
+from jobs.registry import get_job_type
 
 log = logging.getLogger("jobs.scheduler")
 
@@ -75,6 +77,13 @@ def declare(
     )
 
 
+def register_declared_schedules(sender, app_config=None, **kwargs) -> None:
+    """post_migrate receiver (see jobs.apps): code-declared cron schedules exist as rows as soon as the
+    database is migrated."""
+    if app_config is not None and app_config.label == "jobs":
+        sync_declared()
+
+
 def sync_declared() -> int:
     """Create the code-declared schedules that are missing; returns how many were created."""
     created = 0
@@ -94,7 +103,6 @@ def sync_declared() -> int:
 
 def save_schedule(schedule: CronSchedule) -> CronSchedule:
     """Validate and save a schedule edited by staff or code, recomputing its next run."""
-    from jobs.registry import get_job_type
 
     validate_expression(schedule.expression)
     validate_time_zone(schedule.time_zone)
@@ -106,7 +114,6 @@ def save_schedule(schedule: CronSchedule) -> CronSchedule:
 
 def run_now(schedule: CronSchedule) -> Job:
     """Enqueue a schedule's job at once (staff's "run now"); its regular next run is unchanged."""
-    from jobs.api import enqueue
 
     with transaction.atomic():
         job = enqueue(schedule.job_type, schedule.payload, priority=schedule.priority)
@@ -125,7 +132,6 @@ def _missed_runs(schedule: CronSchedule, now: datetime, limit: int = 1000) -> in
 
 def tick(now: datetime | None = None) -> list[Job]:
     """Enqueue every schedule that is due; each due time once, whoever else is ticking."""
-    from jobs.api import enqueue
 
     now = now or clock.now()
     enqueued = []

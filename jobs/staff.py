@@ -6,6 +6,7 @@ AuditEntry naming the actor, so the admin can show who did what. ``actor`` is a 
 as "cli".
 """
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import engine, scheduler
+from jobs import api, engine, scheduler
 from jobs.exceptions import InvalidPayload, UnknownJobType
 from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, QueueState
 from jobs.registry import job_types
@@ -67,7 +68,7 @@ def retry(actor, job_ids: Iterable[int]) -> Outcome:
             dead = getattr(job, "dead_letter", None)
             if dead is not None:
                 try:
-                    new = engine.requeue(dead.pk)
+                    new = api.requeue(dead.pk)
                 except (InvalidPayload, UnknownJobType) as exc:
                     outcome.skipped.append((job.pk, f"{exc}; correct the payload and requeue it"))
                     continue
@@ -139,7 +140,7 @@ def requeue(actor, dead_letter_ids: Iterable[int]) -> Outcome:
     outcome = Outcome()
     for dead in DeadLetter.objects.filter(id__in=list(dead_letter_ids)).order_by("id"):
         try:
-            new = engine.requeue(dead.pk)
+            new = api.requeue(dead.pk)
         except (InvalidPayload, UnknownJobType) as exc:
             outcome.skipped.append((dead.pk, f"{exc}; correct the payload and requeue it"))
             continue
@@ -166,7 +167,7 @@ def edit_and_requeue(actor, dead_letter_id: int, payload: dict) -> Job | None:
     with transaction.atomic():
         dead = DeadLetter.objects.select_for_update().get(pk=dead_letter_id)
         before = dead.payload
-        new = engine.requeue(dead.pk, payload=payload)
+        new = api.requeue(dead.pk, payload=payload)
         if new is None:
             return None
         audit(actor, "edit", job=dead.job, dead_letter=dead, details=f"payload was {_json(before)}")
@@ -271,17 +272,13 @@ def run_schedule(actor, schedule: CronSchedule) -> Job:
 
 def enqueue(actor, job_type: str, payload: dict, *, delay=None, priority: int | None = None) -> Job:
     """Enqueue by hand (validated: UnknownJobType, InvalidPayload)."""
-    from jobs.api import enqueue as api_enqueue
-
     if job_type not in job_types():
         raise UnknownJobType(job_type)
     with transaction.atomic():
-        job = api_enqueue(job_type, payload, delay=delay, priority=priority)
+        job = api.enqueue(job_type, payload, delay=delay, priority=priority)
         audit(actor, "enqueue", job=job, details=_json(job.payload))
     return job
 
 
 def _json(value) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True, default=str)

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+from django_tasks import task_backends
 from django_tasks.backends.base import BaseTaskBackend
 from django_tasks.base import (
     TASK_MAX_PRIORITY,
@@ -278,8 +279,6 @@ def _stored_task(row: Job) -> Task:
 
 
 def _backend_for(task: Task) -> JobsBackend:
-    from django_tasks import task_backends
-
     backend = task.get_backend()
     if isinstance(backend, JobsBackend):
         return backend
@@ -352,8 +351,6 @@ def _resolve(name: str) -> JobType | None:
 
 def create_backends() -> None:
     """Create every JobsBackend of TASKS in this process, registering the job types they configure."""
-    from django_tasks import task_backends
-
     for alias, params in settings.TASKS.items():
         try:
             backend_class = import_string(params.get("BACKEND", ""))

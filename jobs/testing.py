@@ -3,16 +3,13 @@
 from jobs.testing import assert_enqueued, immediate, run_jobs
 """
 
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from django.test import override_settings
 
-from jobs import engine, execution
+from jobs import execution
 from jobs.models import Job
-
-_local = threading.local()
 
 
 def run_jobs(queues: Sequence[str] | None = None, *, max_jobs: int | None = None) -> int:
@@ -22,23 +19,7 @@ def run_jobs(queues: Sequence[str] | None = None, *, max_jobs: int | None = None
     Handler timeouts are not enforced in-process. A handler's SystemExit or KeyboardInterrupt is its
     job's failure like any exception: the caller gets the failed job, not an exit.
     """
-    if getattr(_local, "running", False):
-        return 0  # a handler enqueued in immediate mode: the outer loop picks the job up
-    _local.running = True
-    ran = 0
-    try:
-        qs = list(queues) if queues else None
-        while max_jobs is None or ran < max_jobs:
-            claimed = engine.claim("inline", 1, qs)
-            if not claimed:
-                break
-            top_up = lambda job_type, n: engine.claim("inline", n, qs, types=[job_type])  # noqa: E731
-            for group in execution.group_batches(claimed, top_up):
-                execution.run_group(group)
-                ran += len(group)
-    finally:
-        _local.running = False
-    return ran
+    return execution.drain(queues, max_jobs=max_jobs)
 
 
 def enqueued(job_type: str, **payload_fields) -> list[Job]:

@@ -26,7 +26,9 @@ from django.db import (
 from jobs import conf, db, engine, execution, stats, systemd
 from jobs.exceptions import JobTimeout
 from jobs.models import Job, WorkerProcess
+from jobs.reaper import Reaper
 from jobs.registry import get_job_type
+from jobs.scheduler import Scheduler
 
 log = logging.getLogger("jobs.worker")
 
@@ -128,8 +130,6 @@ class Worker:
         stale_after: float | None = None,
         plugins: list | None = None,
     ):
-        from jobs.reaper import Reaper
-        from jobs.scheduler import Scheduler
 
         self.queues = queues or None
         self.concurrency = max(1, concurrency)

@@ -7,7 +7,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from jobs import db, engine, registry
+from jobs import api, db, engine, registry
 from jobs.api import HIGH, LOW, InvalidPayload, UnknownJobType, enqueue, enqueue_many
 from jobs.models import DeadLetter, Job, JobStatus
 from jobs.testing import assert_enqueued, immediate, run_jobs
@@ -295,9 +295,9 @@ def test_requeue_dead_letter_creates_one_fresh_job_linked_to_it():
     job = enqueue("test.permanent", {"key": "x"})
     run_jobs()
     dead = DeadLetter.objects.get(job=job)
-    fresh = engine.requeue(dead.id)
+    fresh = api.requeue(dead.id)
     assert fresh.status == JobStatus.PENDING and fresh.requeued_from_id == dead.id and fresh.attempts == 0
-    assert engine.requeue(dead.id) is None
+    assert api.requeue(dead.id) is None
     assert Job.objects.filter(type="test.permanent").count() == 2
 
 

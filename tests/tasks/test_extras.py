@@ -10,7 +10,7 @@ from django.test import Client
 from django.utils import timezone
 from django_tasks import TaskResultStatus
 
-from jobs import engine
+from jobs import api
 from jobs.api import enqueue
 from jobs.exceptions import JobTimeout, UnknownJobType
 from jobs.models import DeadLetter, Job, JobStatus
@@ -58,7 +58,7 @@ def test_a_task_that_exhausts_its_attempts_is_dead_lettered_and_a_requeue_runs_i
     )
 
     Run.objects.create(key="fixed:order-1", job_id=0, attempt=0, pid=0, started_at=timezone.now())
-    again = tasks.fail_unless_fixed.get_result(str(engine.requeue(dead.id).id))
+    again = tasks.fail_unless_fixed.get_result(str(api.requeue(dead.id).id))
     wait_finished(again)
     assert again.status == TaskResultStatus.SUCCESSFUL and again.return_value == "fixed"
 

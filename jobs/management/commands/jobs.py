@@ -10,9 +10,10 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import overview, pruner, scheduler, staff
+from jobs import health, overview, pruner, scheduler, staff
 from jobs.exceptions import InvalidPayload, UnknownJobType
 from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus
+from jobs.registry import job_types
 
 PARTIAL = 2
 
@@ -80,7 +81,6 @@ class Command(BaseCommand):
         prune.add_argument("--older-than", default="7d", help="Age such as 7d, 12h, 30m (default 7d).")
 
     def do_health(self, max_heartbeat_age=None, **options):
-        from jobs import health
 
         try:
             result = health.check(max_heartbeat_age)
@@ -284,7 +284,6 @@ class Command(BaseCommand):
 
 
 def _job_types():
-    from jobs.registry import job_types
 
     return job_types()
 
