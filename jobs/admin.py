@@ -25,10 +25,10 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
-from jobs import conf, db, engine, scheduler, staff
+from jobs import conf, db, scheduler, staff
 from jobs.exceptions import InvalidPayload, UnknownJobType
 from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, QueueState, WorkerProcess
-from jobs.registry import get_job_type, job_types
+from jobs.registry import get_job_type, job_types, validate_payload
 
 
 def pretty_json(value) -> str:
@@ -705,9 +705,7 @@ class CronScheduleForm(forms.ModelForm):
         data = super().clean()
         if "job_type" in data and "payload" in data and not self.has_error("payload"):
             try:
-                data["payload"] = engine.validate_payload(
-                    get_job_type(data["job_type"]), data["payload"] or {}
-                )
+                data["payload"] = validate_payload(get_job_type(data["job_type"]), data["payload"] or {})
             except UnknownJobType as exc:
                 self.add_error("job_type", str(exc))
             except InvalidPayload as exc:

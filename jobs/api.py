@@ -14,10 +14,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs import conf, db, execution, signals
-from jobs.engine import cancel, retry_now, validate_payload
+from jobs.engine import cancel, retry_now
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
+from jobs.execution import JobContext
 from jobs.models import ACTIVE_STATUSES, DeadLetter, Job, JobDependency, JobStatus, Priority
-from jobs.registry import Backoff, JobType, get_job_type, job
+from jobs.registry import Backoff, JobType, get_job_type, job, validate_payload
 
 LOW, NORMAL, HIGH, CRITICAL = Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.CRITICAL
 
@@ -28,6 +29,7 @@ __all__ = [
     "NORMAL",
     "Backoff",
     "InvalidPayload",
+    "JobContext",
     "JobCancelled",
     "PermanentError",
     "Priority",
@@ -36,6 +38,7 @@ __all__ = [
     "enqueue",
     "enqueue_many",
     "job",
+    "prepare",
     "requeue",
     "retry_now",
 ]

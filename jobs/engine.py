@@ -15,12 +15,11 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from pydantic import BaseModel, ValidationError
 
 from jobs import db, ratelimit, signals
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType, WorkerLost
 from jobs.models import DeadLetter, Job, JobDependency, JobStatus, QueueState
-from jobs.registry import JobType, get_job_type
+from jobs.registry import get_job_type
 from jobs.signals import job_finished
 
 log = logging.getLogger("jobs")
@@ -30,42 +29,6 @@ MAX_TRACEBACK = 20_000
 
 def new_token() -> str:
     return uuid.uuid4().hex
-
-
-def validate_payload(job_type: JobType, payload: Any) -> dict:
-    """The payload as its model dumps it to JSON; raises InvalidPayload with the model's errors."""
-    try:
-        if isinstance(payload, job_type.payload):
-            model = payload
-        elif isinstance(payload, BaseModel):
-            model = job_type.payload.model_validate(payload.model_dump())
-        else:
-            model = job_type.payload.model_validate(payload)
-    except ValidationError as exc:
-        raise InvalidPayload(job_type.name, exc.errors(include_url=False, include_context=False)) from None
-    return model.model_dump(mode="json")
-
-
-def load_payload(job_type: JobType, job: Job) -> BaseModel:
-    """The stored payload, upgraded from an older version if needed, as the type's model."""
-    data = job.payload
-    if job.payload_version < job_type.payload_version:
-        if job_type.upgrade is None:
-            raise InvalidPayload(
-                job_type.name,
-                [{"loc": (), "msg": f"stored payload version {job.payload_version} and no upgrade function"}],
-            )
-        try:
-            data = job_type.upgrade(dict(data), job.payload_version)
-        except Exception as exc:  # a row the upgrade cannot read will not read better next time
-            raise InvalidPayload(
-                job_type.name,
-                [{"loc": (), "msg": f"cannot upgrade from version {job.payload_version}: {exc!r}"}],
-            ) from None
-    try:
-        return job_type.payload.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidPayload(job_type.name, exc.errors(include_url=False, include_context=False)) from None
 
 
 # -- claiming ------------------------------------------------------------------------------------

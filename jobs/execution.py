@@ -19,7 +19,7 @@ from django.db import InterfaceError, OperationalError, connection
 from jobs import engine, signals
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
 from jobs.models import Job
-from jobs.registry import get_job_type
+from jobs.registry import get_job_type, load_payload
 
 log = logging.getLogger("jobs")
 
@@ -74,7 +74,7 @@ def _jsonable(result: Any) -> Any:
 def call_handler(job: Job, ctx: JobContext) -> Any:
     """The handler's return value; raises what it raised, or PermanentError/InvalidPayload/UnknownJobType."""
     job_type = get_job_type(job.type)
-    payload = engine.load_payload(job_type, job)
+    payload = load_payload(job_type, job)
     result = job_type.handler(payload, ctx)
     try:
         return _jsonable(result)
@@ -226,7 +226,7 @@ def _run_batch(jobs: list[Job], *, cancel_event, abandoned) -> list[tuple[Job, O
     started = time.monotonic()
     for job in jobs:
         try:
-            items.append((job.id, engine.load_payload(job_type, job)))
+            items.append((job.id, load_payload(job_type, job)))
             by_id[job.id] = job
         except InvalidPayload as exc:
             status = _record(engine.fail, job, exc, traceback="") or "lost"

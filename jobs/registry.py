@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from jobs.exceptions import UnknownJobType
-from jobs.models import Priority
+from jobs.exceptions import InvalidPayload, UnknownJobType
+from jobs.models import Job, Priority
 
 
 class Rate(NamedTuple):
@@ -159,3 +159,42 @@ def job_types() -> dict[str, JobType]:
 def unregister(name: str) -> None:
     """Forget a job type (tests use it to simulate a deploy that removed one)."""
     _registry.pop(name, None)
+
+
+# -- payloads --------------------------------------------------------------------------------------
+
+
+def validate_payload(job_type: JobType, payload: Any) -> dict:
+    """The payload as its model dumps it to JSON; raises InvalidPayload with the model's errors."""
+    try:
+        if isinstance(payload, job_type.payload):
+            model = payload
+        elif isinstance(payload, BaseModel):
+            model = job_type.payload.model_validate(payload.model_dump())
+        else:
+            model = job_type.payload.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidPayload(job_type.name, exc.errors(include_url=False, include_context=False)) from None
+    return model.model_dump(mode="json")
+
+
+def load_payload(job_type: JobType, job: Job) -> BaseModel:
+    """The stored payload, upgraded from an older version if needed, as the type's model."""
+    data = job.payload
+    if job.payload_version < job_type.payload_version:
+        if job_type.upgrade is None:
+            raise InvalidPayload(
+                job_type.name,
+                [{"loc": (), "msg": f"stored payload version {job.payload_version} and no upgrade function"}],
+            )
+        try:
+            data = job_type.upgrade(dict(data), job.payload_version)
+        except Exception as exc:  # a row the upgrade cannot read will not read better next time
+            raise InvalidPayload(
+                job_type.name,
+                [{"loc": (), "msg": f"cannot upgrade from version {job.payload_version}: {exc!r}"}],
+            ) from None
+    try:
+        return job_type.payload.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidPayload(job_type.name, exc.errors(include_url=False, include_context=False)) from None

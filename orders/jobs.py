@@ -14,7 +14,7 @@ from django.conf import settings
 from pydantic import BaseModel, Field
 
 from jobs import scheduler
-from jobs.api import HIGH, Backoff, PermanentError, job
+from jobs.api import HIGH, Backoff, JobContext, PermanentError, job
 from orders import (
     inventory,
     invoices,
@@ -91,7 +91,7 @@ def _order(payload) -> Order:
     return order
 
 
-def _step(step: str, payload: OrderRef, ctx, work: Callable[[], dict]) -> dict:
+def _step(step: str, payload: OrderRef, ctx: JobContext, work: Callable[[], dict]) -> dict:
     """Run a customer-visible pipeline step; a failed attempt is written to the order's history (so the
     order page reads events, not job rows): "being retried", or "delayed" when none is left."""
     try:
@@ -119,7 +119,7 @@ _NETWORK_TIMEOUT = 3 * settings.HTTP_TIMEOUT + 30
     backoff=_backoff(),
     timeout=_NETWORK_TIMEOUT,
 )
-def send_order_confirmation(payload: OrderRef, ctx) -> dict:
+def send_order_confirmation(payload: OrderRef, ctx: JobContext) -> dict:
     return _step(
         "confirmation",
         payload,
@@ -129,7 +129,7 @@ def send_order_confirmation(payload: OrderRef, ctx) -> dict:
 
 
 @job("generate_invoice", payload=OrderRef, max_attempts=5, backoff=_backoff(), timeout=120)
-def generate_invoice(payload: OrderRef, ctx) -> dict:
+def generate_invoice(payload: OrderRef, ctx: JobContext) -> dict:
     return _step(
         "invoice",
         payload,
@@ -139,7 +139,7 @@ def generate_invoice(payload: OrderRef, ctx) -> dict:
 
 
 @job("sync_inventory", payload=OrderRef, max_attempts=10, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
-def sync_inventory(payload: OrderRef, ctx) -> dict:
+def sync_inventory(payload: OrderRef, ctx: JobContext) -> dict:
     def work() -> dict:
         try:
             sync = inventory.sync_inventory(_order(payload), actor=Actor.job(ctx))
@@ -151,7 +151,7 @@ def sync_inventory(payload: OrderRef, ctx) -> dict:
 
 
 @job("mark_order_fulfilled", payload=OrderRef, max_attempts=5, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
-def mark_order_fulfilled(payload: OrderRef, ctx) -> dict:
+def mark_order_fulfilled(payload: OrderRef, ctx: JobContext) -> dict:
     """Ready to ship: invoice and inventory are done (and, with PAYMENT_CAPTURE=on_fulfilment, the
     payment captured: no capture, no shipping)."""
 
@@ -165,19 +165,19 @@ def mark_order_fulfilled(payload: OrderRef, ctx) -> dict:
 
 
 @job("send_followup_email", payload=OrderRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
-def send_followup_email(payload: OrderRef, ctx) -> dict:
+def send_followup_email(payload: OrderRef, ctx: JobContext) -> dict:
     return {"sent": notifications.send_followup(_order(payload), actor=Actor.job(ctx))}
 
 
 @job(
     "send_cancellation_email", payload=OrderRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT
 )
-def send_cancellation_email(payload: OrderRef, ctx) -> dict:
+def send_cancellation_email(payload: OrderRef, ctx: JobContext) -> dict:
     return {"sent": notifications.send_cancellation(_order(payload), actor=Actor.job(ctx))}
 
 
 @job("send_shipping_email", payload=ShipmentRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
-def send_shipping_email(payload: ShipmentRef, ctx) -> dict:
+def send_shipping_email(payload: ShipmentRef, ctx: JobContext) -> dict:
     shipment = Shipment.objects.filter(pk=payload.shipment_id).select_related("order").first()
     if shipment is None:
         raise PermanentError(f"shipment {payload.shipment_id} does not exist")
@@ -191,7 +191,7 @@ def send_shipping_email(payload: ShipmentRef, ctx) -> dict:
     backoff=_backoff(),
     timeout=_NETWORK_TIMEOUT,
 )
-def deliver_webhook(payload: WebhookDeliveryRef, ctx) -> dict:
+def deliver_webhook(payload: WebhookDeliveryRef, ctx: JobContext) -> dict:
     try:
         delivery = webhooks.deliver(
             payload.endpoint_id, payload.event, payload.order_id, payload.message_id, actor=Actor.job(ctx)
@@ -207,21 +207,21 @@ def deliver_webhook(payload: WebhookDeliveryRef, ctx) -> dict:
 
 
 @job("daily_sales_report", payload=ReportDay, max_attempts=5, backoff=_backoff(), timeout=600)
-def daily_sales_report(payload: ReportDay, ctx) -> dict:
+def daily_sales_report(payload: ReportDay, ctx: JobContext) -> dict:
     report = reports.build_sales_report(payload.date or reports.yesterday())
     emailed = notifications.send_sales_report(report)
     return {"date": report.date.isoformat(), "orders": report.orders, "emailed": emailed}
 
 
 @job("reconcile_pending_payments", payload=ReconcileOptions, max_attempts=1, timeout=600)
-def reconcile_pending_payments(payload: ReconcileOptions, ctx) -> dict:
+def reconcile_pending_payments(payload: ReconcileOptions, ctx: JobContext) -> dict:
     return services.reconcile_pending_payments(
         older_than=timedelta(minutes=payload.older_than_minutes), actor=Actor.job(ctx)
     )
 
 
 @job("purge_idempotency_keys", payload=NoOptions, max_attempts=3, timeout=600)
-def purge_idempotency_keys(payload: NoOptions, ctx) -> dict:
+def purge_idempotency_keys(payload: NoOptions, ctx: JobContext) -> dict:
     return {"deleted": services.purge_idempotency_keys()}
 
 
@@ -232,7 +232,7 @@ def purge_idempotency_keys(payload: NoOptions, ctx) -> dict:
     backoff=_backoff(),
     timeout=_NETWORK_TIMEOUT,
 )
-def apply_payment_event(payload: PaymentEventRef, ctx) -> dict:
+def apply_payment_event(payload: PaymentEventRef, ctx: JobContext) -> dict:
     event = PaymentEvent.objects.filter(event_id=payload.event_id).first()
     if event is None:
         raise PermanentError(f"payment event {payload.event_id} is not stored")
@@ -250,7 +250,7 @@ def apply_payment_event(payload: PaymentEventRef, ctx) -> dict:
     backoff=_backoff(),
     timeout=_NETWORK_TIMEOUT,
 )
-def apply_warehouse_event(payload: WarehouseEventRef, ctx) -> dict:
+def apply_warehouse_event(payload: WarehouseEventRef, ctx: JobContext) -> dict:
     event = WarehouseEvent.objects.filter(event_id=payload.event_id).first()
     if event is None:
         raise PermanentError(f"warehouse event {payload.event_id} is not stored")
@@ -259,7 +259,7 @@ def apply_warehouse_event(payload: WarehouseEventRef, ctx) -> dict:
 
 
 @job("expire_unpaid_order", payload=OrderRef, max_attempts=10, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
-def expire_unpaid_order(payload: OrderRef, ctx) -> dict:
+def expire_unpaid_order(payload: OrderRef, ctx: JobContext) -> dict:
     return {"status": services.expire_unpaid_order(_order(payload), actor=Actor.job(ctx)).status}
 
 
@@ -271,13 +271,13 @@ def _refund_of(payload: RefundRef) -> Refund:
 
 
 @job("process_refund", payload=RefundRef, max_attempts=10, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
-def process_refund(payload: RefundRef, ctx) -> dict:
+def process_refund(payload: RefundRef, ctx: JobContext) -> dict:
     refund = services.process_refund(_refund_of(payload), actor=Actor.job(ctx))
     return {"status": refund.status}
 
 
 @job("issue_credit_note", payload=RefundRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
-def issue_credit_note(payload: RefundRef, ctx) -> dict:
+def issue_credit_note(payload: RefundRef, ctx: JobContext) -> dict:
     note = invoices.issue_credit_note(_refund_of(payload), actor=Actor.job(ctx))
     return {"credit_note": note.number, "emailed": notifications.send_credit_note(note, actor=Actor.job(ctx))}
 
@@ -285,12 +285,12 @@ def issue_credit_note(payload: RefundRef, ctx) -> dict:
 @job(
     "notify_staff_of_dispute", payload=OrderRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT
 )
-def notify_staff_of_dispute(payload: OrderRef, ctx) -> dict:
+def notify_staff_of_dispute(payload: OrderRef, ctx: JobContext) -> dict:
     return {"sent": notifications.send_dispute_alert(_order(payload))}
 
 
 @job("fake_gateway_settle", payload=FakeChargeRef, max_attempts=3, backoff=_backoff())
-def fake_gateway_settle(payload: FakeChargeRef, ctx) -> dict:
+def fake_gateway_settle(payload: FakeChargeRef, ctx: JobContext) -> dict:
     """The fake gateway's bank answers a processing payment (it succeeds) and sends the webhook."""
     from orders.gateways import FakeGateway, GatewayError
 

@@ -180,7 +180,7 @@ def test_batch_handler_gets_several_jobs_and_each_outcome_is_recorded():
 def test_progress_is_stored_while_the_job_runs():
     enqueue("test.noop", {})
     (job,) = engine.claim("w", 1)
-    from jobs.execution import JobContext
+    from jobs.api import JobContext
 
     JobContext(job=job, logger=None).progress(42)
     assert Job.objects.get(id=job.id).progress == 42
