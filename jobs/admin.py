@@ -13,7 +13,6 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import connection
 from django.db.models import Q
 from django.db.models.functions import Now
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
@@ -91,15 +90,10 @@ class EstimatedCountPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         query = getattr(self.object_list, "query", None)
-        if query is not None and not query.where and db.is_postgres():
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                    [self.object_list.model._meta.db_table],
-                )
-                row = cursor.fetchone()
-            if row and row[0] > self.estimate_above:
-                return int(row[0])
+        if query is not None and not query.where:
+            estimate = db.estimated_rows(self.object_list.model._meta.db_table)
+            if estimate is not None and estimate > self.estimate_above:
+                return estimate
         return super().count
 
 

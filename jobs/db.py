@@ -1,9 +1,12 @@
-"""The engine's only door to vendor differences: the claim query, NOTIFY/LISTEN and parameter
-adaptation. Anyone reviewing locking reads this file.
+"""The queue's concurrency contract, in one file: every vendor difference and every statement written
+as SQL (the claim, completion, NOTIFY/LISTEN, the reaper's and scheduler's row locks, the statistics
+upsert, the row estimate, parameter adaptation). Anyone reviewing locking reads this file; no other
+module of ``jobs`` opens a cursor or asks which database it runs on beyond ``is_postgres()``.
 
 PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets many workers claim side by side without waiting on each
-other. SQLite: every transaction is ``BEGIN IMMEDIATE`` (see settings), so a claim holds the single
-write lock from its first statement and two claims can never interleave.
+other. SQLite: every transaction is ``BEGIN IMMEDIATE`` (see settings; the system check jobs.E001
+refuses a database without it), so a claim holds the single write lock from its first statement and
+two claims can never interleave.
 """
 
 import json
@@ -205,6 +208,60 @@ def notify(queues: Iterable[str]) -> None:
     with connection.cursor() as cursor:
         for queue in sorted(set(queues)):
             cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue])
+
+
+def skip_locked(queryset):
+    """``queryset`` locking its rows for this transaction and passing over rows another transaction
+    holds (PostgreSQL ``FOR UPDATE SKIP LOCKED``: two reapers or schedulers never take the same row).
+    SQLite needs nothing: its IMMEDIATE transactions already run one at a time."""
+    return queryset.select_for_update(skip_locked=True) if is_postgres() else queryset
+
+
+def estimated_rows(table: str) -> int | None:
+    """The planner's row estimate for ``table`` on PostgreSQL (no count of a million rows), else None."""
+    if not is_postgres():
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [table])
+        row = cursor.fetchone()
+    return int(row[0]) if row else None
+
+
+def add_job_stats(counts: dict[tuple[str, str, str], list]) -> None:
+    """Add per (type, outcome, duration bucket) counts and seconds to jobs_jobstat in one upsert."""
+    rows = sorted(counts.items())
+    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
+    params = [v for (t, o, b), (n, s) in rows for v in (t, o, b, n, s)]
+    sql = (
+        f"INSERT INTO jobs_jobstat (type, outcome, bucket, count, seconds) VALUES {values}"
+        " ON CONFLICT (type, outcome, bucket) DO UPDATE SET count = jobs_jobstat.count + excluded.count,"
+        " seconds = jobs_jobstat.seconds + excluded.seconds"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def listen(stopping, on_notify, on_listening) -> None:
+    """LISTEN on the enqueue channel over a connection of its own (PostgreSQL) until ``stopping`` is
+    set: ``on_listening()`` once listening (anything enqueued before was not heard), then
+    ``on_notify(queue)`` for each enqueue's notification. Raises the connection's error when it is
+    lost (the caller backs off and listens again)."""
+    import psycopg  # PostgreSQL only: a SQLite install never listens
+
+    with psycopg.connect(**listen_conninfo()) as conn:
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        on_listening()
+        while not stopping.is_set():
+            for note in conn.notifies(timeout=1.0):
+                on_notify(note.payload)
+
+
+def listen_errors() -> tuple[type[BaseException], ...]:
+    """What a lost LISTEN connection raises."""
+    import psycopg
+    from django.db import DatabaseError
+
+    return (psycopg.Error, DatabaseError)
 
 
 def listen_conninfo() -> dict:

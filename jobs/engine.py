@@ -370,8 +370,7 @@ def reap_stale(stale_after: float) -> list[int]:
         now = db.now()  # never this host's clock: a host running ahead would reap healthy jobs
         cutoff = now - timedelta(seconds=stale_after)
         qs = Job.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
-        if db.is_postgres():
-            qs = qs.select_for_update(skip_locked=True)
+        qs = db.skip_locked(qs)
         for row in qs[:100]:
             lost = WorkerLost(
                 f"worker {row.locked_by} stopped heartbeating (last at {row.heartbeat_at.isoformat()})"

@@ -140,8 +140,7 @@ def tick(now: datetime | None = None) -> list[Job]:
             due = CronSchedule.objects.filter(enabled=True, next_run_at__lte=now).order_by(
                 "next_run_at", "id"
             )
-            if db.is_postgres():
-                due = due.select_for_update(skip_locked=True)
+            due = db.skip_locked(due)
             schedule = due.first()
             if schedule is None:
                 break

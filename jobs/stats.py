@@ -6,7 +6,7 @@ import bisect
 import threading
 from collections import defaultdict
 
-from django.db import connection
+from jobs import db
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -40,7 +40,7 @@ class Recorder:
         if not counts:
             return 0
         try:
-            add(counts)
+            db.add_job_stats(counts)
         except Exception:
             with self._lock:
                 for key, (n, s) in counts.items():
@@ -48,16 +48,3 @@ class Recorder:
                     self._counts[key][1] += s
             raise
         return len(counts)
-
-
-def add(counts: dict[tuple[str, str, str], list]) -> None:
-    rows = sorted(counts.items())
-    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
-    params = [v for (t, o, b), (n, s) in rows for v in (t, o, b, n, s)]
-    sql = (
-        f"INSERT INTO jobs_jobstat (type, outcome, bucket, count, seconds) VALUES {values}"
-        " ON CONFLICT (type, outcome, bucket) DO UPDATE SET count = jobs_jobstat.count + excluded.count,"
-        " seconds = jobs_jobstat.seconds + excluded.seconds"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 from django.db import (
-    DatabaseError,
     InterfaceError,
     OperationalError,
     close_old_connections,
@@ -637,21 +636,22 @@ class Worker:
     # -- LISTEN/NOTIFY ----------------------------------------------------------------------------
 
     def _listen(self) -> None:
-        import psycopg
-
         backoff, lost = 0.5, False
-        params = db.listen_conninfo()
+        errors = db.listen_errors()
+
+        def listening() -> None:
+            nonlocal backoff, lost
+            backoff, lost = 0.5, False
+            self.wakeup.set()  # anything enqueued while we were not listening
+
+        def notified(queue: str) -> None:
+            if self.queues is None or queue in self.queues:
+                self.wakeup.set()
+
         while not self.stopping.is_set():
             try:
-                with psycopg.connect(**params) as conn:
-                    conn.execute(f"LISTEN {db.NOTIFY_CHANNEL}")
-                    backoff, lost = 0.5, False
-                    self.wakeup.set()  # anything enqueued while we were not listening
-                    while not self.stopping.is_set():
-                        for note in conn.notifies(timeout=1.0):
-                            if self.queues is None or note.payload in self.queues:
-                                self.wakeup.set()
-            except (psycopg.Error, DatabaseError) as exc:
+                db.listen(self.stopping, notified, listening)
+            except errors as exc:
                 if not lost:  # once per loss, not once per reconnect attempt
                     log.warning(
                         "worker %s: LISTEN connection lost (%s); polling until it is back", self.id, exc
