@@ -37,12 +37,12 @@ from orders.models import (
 )
 from orders.pipeline import job_key, on_order_event, on_order_fulfilled, on_order_paid
 from shop import logging as log_context
+from shop.cart import MAX_QUANTITY
 from shop.models import Product
 
 logger = logging.getLogger(__name__)
 
-MAX_QUANTITY = 100
-MAX_LINES = 50
+MAX_LINES = 50  # an order's lines; each line's quantity is at most MAX_QUANTITY, the cart's limit
 
 
 def _money(amount) -> str:

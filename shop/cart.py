@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from shop.models import Product
 
 SESSION_KEY = "cart"
-MAX_QUANTITY = 100
+MAX_QUANTITY = 100  # of one product in a cart line or an order line (orders.services checks it too)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from jobs.conf import DEFAULTS as jobs_defaults
 from shop.logging import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -236,20 +237,20 @@ SENTRY_DSN = env.str("SENTRY_DSN", default="")
 SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="production")
 SENTRY_RELEASE = env.str("SENTRY_RELEASE", default="")
 
-# Job queue (see jobs/conf.py for what each does)
-JOBS_POLL_INTERVAL = env.float("JOBS_POLL_INTERVAL", default=0.2)
+# Job queue: every JOBS_* setting can be set from the environment; what each does and its default are
+# written once, in jobs/conf.py.
+_jobs_casts = {bool: env.bool, int: env.int, float: env.float, str: env.str}
+for _name, _default in jobs_defaults.items():
+    if _name == "JOBS_PREFETCH":  # None (adaptive) or a number of jobs
+        globals()[_name] = env.int(_name, default=None)
+    else:
+        globals()[_name] = _jobs_casts[type(_default)](_name, default=_default)
 # LISTEN holds its server connection for good, which transaction pooling cannot give: workers poll.
 JOBS_LISTEN_NOTIFY = env.bool("JOBS_LISTEN_NOTIFY", default=not DATABASE_POOLER)
 if JOBS_LISTEN_NOTIFY and DATABASE_POOLER:
     raise ImproperlyConfigured("JOBS_LISTEN_NOTIFY cannot work through PgBouncer's transaction pooling.")
-JOBS_HEARTBEAT_INTERVAL = env.float("JOBS_HEARTBEAT_INTERVAL", default=5.0)
-JOBS_STALE_AFTER = env.float("JOBS_STALE_AFTER", default=30.0)
-JOBS_GRACE_PERIOD = env.float("JOBS_GRACE_PERIOD", default=30.0)
-JOBS_SCHEDULER_INTERVAL = env.float("JOBS_SCHEDULER_INTERVAL", default=1.0)
-JOBS_IMMEDIATE = env.bool("JOBS_IMMEDIATE", default=False)
-JOBS_DB_TIMEOUT = env.float("JOBS_DB_TIMEOUT", default=5.0)
-JOBS_PRUNE_AFTER_DAYS = env.int("JOBS_PRUNE_AFTER_DAYS", default=7)
-JOBS_METRICS_TOKEN = env.str("JOBS_METRICS_TOKEN", default="")
+if JOBS_PREFETCH is not None and JOBS_PREFETCH < 0:  # noqa: F821 (set above)
+    raise ImproperlyConfigured(f"JOBS_PREFETCH must be zero or more, not {JOBS_PREFETCH}.")  # noqa: F821
 
 # Order pipeline (orders/jobs.py)
 # Timeout in seconds of every outgoing call: warehouse, webhooks, SMTP.

@@ -40,3 +40,38 @@ def test_a_bad_operations_setting_is_refused_at_start_with_a_clear_error(variabl
     )
     assert result.returncode != 0
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_every_jobs_setting_the_readme_names_is_read_from_the_environment():
+    import json
+    import re
+    from pathlib import Path
+
+    from jobs.conf import DEFAULTS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    names = sorted(set(re.findall(r"\bJOBS_[A-Z_]+[A-Z]\b", readme)))
+    assert "JOBS_PREFETCH" in names and set(names) <= set(DEFAULTS), set(names) - set(DEFAULTS)
+    wanted = {}
+    for name in names:
+        default = DEFAULTS[name]
+        if isinstance(default, bool):
+            wanted[name] = not default
+        elif isinstance(default, (int, float)) or default is None:
+            wanted[name] = 7 if default is None or isinstance(default, int) else 2.5
+        else:
+            wanted[name] = "from-the-environment"
+    env = {name: str(int(v) if isinstance(v, bool) else v) for name, v in wanted.items()}
+    code = (
+        "from django.conf import settings; import json;"
+        f" print(json.dumps({{n: getattr(settings, n) for n in {names!r}}}))"
+    )
+    result = subprocess.run(
+        [*manage_py(), "shell", "-c", code],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(**env),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == wanted
