@@ -20,7 +20,6 @@ class JobStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     RUNNING = "running", "Running"
     SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
     DEAD = "dead", "Dead"
     CANCELLED = "cancelled", "Cancelled"
 

@@ -7,7 +7,7 @@ the whole job table.
 """
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.db.models import Count, Min, Q
@@ -74,7 +74,6 @@ class Snapshot:
     schedules: list[CronSchedule]
     workers: list[WorkerProcess]
     stale_after: float = 30.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def stuck(self) -> int:

@@ -206,10 +206,6 @@ def known_queues() -> list[str]:
     return sorted(names)
 
 
-def paused_queues() -> set[str]:
-    return set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
-
-
 def _set_paused(actor, name: str, paused: bool) -> bool:
     name = (name or "").strip()
     if not name:
