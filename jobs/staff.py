@@ -1,8 +1,8 @@
 """What staff do to the queue, from the admin, the dashboard or the shell: retry, cancel, reprioritise,
 requeue and discard dead letters, pause queues, edit and run schedules.
 
-Every operation goes through the engine or the scheduler (which own the state) and leaves an
-AuditEntry naming the actor, so the admin can show who did what. ``actor`` is a User or a string such
+Every operation changes the queue through the api, the engine or the scheduler (which own the state)
+and leaves an AuditEntry naming the actor, so the admin can show who did what. ``actor`` is a User or a string such
 as "cli".
 """
 
@@ -200,7 +200,7 @@ def discard(actor, dead_letter_ids: Iterable[int], reason: str) -> Outcome:
 
 
 def known_queues() -> list[str]:
-    """Queues named by a job type, a queue state, or an unfinished job."""
+    """Queues named by a registered job type or by a queue state row (a queue once paused or resumed)."""
     names = {jt.queue for jt in job_types().values()}
     names |= set(QueueState.objects.values_list("name", flat=True))
     return sorted(names)
