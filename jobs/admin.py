@@ -396,7 +396,7 @@ class DeadLetterStateFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value() == "open":
-            return queryset.filter(requeued_at__isnull=True, discarded_at__isnull=True)
+            return queryset.open()
         if self.value() == "requeued":
             return queryset.filter(requeued_at__isnull=False)
         if self.value() == "discarded":

@@ -80,7 +80,7 @@ class QueueCollector:
         stale = conf.get("JOBS_STALE_AFTER")
         alive = sum(1 for w in WorkerProcess.objects.all() if overview.worker_alive(w, now, stale))
         yield GaugeMetricFamily("jobs_workers_alive", "Worker processes heartbeating.", value=alive)
-        open_dead = DeadLetter.objects.filter(requeued_at__isnull=True, discarded_at__isnull=True).count()
+        open_dead = DeadLetter.objects.open().count()
         yield GaugeMetricFamily(
             "jobs_dead_letters_open", "Dead letters neither requeued nor discarded.", value=open_dead
         )

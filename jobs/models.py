@@ -130,6 +130,12 @@ class JobDependency(models.Model):
         return f"#{self.parent_id} -> #{self.child_id}"
 
 
+class DeadLetterQuerySet(models.QuerySet):
+    def open(self) -> "DeadLetterQuerySet":
+        """Neither requeued nor discarded: what staff still have to look at (see DeadLetter.is_open)."""
+        return self.filter(requeued_at__isnull=True, discarded_at__isnull=True)
+
+
 class DeadLetter(models.Model):
     """A job that gave up, with its whole error history. Staff requeue (a fresh job) or discard it."""
 
@@ -152,6 +158,8 @@ class DeadLetter(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     discard_reason = models.TextField(blank=True, default="")
+
+    objects = DeadLetterQuerySet.as_manager()
 
     class Meta:
         indexes = [

@@ -258,7 +258,7 @@ def counters() -> dict[str, dict[str, int]]:
 def snapshot(now: datetime | None = None) -> Snapshot:
     now = now or db.now()  # the clock that stamped heartbeats and due times
     per_minute = throughput(now, "minute")
-    open_dead = DeadLetter.objects.filter(requeued_at__isnull=True, discarded_at__isnull=True)
+    open_dead = DeadLetter.objects.open()
     workers = list(WorkerProcess.objects.order_by("hostname", "id"))
     for w in workers:
         w.heartbeat_age = max(0.0, (now - w.heartbeat_at).total_seconds())

@@ -2,8 +2,8 @@
 requeue and discard dead letters, pause queues, edit and run schedules.
 
 Every operation changes the queue through the api, the engine or the scheduler (which own the state)
-and leaves an AuditEntry naming the actor, so the admin can show who did what. ``actor`` is a User or a string such
-as "cli".
+and leaves an AuditEntry naming the actor, so the admin can show who did what. ``actor`` is a User or
+a string such as "cli".
 """
 
 import json
@@ -155,9 +155,7 @@ def requeue(actor, dead_letter_ids: Iterable[int]) -> Outcome:
 
 def requeue_type(actor, job_type: str) -> Outcome:
     """Requeue every open dead letter of ``job_type``."""
-    ids = DeadLetter.objects.filter(
-        type=job_type, requeued_at__isnull=True, discarded_at__isnull=True
-    ).values_list("id", flat=True)
+    ids = DeadLetter.objects.open().filter(type=job_type).values_list("id", flat=True)
     return requeue(actor, list(ids))
 
 
@@ -184,9 +182,11 @@ def discard(actor, dead_letter_ids: Iterable[int], reason: str) -> Outcome:
     outcome = Outcome()
     for dead in DeadLetter.objects.filter(id__in=list(dead_letter_ids)).order_by("id"):
         with transaction.atomic():
-            closed = DeadLetter.objects.filter(
-                pk=dead.pk, requeued_at__isnull=True, discarded_at__isnull=True
-            ).update(discarded_at=timezone.now(), discarded_by=user, discard_reason=reason)
+            closed = (
+                DeadLetter.objects.open()
+                .filter(pk=dead.pk)
+                .update(discarded_at=timezone.now(), discarded_by=user, discard_reason=reason)
+            )
             if closed:
                 audit(actor, "discard", job=dead.job, dead_letter=dead, details=reason)
         if closed:

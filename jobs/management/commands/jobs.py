@@ -204,7 +204,7 @@ class Command(BaseCommand):
         if dead:
             if job_ids:
                 raise CommandError("give job ids or --dead, not both")
-            open_dead = DeadLetter.objects.filter(requeued_at__isnull=True, discarded_at__isnull=True)
+            open_dead = DeadLetter.objects.open()
             if job_type:
                 open_dead = open_dead.filter(type=job_type)
             ids = list(open_dead.order_by("id").values_list("id", flat=True))
