@@ -6,7 +6,6 @@ support role with only the view permissions can look without touching.
 """
 
 import json
-from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
@@ -895,7 +894,7 @@ class WorkerProcessAdmin(admin.ModelAdmin):
 
     @admin.display(boolean=True, description="alive")
     def alive(self, obj):
-        return obj.heartbeat_at >= obj.checked_at - timedelta(seconds=conf.get("JOBS_STALE_AFTER"))
+        return obj.is_alive(obj.checked_at, conf.get("JOBS_STALE_AFTER"))
 
     @admin.display(description="heartbeat", ordering="heartbeat_at")
     def heartbeat_age(self, obj):

@@ -31,6 +31,23 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
+# A claim's fields, cleared when a running job ends or goes back to pending.
+UNCLAIMED = {"locked_by": None, "lock_token": None, "heartbeat_at": None}
+
+
+def held(job: Job):
+    """The fence of every write about a running job: its row, only while this claim (lock token) still
+    holds it. A worker that lost the job (reaped, cancelled and finished) changes nothing through it."""
+    return Job.objects.filter(id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING)
+
+
+def unclaim(row: Job) -> list[str]:
+    """Clear the claim's fields on a row about to be saved; returns their names for update_fields."""
+    for name, value in UNCLAIMED.items():
+        setattr(row, name, value)
+    return list(UNCLAIMED)
+
+
 # -- claiming ------------------------------------------------------------------------------------
 
 
@@ -90,16 +107,10 @@ def complete(job: Job, result: Any = None) -> bool:
     """
     now = timezone.now()
     with transaction.atomic():
-        updated = Job.objects.filter(
-            id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING, cancel_requested=False
-        ).update(
-            status=JobStatus.SUCCEEDED,
-            result=result,
-            finished_at=now,
-            locked_by=None,
-            lock_token=None,
-            heartbeat_at=None,
-            progress=100,
+        updated = (
+            held(job)
+            .filter(cancel_requested=False)
+            .update(status=JobStatus.SUCCEEDED, result=result, finished_at=now, progress=100, **UNCLAIMED)
         )
         if updated:
             _release_children([job.id], now)
@@ -169,11 +180,7 @@ def fail(
 
 def _record_failure(job: Job, exc: BaseException, *, traceback: str | None, permanent: bool) -> str | None:
     with transaction.atomic():
-        row = (
-            Job.objects.select_for_update()
-            .filter(id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING)
-            .first()
-        )
+        row = held(job).select_for_update().first()
         if row is None:
             log.warning("job %s %s: claim lost before failure was recorded (%s)", job.id, job.type, exc)
             return None
@@ -192,8 +199,7 @@ def _record_failure(job: Job, exc: BaseException, *, traceback: str | None, perm
         delay = backoff.delay(row.attempts) if backoff else timedelta(seconds=60)
         row.status = JobStatus.PENDING
         row.run_at = db.now() + delay  # due by the clock the claim reads
-        row.locked_by = row.lock_token = row.heartbeat_at = None
-        row.save(update_fields=["errors", "status", "run_at", "locked_by", "lock_token", "heartbeat_at"])
+        row.save(update_fields=["errors", "status", "run_at", *unclaim(row)])
         return JobStatus.PENDING
 
 
@@ -233,8 +239,7 @@ def bury(job: Job) -> DeadLetter:
     last = job.errors[-1] if job.errors else {}
     job.status = JobStatus.DEAD
     job.finished_at = now
-    job.locked_by = job.lock_token = job.heartbeat_at = None
-    job.save(update_fields=["status", "finished_at", "locked_by", "lock_token", "heartbeat_at", "errors"])
+    job.save(update_fields=["status", "finished_at", "errors", *unclaim(job)])
     dead = DeadLetter.objects.create(
         job=job,
         type=job.type,
@@ -255,19 +260,10 @@ def bury(job: Job) -> DeadLetter:
 
 
 def _finish_cancelled(job: Job, now, *, result: Any = None, errors: list | None = None) -> bool:
-    fields = dict(
-        status=JobStatus.CANCELLED,
-        finished_at=now,
-        locked_by=None,
-        lock_token=None,
-        heartbeat_at=None,
-        result=result,
-    )
+    fields = dict(status=JobStatus.CANCELLED, finished_at=now, result=result, **UNCLAIMED)
     if errors is not None:
         fields["errors"] = errors
-    updated = Job.objects.filter(id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING).update(
-        **fields
-    )
+    updated = held(job).update(**fields)
     if updated:
         cancel_descendants([job.id], f"parent job #{job.id} was cancelled")
         log.info("job %s %s: cancelled while running", job.id, job.type)
@@ -328,13 +324,8 @@ def release(jobs: Iterable[Job], reason: str) -> int:
     queues = set()
     with transaction.atomic():
         for job in jobs:
-            n = Job.objects.filter(id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING).update(
-                status=JobStatus.PENDING,
-                attempts=F("attempts") - 1,
-                locked_by=None,
-                lock_token=None,
-                heartbeat_at=None,
-                status_reason=reason,
+            n = held(job).update(
+                status=JobStatus.PENDING, attempts=F("attempts") - 1, status_reason=reason, **UNCLAIMED
             )
             if n:
                 released += n
@@ -356,9 +347,7 @@ def heartbeat(jobs: Sequence[Job]) -> tuple[set[int], set[int]]:
 
 
 def set_progress(job: Job, percent: int) -> None:
-    Job.objects.filter(id=job.id, lock_token=job.lock_token, status=JobStatus.RUNNING).update(
-        progress=percent
-    )
+    held(job).update(progress=percent)
 
 
 def reap_stale(stale_after: float) -> list[int]:
@@ -387,10 +376,7 @@ def reap_stale(stale_after: float) -> list[int]:
             else:
                 row.status = JobStatus.PENDING
                 row.run_at = now
-                row.locked_by = row.lock_token = row.heartbeat_at = None
-                row.save(
-                    update_fields=["errors", "status", "run_at", "locked_by", "lock_token", "heartbeat_at"]
-                )
+                row.save(update_fields=["errors", "status", "run_at", *unclaim(row)])
             reaped.append(row.id)
             log.warning("job %s %s: reclaimed from lost worker (attempt %s)", row.id, row.type, row.attempts)
         if reaped:

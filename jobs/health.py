@@ -8,7 +8,6 @@ the process exists.
 
 import socket
 from dataclasses import dataclass
-from datetime import timedelta
 
 from django.db import DatabaseError
 from django.utils import timezone
@@ -44,12 +43,12 @@ def check(max_heartbeat_age: float | None = None, hostname: str | None = None) -
         return Health(False, f"no worker registered on host {hostname}")
     freshest = workers[0]
     age = (now - freshest.heartbeat_at).total_seconds()
-    if freshest.heartbeat_at < now - timedelta(seconds=max_heartbeat_age):
+    if not freshest.is_alive(now, max_heartbeat_age):
         return Health(
             False,
             f"worker {freshest.id} last heartbeat {age:.1f}s ago (more than {max_heartbeat_age:g}s)",
         )
-    fresh = sum(1 for w in workers if (now - w.heartbeat_at).total_seconds() <= max_heartbeat_age)
+    fresh = sum(1 for w in workers if w.is_alive(now, max_heartbeat_age))
     return Health(
         True,
         f"{fresh} worker(s) on {hostname} alive; {freshest.id} heartbeat {age:.1f}s ago, "

@@ -78,7 +78,7 @@ class QueueCollector:
         yield histogram
 
         stale = conf.get("JOBS_STALE_AFTER")
-        alive = sum(1 for w in WorkerProcess.objects.all() if overview.worker_alive(w, now, stale))
+        alive = sum(1 for w in WorkerProcess.objects.all() if w.is_alive(now, stale))
         yield GaugeMetricFamily("jobs_workers_alive", "Worker processes heartbeating.", value=alive)
         open_dead = DeadLetter.objects.open().count()
         yield GaugeMetricFamily(

@@ -1,6 +1,8 @@
 """The queue's tables. The engine (``jobs.engine``) owns the state transitions; models hold data and
 the constraints that keep it consistent under concurrency."""
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -196,6 +198,12 @@ class WorkerProcess(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+    def is_alive(self, now, stale_after: float) -> bool:
+        """Heartbeating within ``stale_after`` seconds of ``now`` (a time read from the database's clock:
+        hosts' clocks may disagree). The one definition of a live worker: dashboard, metrics, admin,
+        health check."""
+        return self.heartbeat_at >= now - timedelta(seconds=stale_after)
 
 
 class QueueState(models.Model):

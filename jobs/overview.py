@@ -16,6 +16,7 @@ from django.db.models.functions import TruncHour, TruncMinute
 from jobs import conf, db
 from jobs.models import (
     ACTIVE_STATUSES,
+    FINISHED_STATUSES,
     CronSchedule,
     DeadLetter,
     Job,
@@ -25,8 +26,6 @@ from jobs.models import (
     WorkerProcess,
 )
 from jobs.registry import job_types
-
-FINISHED = (JobStatus.SUCCEEDED, JobStatus.DEAD, JobStatus.CANCELLED)
 
 
 @dataclass
@@ -106,7 +105,7 @@ class Snapshot:
 
     @property
     def workers_alive(self) -> list[WorkerProcess]:
-        return [w for w in self.workers if worker_alive(w, self.at, self.stale_after)]
+        return [w for w in self.workers if w.is_alive(self.at, self.stale_after)]
 
     def as_json(self) -> dict:
         """Plain data (no payloads) for `jobs stats --json` and the dashboard's JSON endpoint."""
@@ -155,7 +154,7 @@ class Snapshot:
                     "concurrency": w.concurrency,
                     "state": w.state,
                     "heartbeat_age": (self.at - w.heartbeat_at).total_seconds(),
-                    "alive": worker_alive(w, self.at, self.stale_after),
+                    "alive": w.is_alive(self.at, self.stale_after),
                     "current_jobs": w.current_jobs,
                     "jobs_done": w.jobs_done,
                 }
@@ -166,10 +165,6 @@ class Snapshot:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
-
-
-def worker_alive(worker: WorkerProcess, now: datetime, stale_after: float) -> bool:
-    return worker.heartbeat_at >= now - timedelta(seconds=stale_after)
 
 
 def schedule_outcome(schedule: CronSchedule) -> str:
@@ -235,7 +230,7 @@ def throughput(now: datetime, slot: str) -> Series:
     start = end - timedelta(seconds=size * count)
     series = Series(size, start, [0] * count, [0] * count, [0] * count)
     rows = (
-        Job.objects.filter(status__in=FINISHED, finished_at__gte=start)
+        Job.objects.filter(status__in=FINISHED_STATUSES, finished_at__gte=start)
         .annotate(slot=trunc("finished_at", tzinfo=UTC))
         .values_list("slot", "status")
         .annotate(n=Count("id"))
