@@ -79,6 +79,10 @@ class Order(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("order-detail", args=[self.token])
 
+    def latest_payment(self) -> "Payment | None":
+        """The order's newest payment attempt (a declined one is followed by the next), or None."""
+        return self.payments.order_by("-created_at", "-id").first()
+
     @property
     def shipping_address(self) -> dict[str, str]:
         return {

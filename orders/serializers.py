@@ -30,7 +30,7 @@ def shipment_to_dict(shipment: Shipment) -> dict[str, Any]:
 def order_to_dict(order: Order) -> dict[str, Any]:
     """The one JSON shape of an order, used by every API response that carries an order. A fixed
     number of queries (the order page polls it): the events are one indexed query, whatever the jobs."""
-    payment = order.payments.order_by("-created_at", "-id").first()
+    payment = order.latest_payment()
     events = customer_timeline(order)
     shipments = list(order.shipments.prefetch_related("lines__line"))
     pipeline = pipeline_steps(order, events)

@@ -123,7 +123,7 @@ def place_order(
 
 def decline_reason(order: Order) -> str:
     """Why a payment_failed order's last payment failed, in words for the customer."""
-    payment = order.payments.order_by("-id").first()
+    payment = order.latest_payment()
     return payment.decline_reason if payment else "The payment did not go through."
 
 

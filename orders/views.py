@@ -140,7 +140,7 @@ def _checkout_answer(
 ) -> HttpResponse:
     if status < 400:
         cart.clear()
-        payment = order.payments.order_by("-id").first() if status == 202 else None
+        payment = order.latest_payment() if status == 202 else None
         if payment is not None and payment.status == Payment.Status.REQUIRES_ACTION and payment.action_url:
             return redirect(payment.action_url)  # the bank's 3-D Secure page, which returns to us
         return redirect(order)
@@ -159,7 +159,7 @@ def order_detail(request: HttpRequest, token: str) -> HttpResponse:
     context = {
         "order": order,
         "lines": order.lines.all(),
-        "payment": order.payments.order_by("-created_at", "-id").first(),
+        "payment": order.latest_payment(),
         "steps": pipeline_steps(order, events),
         "events": [customer_view(event) for event in shown_to_customer(events)],
         "shipments": shipments,
