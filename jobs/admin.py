@@ -25,7 +25,7 @@ from django.utils.timesince import timesince
 
 from jobs import conf, db, scheduler, staff
 from jobs.exceptions import InvalidPayload, UnknownJobType
-from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, QueueState, WorkerProcess
+from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, QueueState, WorkerProcess
 from jobs.registry import get_job_type, job_types, validate_payload
 
 
@@ -279,17 +279,16 @@ class JobAdmin(ObjectActionsMixin, admin.ModelAdmin):
         return super().get_search_results(request, queryset, search_term)
 
     def action_applies(self, name, obj) -> bool:
+        # The staff operations' own rules; the page leaves out what would change nothing (a job already
+        # due, a cancellation already asked for).
         if name == "retry_jobs":
-            if obj.status == JobStatus.DEAD:
-                dead = DeadLetter.objects.filter(job=obj).first()
-                return dead is not None and dead.is_open
-            return obj.status == JobStatus.PENDING
+            return obj.can_retry()
         if name == "run_jobs_now":
-            return obj.status == JobStatus.PENDING and obj.run_at > timezone.now()
+            return obj.can_run_now() and obj.run_at > timezone.now()
         if name == "cancel_jobs":
-            return not obj.is_finished and not obj.cancel_requested
+            return obj.can_cancel() and not obj.cancel_requested
         if name == "change_priority":
-            return obj.status in (JobStatus.BLOCKED, JobStatus.PENDING)
+            return obj.can_reprioritise()
         return True
 
     @admin.display(description="attempts")

@@ -116,6 +116,25 @@ class Job(models.Model):
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
 
+    # What staff may do to a job: asked by jobs.staff before it acts and by the admin before it offers.
+
+    def can_retry(self) -> bool:
+        """Pending (run it now), or dead with its dead letter still open (requeue it, once)."""
+        if self.status == JobStatus.DEAD:
+            dead = getattr(self, "dead_letter", None)
+            return dead is not None and dead.is_open
+        return self.status == JobStatus.PENDING
+
+    def can_run_now(self) -> bool:
+        return self.status == JobStatus.PENDING
+
+    def can_cancel(self) -> bool:
+        return not self.is_finished
+
+    def can_reprioritise(self) -> bool:
+        """Not claimed yet: a running or finished job keeps its priority."""
+        return self.status in (JobStatus.BLOCKED, JobStatus.PENDING)
+
     @property
     def last_error(self) -> dict | None:
         return self.errors[-1] if self.errors else None

@@ -101,7 +101,7 @@ def cancel(actor, job_ids: Iterable[int], reason: str = "") -> Outcome:
     outcome = Outcome()
     by = _actor(actor)[1]
     for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
-        if job.is_finished:
+        if not job.can_cancel():
             outcome.skipped.append((job.pk, f"is already {job.status}"))
             continue
         status = engine.cancel(job.pk, reason or f"cancelled by {by}")
@@ -114,6 +114,7 @@ def set_priority(actor, job_ids: Iterable[int], priority: int) -> Outcome:
     """Change the priority of jobs not yet claimed; a running or finished job keeps its own."""
     outcome = Outcome()
     for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
+        # The rule (Job.can_reprioritise) as the update's condition: a job claimed meanwhile keeps its own.
         updated = Job.objects.filter(pk=job.pk, status__in=[JobStatus.BLOCKED, JobStatus.PENDING]).update(
             priority=int(priority)
         )
