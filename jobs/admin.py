@@ -634,7 +634,7 @@ class DeadLetterAdmin(ObjectActionsMixin, admin.ModelAdmin):
                     form.add_error("payload", str(exc))
                 else:
                     if new is None:
-                        messages.warning(request, f"Not requeued: {staff._closed_reason(dead)}.")
+                        messages.warning(request, f"Not requeued: {staff.closed_reason(dead)}.")
                     else:
                         messages.success(request, f"Payload corrected and requeued as job #{new.pk}.")
                     return HttpResponseRedirect(change_url)

@@ -9,12 +9,13 @@ a string such as "cli".
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from jobs import api, engine, scheduler
+from jobs import api, engine, pruner, scheduler
 from jobs.exceptions import InvalidPayload, UnknownJobType
 from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, QueueState
 from jobs.registry import job_types
@@ -77,7 +78,7 @@ def retry(actor, job_ids: Iterable[int]) -> Outcome:
                     outcome.done.append(job.pk)
                     outcome.created.append(new)
                     continue
-                outcome.skipped.append((job.pk, _closed_reason(dead)))
+                outcome.skipped.append((job.pk, closed_reason(dead)))
                 continue
         job.refresh_from_db(fields=["status"])
         outcome.skipped.append((job.pk, f"is {job.status}, only pending and dead jobs can be retried"))
@@ -129,7 +130,8 @@ def set_priority(actor, job_ids: Iterable[int], priority: int) -> Outcome:
 # -- dead letters --------------------------------------------------------------------------------
 
 
-def _closed_reason(dead: DeadLetter) -> str:
+def closed_reason(dead: DeadLetter) -> str:
+    """Why a dead letter can no longer be requeued, in words for staff."""
     dead.refresh_from_db(fields=["requeued_at", "requeued_job", "discarded_at"])
     if dead.requeued_at:
         return f"already requeued as job #{dead.requeued_job_id}"
@@ -146,7 +148,7 @@ def requeue(actor, dead_letter_ids: Iterable[int]) -> Outcome:
             outcome.skipped.append((dead.pk, f"{exc}; correct the payload and requeue it"))
             continue
         if new is None:
-            outcome.skipped.append((dead.pk, _closed_reason(dead)))
+            outcome.skipped.append((dead.pk, closed_reason(dead)))
             continue
         audit(actor, "requeue", job=dead.job, dead_letter=dead, details=f"requeued as job #{new.pk}")
         outcome.done.append(dead.pk)
@@ -193,7 +195,7 @@ def discard(actor, dead_letter_ids: Iterable[int], reason: str) -> Outcome:
         if closed:
             outcome.done.append(dead.pk)
         else:
-            outcome.skipped.append((dead.pk, _closed_reason(dead)))
+            outcome.skipped.append((dead.pk, closed_reason(dead)))
     return outcome
 
 
@@ -279,3 +281,14 @@ def enqueue(actor, job_type: str, payload: dict, *, delay=None, priority: int | 
 
 def _json(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+# -- housekeeping --------------------------------------------------------------------------------
+
+
+def prune(actor, older_than: timedelta, *, label: str = "") -> int:
+    """Delete finished jobs older than ``older_than`` (in bounded batches, see jobs.pruner); the audit
+    row records how many went, once the last batch is gone."""
+    deleted = pruner.prune(older_than)
+    audit(actor, "prune", details=f"{deleted} finished job(s) older than {label or older_than}")
+    return deleted

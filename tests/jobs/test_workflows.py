@@ -200,11 +200,16 @@ def test_prune_deletes_old_finished_jobs_and_keeps_dead_and_recent_ones():
     assert set(Job.objects.values_list("id", flat=True)) == {dead.id, recent.id, pending.id}
 
 
-def test_prune_command_reports_and_rejects_a_bad_age(capsys):
+def test_prune_command_reports_is_audited_and_rejects_a_bad_age(capsys):
+    from jobs.models import AuditEntry
+
     call_command("jobs", "prune", "--older-than", "1d")
     assert "deleted 0 finished job(s)" in capsys.readouterr().out
+    entry = AuditEntry.objects.get(action="prune")
+    assert entry.actor.startswith("cli") and entry.details == "0 finished job(s) older than 1d"
     with pytest.raises(CommandError, match="invalid age"):
         call_command("jobs", "prune", "--older-than", "soon")
+    assert AuditEntry.objects.filter(action="prune").count() == 1
 
 
 def test_handler_effects_happen_once_when_the_same_job_runs_twice():

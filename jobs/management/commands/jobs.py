@@ -279,7 +279,7 @@ class Command(BaseCommand):
             age = pruner.parse_age(older_than)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        deleted = pruner.prune(age)
+        deleted = staff.prune(cli_actor(), age, label=older_than)
         self.stdout.write(f"deleted {deleted} finished job(s) older than {older_than}")
 
 
