@@ -815,13 +815,6 @@ class QueueStateAdmin(admin.ModelAdmin):
     actions = ["pause_queues", "resume_queues"]
     ordering = ["name"]
 
-    def changelist_view(self, request, extra_context=None):
-        names = {jt.queue for jt in job_types().values()}
-        missing = names - set(QueueState.objects.values_list("name", flat=True))
-        if missing:
-            QueueState.objects.bulk_create([QueueState(name=n) for n in missing], ignore_conflicts=True)
-        return super().changelist_view(request, extra_context)
-
     def get_readonly_fields(self, request, obj=None):
         return ["name"] if obj else []
 

@@ -15,8 +15,10 @@ class JobsConfig(AppConfig):
         autodiscover_modules("jobs")
         from jobs import checks  # noqa: F401  (registers the system checks)
         from jobs.scheduler import register_declared_schedules
+        from jobs.staff import register_known_queues
 
         post_migrate.connect(register_declared_schedules, dispatch_uid="jobs.register_declared_schedules")
+        post_migrate.connect(register_known_queues, dispatch_uid="jobs.register_known_queues")
 
         if getattr(settings, "TASKS", None):
             # Django's Tasks API on our queue: the backends register their configured tasks' job types

@@ -292,3 +292,14 @@ def prune(actor, older_than: timedelta, *, label: str = "") -> int:
     deleted = pruner.prune(older_than)
     audit(actor, "prune", details=f"{deleted} finished job(s) older than {label or older_than}")
     return deleted
+
+
+def register_known_queues(sender, app_config=None, **kwargs) -> None:
+    """post_migrate receiver (see jobs.apps): a row for every queue a job type names, so the admin's
+    queues list shows each one to pause without writing anything while it lists them. Not a staff
+    operation: nothing changes but the list, and nothing is audited."""
+    if app_config is None or app_config.label != "jobs":
+        return
+    names = {jt.queue for jt in job_types().values()}
+    missing = names - set(QueueState.objects.values_list("name", flat=True))
+    QueueState.objects.bulk_create([QueueState(name=n) for n in sorted(missing)], ignore_conflicts=True)
