@@ -112,7 +112,7 @@ class ReadOnlyInline(admin.TabularInline):
 
 class AuditInline(ReadOnlyInline):
     model = AuditEntry
-    fields = ["at", "actor", "action", "target", "details"]
+    fields = ["at", "actor", "action", "target_kind", "target", "details"]
     readonly_fields = fields
     verbose_name = "audit entry"
     verbose_name_plural = "audit trail"
@@ -906,10 +906,20 @@ class WorkerProcessAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):
-    list_display = ["at", "actor", "action", "job_ref", "dead_letter_ref", "target", "details"]
-    list_filter = ["action", "at"]
+    list_display = ["at", "actor", "action", "job_ref", "dead_letter_ref", "target_kind", "target", "details"]
+    list_filter = ["action", "target_kind", "at"]
     search_fields = ["actor", "target", "details"]
-    readonly_fields = ["at", "actor", "user", "action", "job_ref", "dead_letter_ref", "target", "details"]
+    readonly_fields = [
+        "at",
+        "actor",
+        "user",
+        "action",
+        "job_ref",
+        "dead_letter_ref",
+        "target_kind",
+        "target",
+        "details",
+    ]
     fields = readonly_fields
 
     def has_add_permission(self, request) -> bool:

@@ -299,7 +299,19 @@ class AuditEntry(models.Model):
     dead_letter = models.ForeignKey(
         DeadLetter, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit"
     )
-    target = models.CharField(max_length=200, blank=True, default="", help_text="Queue or schedule name.")
+
+    class TargetKind(models.TextChoices):
+        NONE = "", "-"
+        QUEUE = "queue", "Queue"
+        SCHEDULE = "schedule", "Schedule"
+
+    target_kind = models.CharField(max_length=16, blank=True, default="", choices=TargetKind.choices)
+    target = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="The queue's or the schedule's name (see target_kind).",
+    )
     details = models.TextField(blank=True, default="")
 
     class Meta:

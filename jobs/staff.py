@@ -45,11 +45,20 @@ def _actor(actor) -> tuple[Any, str]:
 
 
 def audit(
-    actor, action: str, *, job=None, dead_letter=None, target: str = "", details: str = ""
+    actor, action: str, *, job=None, dead_letter=None, queue: str = "", schedule: str = "", details: str = ""
 ) -> AuditEntry:
+    """The record of one staff operation: on a job or dead letter, or on a queue or schedule by name."""
     user, name = _actor(actor)
+    kind = AuditEntry.TargetKind.QUEUE if queue else AuditEntry.TargetKind.SCHEDULE if schedule else ""
     return AuditEntry.objects.create(
-        user=user, actor=name, action=action, job=job, dead_letter=dead_letter, target=target, details=details
+        user=user,
+        actor=name,
+        action=action,
+        job=job,
+        dead_letter=dead_letter,
+        target_kind=kind,
+        target=queue or schedule,
+        details=details,
     )
 
 
@@ -219,7 +228,7 @@ def _set_paused(actor, name: str, paused: bool) -> bool:
         changed = state.paused != paused
         state.paused, state.changed_at, state.changed_by = paused, timezone.now(), by
         state.save()
-        audit(actor, "pause" if paused else "resume", target=name, details="" if changed else "no change")
+        audit(actor, "pause" if paused else "resume", queue=name, details="" if changed else "no change")
     return changed
 
 
@@ -240,7 +249,7 @@ def save_schedule(actor, schedule: CronSchedule, changed: Iterable[str] = ()) ->
     created = schedule.pk is None
     scheduler.save_schedule(schedule)
     details = "created" if created else "changed " + ", ".join(changed) if changed else "saved"
-    audit(actor, "schedule", target=schedule.name, details=details)
+    audit(actor, "schedule", schedule=schedule.name, details=details)
     return schedule
 
 
@@ -255,14 +264,14 @@ def set_schedule_enabled(actor, schedules: Iterable[CronSchedule], enabled: bool
             scheduler.save_schedule(schedule)  # next run from now, not a stale one in the past
         else:
             schedule.save(update_fields=["enabled", "updated_at"])
-        audit(actor, "enable" if enabled else "disable", target=schedule.name)
+        audit(actor, "enable" if enabled else "disable", schedule=schedule.name)
         outcome.done.append(schedule.pk)
     return outcome
 
 
 def run_schedule(actor, schedule: CronSchedule) -> Job:
     job = scheduler.run_now(schedule)
-    audit(actor, "run_schedule", job=job, target=schedule.name, details=f"enqueued job #{job.pk}")
+    audit(actor, "run_schedule", job=job, schedule=schedule.name, details=f"enqueued job #{job.pk}")
     return job
 
 

@@ -324,6 +324,8 @@ def test_queue_admin_lists_known_queues_and_pauses_them(operator_client):
     action(operator_client, "queuestate", "pause_queues", ["default"])
     state = QueueState.objects.get(name="default")
     assert state.paused and state.changed_by == "operator"
+    entry = AuditEntry.objects.get(action="pause")
+    assert (entry.target_kind, entry.target) == (AuditEntry.TargetKind.QUEUE, "default")
     action(operator_client, "queuestate", "resume_queues", ["default"])
     assert not QueueState.objects.get(name="default").paused
 
