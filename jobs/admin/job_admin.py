@@ -1,0 +1,199 @@
+"""Jobs in the admin: read-only, with retry, run now, cancel and priority through jobs.staff."""
+
+from django.contrib import admin, messages
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timesince
+
+from jobs import staff
+from jobs.admin.common import (
+    EstimatedCountPaginator,
+    JobActionForm,
+    JobAuditInline,
+    ObjectActionsMixin,
+    QueueFilter,
+    TypeFilter,
+    _message,
+    dead_letter_link,
+    error_history,
+    job_link,
+    pretty_json,
+)
+from jobs.models import DeadLetter, Job
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+@admin.register(Job)
+class JobAdmin(ObjectActionsMixin, admin.ModelAdmin):
+    list_display = ["id", "type", "status", "queue", "priority", "attempts_of", "run_at", "age"]
+    list_display_links = ["id", "type"]
+    list_filter = ["status", QueueFilter, TypeFilter, "created_at"]
+    search_fields = ["=type", "=unique_key"]
+    search_help_text = "A job id, a job type or a unique key (exact)."
+    ordering = ["-id"]
+    list_per_page = 50
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # a count per filter choice over a million rows
+    paginator = EstimatedCountPaginator
+    action_form = JobActionForm
+    actions = ["retry_jobs", "run_jobs_now", "cancel_jobs", "change_priority"]
+    object_actions = ("retry_jobs", "run_jobs_now", "cancel_jobs", "change_priority")
+    object_action_labels = {
+        "retry_jobs": "Retry now",
+        "run_jobs_now": "Run now",
+        "cancel_jobs": "Cancel",
+        "change_priority": "Set priority",
+    }
+    change_form_template = "admin/jobs/change_form_actions.html"
+    inlines = [JobAuditInline]
+    fieldsets = [
+        (None, {"fields": ["id", "type", "status", "status_reason", "queue", "priority", "progress_bar"]}),
+        ("Attempts", {"fields": ["attempts", "max_attempts", "error_history"]}),
+        ("Payload and result", {"fields": ["payload_json", "payload_version", "result_json"]}),
+        (
+            "Timing",
+            {"fields": ["created_at", "run_at", "started_at", "finished_at", "heartbeat_at", "worker"]},
+        ),
+        (
+            "Relations",
+            {
+                "fields": [
+                    "parent_links",
+                    "child_links",
+                    "waiting_on",
+                    "dead_letter_link",
+                    "requeued_from_link",
+                    "unique_key",
+                    "concurrency_key",
+                    "cancel_requested",
+                ]
+            },
+        ),
+    ]
+    readonly_fields = [f for _, opts in fieldsets for f in opts["fields"]]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the engine owns a job's fields; staff act through the actions
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # finished jobs are pruned; dead ones stay with their dead letters
+
+    def has_retry_permission(self, request) -> bool:
+        return request.user.has_perm("jobs.retry_job")
+
+    def has_cancel_permission(self, request) -> bool:
+        return request.user.has_perm("jobs.cancel_job")
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip().lstrip("#")
+        if term.isdigit():
+            return queryset.filter(Q(pk=int(term)) | Q(unique_key=term)), False
+        return super().get_search_results(request, queryset, search_term)
+
+    def action_applies(self, name, obj) -> bool:
+        # The staff operations' own rules; the page leaves out what would change nothing (a job already
+        # due, a cancellation already asked for).
+        if name == "retry_jobs":
+            return obj.can_retry()
+        if name == "run_jobs_now":
+            return obj.can_run_now() and obj.run_at > timezone.now()
+        if name == "cancel_jobs":
+            return obj.can_cancel() and not obj.cancel_requested
+        if name == "change_priority":
+            return obj.can_reprioritise()
+        return True
+
+    @admin.display(description="attempts")
+    def attempts_of(self, obj):
+        return f"{obj.attempts}/{obj.max_attempts}"
+
+    @admin.display(description="age", ordering="created_at")
+    def age(self, obj):
+        return timesince(obj.created_at)
+
+    @admin.display(description="progress")
+    def progress_bar(self, obj):
+        if obj.progress is None:
+            return "-"
+        return format_html('<progress max="100" value="{}"></progress> {}%', obj.progress, obj.progress)
+
+    @admin.display(description="errors (newest first)")
+    def error_history(self, obj):
+        return error_history(obj.errors)
+
+    @admin.display(description="payload")
+    def payload_json(self, obj):
+        return pretty_json(obj.payload)
+
+    @admin.display(description="result")
+    def result_json(self, obj):
+        return pretty_json(obj.result) if obj.result is not None else "-"
+
+    @admin.display(description="worker")
+    def worker(self, obj):
+        if obj.locked_by:
+            return obj.locked_by
+        last = obj.last_error
+        return f"{last.get('worker')} (last failed attempt)" if last and last.get("worker") else "-"
+
+    @admin.display(description="parents")
+    def parent_links(self, obj):
+        return self._links(obj.parents.order_by("id"))
+
+    @admin.display(description="children")
+    def child_links(self, obj):
+        return self._links(obj.children.order_by("id"))
+
+    def _links(self, jobs):
+        jobs = list(jobs[:100])
+        if not jobs:
+            return "-"
+        return format_html_join(
+            ", ", "{}", ((job_link(j.pk, f"#{j.pk} {j.type} ({j.status})"),) for j in jobs)
+        )
+
+    @admin.display(description="dead letter")
+    def dead_letter_link(self, obj):
+        dead = DeadLetter.objects.filter(job=obj).first()
+        if dead is None:
+            return "-"
+        if dead.requeued_job_id:
+            return format_html(
+                "{} (requeued as {})", dead_letter_link(dead.pk), job_link(dead.requeued_job_id)
+            )
+        if dead.discarded_at:
+            return format_html("{} (discarded: {})", dead_letter_link(dead.pk), dead.discard_reason)
+        return format_html("{} (open)", dead_letter_link(dead.pk))
+
+    @admin.display(description="requeued from")
+    def requeued_from_link(self, obj):
+        return dead_letter_link(obj.requeued_from_id)
+
+    # -- actions -----------------------------------------------------------------------------------
+
+    @admin.action(description="Retry now (pending: run now; dead: requeue)", permissions=["retry"])
+    def retry_jobs(self, request, queryset):
+        _message(request, staff.retry(request.user, queryset.values_list("id", flat=True)), "Retried")
+
+    @admin.action(description="Run now (bring run_at forward)", permissions=["retry"])
+    def run_jobs_now(self, request, queryset):
+        _message(request, staff.run_now(request.user, queryset.values_list("id", flat=True)), "Run now:")
+
+    @admin.action(description="Cancel", permissions=["cancel"])
+    def cancel_jobs(self, request, queryset):
+        _message(request, staff.cancel(request.user, queryset.values_list("id", flat=True)), "Cancelled")
+
+    @admin.action(description="Change priority (to the number given)", permissions=["retry"])
+    def change_priority(self, request, queryset):
+        try:
+            priority = int(request.POST.get("priority", ""))
+        except ValueError:
+            messages.error(request, "Give the new priority as a whole number.")
+            return None
+        outcome = staff.set_priority(request.user, queryset.values_list("id", flat=True), priority)
+        _message(request, outcome, f"Priority set to {priority} for")

@@ -1,0 +1,155 @@
+"""Queues (pause, resume), worker processes and the audit trail in the admin."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models.functions import Now
+from django.utils.html import format_html_join
+
+from jobs import conf, staff
+from jobs.admin.common import (
+    dead_letter_link,
+    job_link,
+)
+from jobs.models import AuditEntry, QueueState, WorkerProcess
+
+# -- queues, workers, audit ----------------------------------------------------------------------
+
+
+class QueueStateForm(forms.ModelForm):
+    class Meta:
+        model = QueueState
+        fields = ["name", "paused"]
+
+
+@admin.register(QueueState)
+class QueueStateAdmin(admin.ModelAdmin):
+    """Queues: pausing one stops every worker claiming from it; jobs already running finish."""
+
+    form = QueueStateForm
+    list_display = ["name", "paused", "changed_at", "changed_by"]
+    actions = ["pause_queues", "resume_queues"]
+    ordering = ["name"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["name"] if obj else []
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        if obj.paused:
+            staff.pause_queue(request.user, obj.name)
+        else:
+            staff.resume_queue(request.user, obj.name)
+
+    @admin.action(description="Pause (all workers stop claiming)", permissions=["change"])
+    def pause_queues(self, request, queryset):
+        names = list(queryset.values_list("name", flat=True))
+        for name in names:
+            staff.pause_queue(request.user, name)
+        messages.success(request, f"Paused: {', '.join(names)}")
+
+    @admin.action(description="Resume", permissions=["change"])
+    def resume_queues(self, request, queryset):
+        names = list(queryset.values_list("name", flat=True))
+        for name in names:
+            staff.resume_queue(request.user, name)
+        messages.success(request, f"Resumed: {', '.join(names)}")
+
+
+@admin.register(WorkerProcess)
+class WorkerProcessAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "hostname",
+        "pid",
+        "state",
+        "alive",
+        "heartbeat_age",
+        "queue_list",
+        "concurrency",
+        "running_jobs",
+        "jobs_done",
+        "started_at",
+    ]
+    ordering = ["hostname", "id"]
+    readonly_fields = [
+        "id",
+        "hostname",
+        "pid",
+        "state",
+        "alive",
+        "heartbeat_age",
+        "queue_list",
+        "concurrency",
+        "running_jobs",
+        "jobs_done",
+        "started_at",
+        "heartbeat_at",
+    ]
+    fields = readonly_fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_queryset(self, request):
+        # Ages by the database's clock, which stamped the heartbeats, never the web host's.
+        return super().get_queryset(request).annotate(checked_at=Now())
+
+    @admin.display(boolean=True, description="alive")
+    def alive(self, obj):
+        return obj.is_alive(obj.checked_at, conf.get("JOBS_STALE_AFTER"))
+
+    @admin.display(description="heartbeat", ordering="heartbeat_at")
+    def heartbeat_age(self, obj):
+        seconds = (obj.checked_at - obj.heartbeat_at).total_seconds()
+        return f"{seconds:.0f}s ago"
+
+    @admin.display(description="queues")
+    def queue_list(self, obj):
+        return ", ".join(obj.queues) or "all"
+
+    @admin.display(description="current jobs")
+    def running_jobs(self, obj):
+        if not obj.current_jobs:
+            return "-"
+        return format_html_join(", ", "{}", ((job_link(pk),) for pk in obj.current_jobs))
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ["at", "actor", "action", "job_ref", "dead_letter_ref", "target_kind", "target", "details"]
+    list_filter = ["action", "target_kind", "at"]
+    search_fields = ["actor", "target", "details"]
+    readonly_fields = [
+        "at",
+        "actor",
+        "user",
+        "action",
+        "job_ref",
+        "dead_letter_ref",
+        "target_kind",
+        "target",
+        "details",
+    ]
+    fields = readonly_fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="job")
+    def job_ref(self, obj):
+        return job_link(obj.job_id)
+
+    @admin.display(description="dead letter")
+    def dead_letter_ref(self, obj):
+        return dead_letter_link(obj.dead_letter_id)
