@@ -14,7 +14,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs import conf, db, execution, signals
-from jobs.engine import cancel, retry_now
+from jobs.engine import cancel, run_now
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
 from jobs.execution import JobContext
 from jobs.models import ACTIVE_STATUSES, DeadLetter, Job, JobDependency, JobStatus, Priority
@@ -40,7 +40,7 @@ __all__ = [
     "job",
     "prepare",
     "requeue",
-    "retry_now",
+    "run_now",
 ]
 
 

@@ -7,7 +7,7 @@ from django.utils import timezone
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from jobs.overview import Series
+from jobs.read_model import Series
 
 COLOURS = {"succeeded": "#2e7d32", "cancelled": "#9e9e9e", "dead": "#c62828"}
 

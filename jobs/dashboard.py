@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 
-from jobs import charts, overview
+from jobs import charts, read_model
 
 REFRESH_SECONDS = 5
 
@@ -30,7 +30,7 @@ def staff_required(view):
 
 
 def _context(request) -> dict:
-    snap = overview.snapshot()
+    snap = read_model.snapshot()
     return {
         "snap": snap,
         "minute_chart": charts.stacked_bars(
@@ -65,4 +65,4 @@ def panels(request):
 @never_cache
 @staff_required
 def stats_json(request):
-    return JsonResponse(overview.snapshot().as_json())
+    return JsonResponse(read_model.snapshot().as_json())

@@ -416,6 +416,7 @@ def cancel(job_id: int, reason: str = "cancelled") -> str:
     return job.status
 
 
-def retry_now(job_id: int) -> bool:
-    """Make a pending or failed-and-waiting job due now (staff's "retry now" / "run now")."""
+def run_now(job_id: int) -> bool:
+    """Make a pending job (waiting for its delay or its retry's backoff) due now; False if it is not
+    pending. See jobs.staff for the verbs: retry, run now, requeue."""
     return bool(Job.objects.filter(id=job_id, status=JobStatus.PENDING).update(run_at=db.now()))

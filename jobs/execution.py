@@ -61,6 +61,8 @@ class JobContext:
 
 @dataclass
 class Outcome:
+    """How running one job ended (not jobs.staff.BulkResult, which sums up a staff operation)."""
+
     status: str  # succeeded, pending (retry), dead, cancelled, lost
     duration: float
     error: BaseException | None = None

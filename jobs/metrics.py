@@ -12,9 +12,9 @@ from django.views.decorators.cache import never_cache
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from jobs import conf, db, overview
+from jobs import conf, db, read_model
 from jobs.models import DeadLetter, JobStat, WorkerProcess
-from jobs.stats import BUCKETS
+from jobs.worker_counters import BUCKETS
 
 OUTCOMES = {
     "started": "Jobs started (claimed and run) by type.",
@@ -42,7 +42,7 @@ class QueueCollector:
             "Running jobs whose heartbeat is older than JOBS_STALE_AFTER (no live worker).",
             labels=["queue"],
         )
-        for row in overview.queue_rows(now):
+        for row in read_model.queue_rows(now):
             for status in ("blocked", "pending", "running"):
                 depth.add_metric([row.name, status], getattr(row, status))
             due.add_metric([row.name], row.due)

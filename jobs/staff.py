@@ -4,6 +4,18 @@ requeue and discard dead letters, pause queues, edit and run schedules.
 Every operation changes the queue through the api, the engine or the scheduler (which own the state)
 and leaves an AuditEntry naming the actor, so the admin can show who did what. ``actor`` is a User or
 a string such as "cli".
+
+Three verbs for running something again, each with one meaning:
+
+- ``run_now``: a pending job (waiting for its delay or its retry's backoff) becomes due now; it keeps
+  its attempts (``jobs.api.run_now``).
+- ``requeue``: a dead letter becomes a fresh pending job (attempts from zero), at most once
+  (``jobs.api.requeue``).
+- ``retry`` (staff's button): whichever of the two a job needs: run now if pending, requeue its dead
+  letter if dead.
+
+``BulkResult`` is what an operation on several objects did (done, skipped with the reason); it is not
+``jobs.execution.Outcome``, the result of running one job.
 """
 
 import json
@@ -22,7 +34,7 @@ from jobs.registry import job_types
 
 
 @dataclass
-class Outcome:
+class BulkResult:
     """What an operation on several objects did: ``done`` ids, and ``skipped`` ids with the reason."""
 
     done: list[int] = field(default_factory=list)
@@ -65,12 +77,12 @@ def audit(
 # -- jobs ----------------------------------------------------------------------------------------
 
 
-def retry(actor, job_ids: Iterable[int]) -> Outcome:
+def retry(actor, job_ids: Iterable[int]) -> BulkResult:
     """Run pending jobs now; a dead job is retried by requeuing its dead letter (a fresh job, once)."""
-    outcome = Outcome()
+    outcome = BulkResult()
     for job in Job.objects.filter(id__in=list(job_ids)).select_related("dead_letter").order_by("id"):
         if job.status == JobStatus.PENDING:
-            if engine.retry_now(job.pk):
+            if engine.run_now(job.pk):
                 audit(actor, "retry", job=job, details="run_at set to now")
                 outcome.done.append(job.pk)
                 continue
@@ -94,11 +106,11 @@ def retry(actor, job_ids: Iterable[int]) -> Outcome:
     return outcome
 
 
-def run_now(actor, job_ids: Iterable[int]) -> Outcome:
+def run_now(actor, job_ids: Iterable[int]) -> BulkResult:
     """Bring pending jobs' run_at forward to now (a job waiting for its delay or backoff)."""
-    outcome = Outcome()
+    outcome = BulkResult()
     for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
-        if engine.retry_now(job.pk):
+        if engine.run_now(job.pk):
             audit(actor, "run_now", job=job, details=f"run_at was {job.run_at.isoformat(timespec='seconds')}")
             outcome.done.append(job.pk)
         else:
@@ -106,9 +118,9 @@ def run_now(actor, job_ids: Iterable[int]) -> Outcome:
     return outcome
 
 
-def cancel(actor, job_ids: Iterable[int], reason: str = "") -> Outcome:
+def cancel(actor, job_ids: Iterable[int], reason: str = "") -> BulkResult:
     """Cancel blocked and pending jobs at once; running ones are asked to stop (the handler sees it)."""
-    outcome = Outcome()
+    outcome = BulkResult()
     by = _actor(actor)[1]
     for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
         if not job.can_cancel():
@@ -120,9 +132,9 @@ def cancel(actor, job_ids: Iterable[int], reason: str = "") -> Outcome:
     return outcome
 
 
-def set_priority(actor, job_ids: Iterable[int], priority: int) -> Outcome:
+def set_priority(actor, job_ids: Iterable[int], priority: int) -> BulkResult:
     """Change the priority of jobs not yet claimed; a running or finished job keeps its own."""
-    outcome = Outcome()
+    outcome = BulkResult()
     for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
         # The rule (Job.can_reprioritise) as the update's condition: a job claimed meanwhile keeps its own.
         updated = Job.objects.filter(pk=job.pk, status__in=[JobStatus.BLOCKED, JobStatus.PENDING]).update(
@@ -147,9 +159,9 @@ def closed_reason(dead: DeadLetter) -> str:
     return "discarded"
 
 
-def requeue(actor, dead_letter_ids: Iterable[int]) -> Outcome:
+def requeue(actor, dead_letter_ids: Iterable[int]) -> BulkResult:
     """A fresh job from each open dead letter; one already requeued or discarded is skipped."""
-    outcome = Outcome()
+    outcome = BulkResult()
     for dead in DeadLetter.objects.filter(id__in=list(dead_letter_ids)).order_by("id"):
         try:
             new = api.requeue(dead.pk)
@@ -165,7 +177,7 @@ def requeue(actor, dead_letter_ids: Iterable[int]) -> Outcome:
     return outcome
 
 
-def requeue_type(actor, job_type: str) -> Outcome:
+def requeue_type(actor, job_type: str) -> BulkResult:
     """Requeue every open dead letter of ``job_type``."""
     ids = DeadLetter.objects.open().filter(type=job_type).values_list("id", flat=True)
     return requeue(actor, list(ids))
@@ -185,13 +197,13 @@ def edit_and_requeue(actor, dead_letter_id: int, payload: dict) -> Job | None:
     return new
 
 
-def discard(actor, dead_letter_ids: Iterable[int], reason: str) -> Outcome:
+def discard(actor, dead_letter_ids: Iterable[int], reason: str) -> BulkResult:
     """Close dead letters without running them again; a reason is required."""
     reason = (reason or "").strip()
     if not reason:
         raise ValueError("a reason is required to discard a dead letter")
     user = _actor(actor)[0]
-    outcome = Outcome()
+    outcome = BulkResult()
     for dead in DeadLetter.objects.filter(id__in=list(dead_letter_ids)).order_by("id"):
         with transaction.atomic():
             closed = (
@@ -253,8 +265,8 @@ def save_schedule(actor, schedule: CronSchedule, changed: Iterable[str] = ()) ->
     return schedule
 
 
-def set_schedule_enabled(actor, schedules: Iterable[CronSchedule], enabled: bool) -> Outcome:
-    outcome = Outcome()
+def set_schedule_enabled(actor, schedules: Iterable[CronSchedule], enabled: bool) -> BulkResult:
+    outcome = BulkResult()
     for schedule in schedules:
         if schedule.enabled == enabled:
             outcome.skipped.append((schedule.pk, f"already {'enabled' if enabled else 'disabled'}"))

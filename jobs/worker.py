@@ -22,7 +22,7 @@ from django.db import (
     connections,
 )
 
-from jobs import conf, db, engine, execution, stats, systemd
+from jobs import conf, db, engine, execution, systemd, worker_counters
 from jobs.exceptions import JobTimeout
 from jobs.models import Job, WorkerProcess
 from jobs.reaper import Reaper
@@ -157,7 +157,7 @@ class Worker:
         self.claimed_total = 0
         self.done_total = 0
         self.work: queue_module.SimpleQueue = queue_module.SimpleQueue()
-        self.stats = stats.Recorder()
+        self.stats = worker_counters.Recorder()
         self.threads: list[threading.Thread] = []
         self.completer: threading.Thread | None = None
         self._completer_stop = threading.Event()

@@ -64,7 +64,7 @@ def age(value) -> str:
     return f"{timesince(value)} ago" if value else "-"
 
 
-def _message(request, outcome: staff.Outcome, verb: str) -> None:
+def _message(request, outcome: staff.BulkResult, verb: str) -> None:
     level = messages.SUCCESS if outcome.done and not outcome.skipped else messages.WARNING
     if not outcome.done and not outcome.skipped:
         level = messages.INFO

@@ -10,7 +10,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import health, overview, pruner, scheduler, staff
+from jobs import health, pruner, read_model, scheduler, staff
 from jobs.exceptions import InvalidPayload, UnknownJobType
 from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus
 from jobs.registry import job_types
@@ -93,7 +93,7 @@ class Command(BaseCommand):
     def handle(self, *args, action, **options):
         return getattr(self, f"do_{action.replace('-', '_')}")(**options) or None
 
-    def _report(self, outcome: staff.Outcome, verb: str, kind: str = "job") -> None:
+    def _report(self, outcome: staff.BulkResult, verb: str, kind: str = "job") -> None:
         for pk in outcome.done:
             self.stdout.write(f"{verb} {kind} {pk}")
         for job in outcome.created:
@@ -113,7 +113,7 @@ class Command(BaseCommand):
     # -- looking -----------------------------------------------------------------------------------
 
     def do_stats(self, json: bool = False, **options):
-        snap = overview.snapshot()
+        snap = read_model.snapshot()
         if json:
             self.stdout.write(_dumps(snap.as_json()))
             return
@@ -137,7 +137,7 @@ class Command(BaseCommand):
         for s in snap.schedules:
             self.stdout.write(
                 f"schedule {s.name}: next {_iso(s.next_run_at)}, last {_iso(s.last_run_at)} "
-                f"({overview.schedule_outcome(s)}){'' if s.enabled else ' disabled'}"
+                f"({read_model.schedule_outcome(s)}){'' if s.enabled else ' disabled'}"
             )
 
     def do_list(self, status=None, job_type=None, queue=None, limit=50, **options):

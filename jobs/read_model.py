@@ -1,4 +1,5 @@
-"""The queue at a glance, for the dashboard, `jobs stats` and the metrics endpoint.
+"""The queue's read model: the queue at a glance, for the dashboard, `jobs stats` and the metrics
+endpoint (it only reads; the worker's own counters are jobs.worker_counters).
 
 Every query here stays cheap however many finished jobs the table holds: depth counts only unfinished
 rows (the partial indexes on pending and running), throughput reads the (status, finished_at) index
