@@ -42,6 +42,10 @@ PIPELINE_STEPS = ("confirmation", "invoice", "inventory", "fulfilled")
     not shutil.which("nft"), reason="needs nftables for one-way links (apt-get install nftables)"
 )
 def test_a_flapping_and_one_way_link_under_a_steady_load_of_orders_loses_nothing_and_doubles_nothing(net):
+    """Clients in the root namespace post orders to gunicorn on the web host over the bridge, so a cut of
+    the web host's link stalls them as well as its database connections; they retry connection errors,
+    5xx and 409 with the same key, as a careful integration does. Every paid order must reach the end
+    of its pipeline with no dead letter and no job left behind."""
     flapping, steady, web = net.hosts
     for n in range(PRODUCTS):
         net.sql(
