@@ -167,7 +167,8 @@ def test_a_flapping_and_one_way_link_under_a_steady_load_of_orders_loses_nothing
     (errors,) = net.sql("SELECT count(*) FROM jobs_job WHERE errors <> '[]'::jsonb")[0]
     print(
         f"\norders {len(answers)} ({len(paid)} paid), retries by cause: {dict(traffic.retried)}, jobs with"
-        f" a failed attempt {errors}, fulfilled {drained:.1f}s after the last answer"
+        f" a failed attempt {errors}, fulfilled {drained:.1f}s after the last answer; 'database unavailable'"
+        f" in the steady worker's log: {output(workers[1]).count('database unavailable')}"
     )
 
 
