@@ -21,12 +21,17 @@ browser:
 		if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
 		else sudo apt-get update -q && sudo apt-get install -y -q chromium; fi; }
 
-# libfaketime for the hosts suite's clock-skew tests (tests/hosts; skipped with the reason without it).
+# libfaketime and nftables for the hosts suite's clock-skew and one-way link tests (tests/hosts; skipped
+# with the reason without them).
 hosts-tools:
 	@command -v faketime >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { \
 		echo "installing Debian faketime for the hosts suite"; \
 		apt-get install -y -q faketime || { apt-get update -q && apt-get install -y -q faketime; } || \
 		echo "faketime not installed: the clock-skew tests will be skipped"; }
+	@command -v nft >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || { \
+		echo "installing Debian nftables for the hosts suite"; \
+		apt-get install -y -q nftables || { apt-get update -q && apt-get install -y -q nftables; } || \
+		echo "nftables not installed: the one-way link test will be skipped"; }
 
 run: export DEBUG = 1
 run: $(STAMP)

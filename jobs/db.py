@@ -172,8 +172,10 @@ def _timeout_ms() -> str:
 
 def claim_keyed_ids(*, limit: int, **options) -> list[int]:
     """Claim concurrency-keyed jobs one statement per job, under a lock, so that each claim counts the
-    ones before it: a single statement would see the same running count for every candidate row."""
-    lock_keyed_claims()
+    ones before it: a single statement would see the same running count for every candidate row. None
+    while another worker's claim holds the lock (see lock_keyed_claims)."""
+    if not lock_keyed_claims():
+        return []
     ids: list[int] = []
     while len(ids) < limit:
         got = claim_ids(limit=1, keyed=True, **options)
@@ -183,22 +185,32 @@ def claim_keyed_ids(*, limit: int, **options) -> list[int]:
     return ids
 
 
-def lock_keyed_claims() -> None:
-    """Serialise claims of concurrency-keyed jobs across workers for the rest of the transaction.
+def lock_keyed_claims() -> bool:
+    """Serialise claims of concurrency-keyed jobs across workers for the rest of the transaction; False
+    if another worker's claim holds the lock: this claim leaves the keyed jobs to that one, and the
+    next claim tries again.
 
-    A transaction-level advisory lock (safe behind PgBouncer's transaction pooling); SQLite's
+    A transaction-level advisory lock (safe behind PgBouncer's transaction pooling), never waited for:
+    the holder may be a host cut off in the middle of its claim, whose session lives on the server
+    until its keepalives give up (20 s by default), and every worker waiting behind it had its whole
+    claim, unkeyed jobs included, time out and reported the database unavailable (tests/hosts). SQLite's
     IMMEDIATE transactions are already serial.
     """
-    if is_postgres():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x6A6F6273])
+    return _try_lock("SELECT pg_try_advisory_xact_lock(%s)", [0x6A6F6273])
 
 
-def lock_name(name: str) -> None:
-    """A transaction-level lock on an arbitrary name (rate-limit buckets). No-op on SQLite."""
-    if is_postgres():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [name])
+def lock_name(name: str) -> bool:
+    """A transaction-level lock on an arbitrary name (rate-limit buckets), or False if another
+    transaction holds it (never waited for, as in lock_keyed_claims). Always True on SQLite."""
+    return _try_lock("SELECT pg_try_advisory_xact_lock(hashtext(%s))", [name])
+
+
+def _try_lock(sql: str, params: list) -> bool:
+    if not is_postgres():
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return bool(cursor.fetchone()[0])
 
 
 def notify(queues: Iterable[str]) -> None:

@@ -28,7 +28,8 @@ def claim_limited(job_type_name: str, limit: int, *, now: datetime, **common) ->
     """Claim up to ``limit`` jobs of one rate-limited type, as many as its window still allows."""
     job_type: JobType = job_types()[job_type_name]
     count, seconds = job_type.rate
-    db.lock_name(f"jobs.ratelimit:{job_type_name}")
+    if not db.lock_name(f"jobs.ratelimit:{job_type_name}"):
+        return []  # another worker is claiming this type: its window is theirs until they commit
     window_start = now - timedelta(seconds=seconds)
     RateLimitStart.objects.filter(type=job_type_name, started_at__lte=window_start).delete()
     used = RateLimitStart.objects.filter(type=job_type_name, started_at__gt=window_start).count()

@@ -101,13 +101,14 @@ else:
     # (a connect to a black-holed address hung 133 s; a query on an open connection, as long as the
     # cut). libpq: connect_timeout bounds a connect; keepalives find an idle connection's peer gone;
     # tcp_user_timeout (milliseconds) drops a connection whose sent data stays unacknowledged.
-    DATABASES["default"].setdefault("OPTIONS", {}).update(
-        connect_timeout=env.int("DB_CONNECT_TIMEOUT", default=5),
-        keepalives=1,
+    _peer_gone = dict(
         keepalives_idle=env.int("DB_KEEPALIVES_IDLE", default=10),
         keepalives_interval=env.int("DB_KEEPALIVES_INTERVAL", default=3),
         keepalives_count=env.int("DB_KEEPALIVES_COUNT", default=3),
         tcp_user_timeout=int(env.float("DB_TCP_USER_TIMEOUT", default=10.0) * 1000),
+    )
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        connect_timeout=env.int("DB_CONNECT_TIMEOUT", default=5), keepalives=1, **_peer_gone
     )
 
 # What sits between Django and PostgreSQL: "" (nothing) or "pgbouncer" (PgBouncer in transaction
@@ -125,6 +126,18 @@ if DATABASE_POOLER == "pgbouncer":
     # Prepared statements live on one server connection too: psycopg prepares none, and Django binds
     # parameters on the client (its default, named here so that nobody turns it on).
     DATABASES["default"].setdefault("OPTIONS", {}).update(prepare_threshold=None, server_side_binding=False)
+elif DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # The server must learn as soon that its client is gone. A host cut off inside a transaction leaves
+    # its session on the server idle, holding its row locks (an order, the invoice number sequence), and
+    # an idle session sends nothing, so without keepalives the server never noticed: the workers that
+    # took the host's jobs over waited on those locks until the jobs timed out, again at each retry
+    # (tests/hosts: a lock still held 60 s into a cut; with these, released 2.9 s into it at 2 s idle
+    # and 2 probes 1 s apart). The same numbers, for the server's end (its per-session tcp_* settings).
+    # Behind PgBouncer the server's peer is PgBouncer, which passes no startup options and has
+    # keepalives of its own.
+    _server = " ".join(f"-c tcp_{name.removeprefix('tcp_')}={value}" for name, value in _peer_gone.items())
+    _options = DATABASES["default"]["OPTIONS"]
+    _options["options"] = f"{_options.get('options', '')} {_server}".strip()
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

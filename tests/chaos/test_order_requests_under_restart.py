@@ -4,9 +4,6 @@ flight: clients that retry connection errors, 5xx and 409 with the same Idempote
 client was not told of, none left pending_payment, stock exact; paid orders are confirmed and fulfilled
 by real workers that lived through the restarts. The database is a cluster of the test's own."""
 
-import collections
-import http.client
-import json
 import random
 import subprocess
 import sys
@@ -21,11 +18,11 @@ from django.db import connection
 
 from tests.chaos.conftest import free_port
 from tests.jobs.conftest import WorkerProcesses
+from tests.traffic import PRODUCTS, Traffic
 from tests.utils import BASE_DIR, subprocess_env, wait_for
 
 ORDERS = 160
 CLIENTS = 8
-PRODUCTS = 3
 INITIAL_STOCK = 1000
 RESTARTS = 3
 IN_FLIGHT_AT_RESTART = 2
@@ -35,68 +32,6 @@ LEASE = 2.0  # IDEMPOTENCY_LEASE of the web processes: how long a dead request's
 pytestmark = pytest.mark.skipif(
     "connection.vendor != 'postgresql'", reason="the PostgreSQL pass runs it (on a cluster of its own)"
 )
-
-
-def order_body(i: int) -> dict:
-    return {
-        "email": f"customer{i}@example.com",
-        "name": f"Customer {i}",
-        "shipping_address": {"line1": "1 Main St", "city": "Berlin", "postal_code": "10115", "country": "DE"},
-        "lines": [{"sku": f"RST-{i % PRODUCTS}", "quantity": 1 + i % 2}],
-        "payment_token": "tok_chargeDeclined" if i % 8 == 0 else "tok_visa",
-    }
-
-
-class Traffic:
-    """API clients that keep their requests going, and count how many are in flight."""
-
-    def __init__(self, base_url: str):
-        self.base_url = base_url
-        self.lock = threading.Lock()
-        self.in_flight = 0
-        self.answers: dict[int, tuple[int, dict]] = {}
-        self.retried = collections.Counter()  # why a request was retried: 'connection', 500, 409, ...
-
-    def post(self, i: int) -> tuple[int | None, dict]:
-        request = urllib.request.Request(
-            self.base_url + "/api/orders",
-            data=json.dumps(order_body(i)).encode(),
-            headers={"Content-Type": "application/json", "Idempotency-Key": f"restart-{i}"},
-            method="POST",
-        )
-        with self.lock:
-            self.in_flight += 1
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-            try:
-                return exc.code, {**json.loads(body), "retry_after": exc.headers.get("Retry-After")}
-            except ValueError:
-                return exc.code, {"raw": body[:200].decode(errors="replace")}
-        except (urllib.error.URLError, ConnectionError, http.client.HTTPException, TimeoutError) as exc:
-            return None, {"connection_error": repr(exc)}
-        finally:
-            with self.lock:
-                self.in_flight -= 1
-
-    def place(self, i: int) -> None:
-        deadline = time.monotonic() + CLIENT_DEADLINE
-        while True:
-            status, body = self.post(i)
-            if status in (201, 402) or time.monotonic() > deadline:
-                self.answers[i] = (status, body)
-                return
-            self.retried["connection" if status is None else status] += 1
-            if status not in (None, 409) and status < 500:
-                self.answers[i] = (status, body)  # a client error: never retried, fails the test below
-                return
-            time.sleep(min(float(body.get("retry_after") or 0.05), 0.5))
-
-    def client(self, indices) -> None:
-        for i in indices:
-            self.place(i)
 
 
 def test_order_requests_in_flight_at_database_restarts_end_once_each(private_postgres, tmp_path):
@@ -142,7 +77,7 @@ def test_order_requests_in_flight_at_database_restarts_end_once_each(private_pos
     workers = WorkerProcesses(tmp_path)
     try:
         crew = [workers.start("--stale-after", "2", env=env) for _ in range(2)]
-        traffic = Traffic(f"http://127.0.0.1:{port}")
+        traffic = Traffic(f"http://127.0.0.1:{port}", key_prefix="restart", deadline=CLIENT_DEADLINE)
 
         def web_up() -> bool:
             try:
@@ -207,15 +142,13 @@ def test_order_requests_in_flight_at_database_restarts_end_once_each(private_pos
             ).fetchone()[0]
 
         # No stuck key: every key finished with its order, no key with two orders, no order without a key.
-        told = {
-            f"restart-{i}": body.get("number") or body["order"]["number"] for i, (_, body) in answers.items()
-        }
+        told = traffic.told()
         assert keys == told
         assert sorted(orders) == sorted(told.values())  # one order per key; no order a client was not told of
         # No double charge, no charge without an order; the statuses are what the clients were told.
         assert all(count == 1 for _, count, _ in charges) and {k for k, _, _ in charges} == set(orders)
         for i, (status, _) in answers.items():
-            number = told[f"restart-{i}"]
+            number = told[traffic.key(i)]
             assert orders[number] in (("payment_failed",) if status == 402 else ("paid", "fulfilled")), number
         assert sum(1 for _, _, ok in charges if ok) == sum(1 for s, _ in answers.values() if s == 201)
         assert "pending_payment" not in orders.values()

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -161,6 +162,7 @@ class Host:
         self.name = f"shop{network.tag}h{index}"
         self.link = f"v{network.tag}h{index}"  # the bridge's end, in the root namespace
         self.address = str(network.subnet.network_address + 10 + index)
+        self.dropping: str | None = None  # "input" or "output" while one way of its link drops packets
         inner = f"e{network.tag}h{index}"
         ip("netns", "add", self.name)
         ip("link", "add", self.link, "type", "veth", "peer", "name", inner)
@@ -175,8 +177,38 @@ class Host:
         """Packets to and from this host vanish; its processes see nothing but silence."""
         ip("link", "set", self.link, "down")
 
+    def deafen(self) -> None:
+        """One way: what the database sends to this host vanishes, what the host sends arrives. Its
+        statements reach the server and run there (a commit commits) but it never hears that they did."""
+        self._drop("input", f"ip saddr {self.network.bridge_ip} tcp sport {self.network.cluster.port}")
+
+    def mute(self) -> None:
+        """One way: what this host sends to the database vanishes, what the database sends arrives."""
+        self._drop("output", f"ip daddr {self.network.bridge_ip} tcp dport {self.network.cluster.port}")
+
     def heal(self) -> None:
+        """The link up and both ways open again, whatever was done to it."""
         ip("link", "set", self.link, "up")
+        if self.dropping:
+            subprocess.run(
+                ["ip", "netns", "exec", self.name, "nft", "delete", "table", "inet", "oneway"],
+                check=True,
+                capture_output=True,
+            )
+            self.dropping = None
+
+    def _drop(self, hook: str, match: str) -> None:
+        """An nftables rule in this host's namespace that drops the database's packets at ``hook``."""
+        assert self.dropping is None, f"{self.name} already drops its {self.dropping} packets"
+        chain = f"type filter hook {hook} priority 0; {match} drop;"
+        subprocess.run(
+            ["ip", "netns", "exec", self.name, "nft", "-f", "-"],
+            input=f"table inet oneway {{\n  chain db {{\n    {chain}\n  }}\n}}\n",
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        self.dropping = hook
 
     def popen(self, cmd: list[str], *, env: dict, log: Path) -> subprocess.Popen:
         out = open(log, "wb")
@@ -255,6 +287,20 @@ class Network:
         return host.popen(
             cmd, env=self.env(self.db, self.bridge_ip, **(env or {})), log=self.log_dir / f"{worker_id}.log"
         )
+
+    def web(self, host: Host, *args: str, port: int = 8000, env: dict | None = None) -> subprocess.Popen:
+        """gunicorn serving the shop on ``host`` at ``port`` of all its addresses (its clients reach it
+        over its own loopback, or from the root namespace over the bridge), reaching the database over the
+        bridge; ``args`` are gunicorn's. Returns once a worker booted."""
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        env = self.env(self.db, self.bridge_ip, ALLOWED_HOSTS=f"127.0.0.1,{host.address}", **(env or {}))
+        server = host.popen(
+            [gunicorn, "shop.wsgi:application", "-b", f"0.0.0.0:{port}", "--timeout", "60", *args],
+            env=env,
+            log=self.log_dir / f"gunicorn-{self.db}.log",
+        )
+        wait_until(lambda: "Booting worker" in output(server), timeout=30, message="gunicorn up")
+        return server
 
     def sql(self, query: str, params=()) -> list[tuple]:
         with self.cluster.connect(self.db) as conn:

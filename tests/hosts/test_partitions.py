@@ -7,6 +7,7 @@ import time
 
 from tests.deploy.test_systemd_notify import NotifySocket
 from tests.hosts.conftest import exit_code, output, wait_until
+from tests.utils import manage_py
 
 STALE_AFTER = 4.0  # heartbeat every second (a quarter of it)
 
@@ -146,3 +147,53 @@ def test_a_partitioned_hosts_jobs_are_taken_over_fenced_and_done_once(net):
     assert net.sql("SELECT count(*) FROM jobs_deadletter")[0][0] == 0
     workers["a"].send_signal(signal.SIGTERM)
     assert exit_code(workers["a"], 30) == 0, output(workers["a"])
+
+
+# A host's process locks a row in a transaction and keeps it open (a handler between two statements).
+LOCK_AND_STAY = """
+import threading
+from django.db import connection, transaction
+with transaction.atomic():
+    connection.cursor().execute("SELECT 1 FROM shop_product WHERE sku = 'A' FOR UPDATE")
+    print("locked", flush=True)
+    threading.Event().wait(600)
+"""
+
+
+def test_a_host_cut_off_inside_a_transaction_holds_its_locks_for_seconds_not_for_ever(net):
+    """The server learns that the client is gone as the client learns it of the server (keepalives,
+    unacknowledged data): its session ends, its transaction rolls back and its row locks are free for
+    the other hosts, instead of an idle session holding them until the server's TCP gives up (hours)."""
+    import psycopg
+
+    host = net.hosts[0]
+    net.sql(
+        "INSERT INTO shop_product (sku, name, description, price, currency, stock, active, created_at,"
+        " updated_at) VALUES ('A', 'A', '', 9.50, 'EUR', 10, true, now(), now()) RETURNING id"
+    )
+    holder = host.popen(
+        [*manage_py(), "shell", "-c", LOCK_AND_STAY],
+        env=net.env(net.db, net.bridge_ip),
+        log=net.log_dir / "lock-holder.log",
+    )
+    wait_until(lambda: "locked" in output(holder), timeout=30, message="the row locked on the host")
+
+    def lockable() -> bool:
+        with net.cluster.connect(net.db) as conn:
+            conn.execute("SET lock_timeout = '200ms'")
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT 1 FROM shop_product WHERE sku = 'A' FOR UPDATE")
+            except psycopg.errors.LockNotAvailable:
+                return False
+            return True
+
+    assert not lockable()  # the host is alive: its lock holds
+    host.cut()
+    cut_at = time.monotonic()
+    wait_until(lockable, timeout=60, interval=0.5, message="the cut-off host's lock released")
+    released = time.monotonic() - cut_at
+    # FAST_NETWORK: 2 s idle, then 2 probes 1 s apart; slack for a loaded machine.
+    print(f"\nlock released {released:.1f}s after the cut")
+    assert released < 20, released
+    assert not net.sql("SELECT 1 FROM pg_stat_activity WHERE client_addr = %s", [host.address])

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from tests.hosts.conftest import wait_until
 
@@ -64,18 +63,9 @@ def test_orders_answer_503_quickly_while_the_web_host_is_cut_off_and_the_retry_c
     net.manage(
         net.db, "shell", "-c", "from tests.factories import ProductFactory; ProductFactory(sku='A', stock=10)"
     )
-    port = 8000  # inside the web host's own namespace
-    gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    env = net.env(net.db, net.bridge_ip, ALLOWED_HOSTS="127.0.0.1")
-    server = web.popen(
-        [gunicorn, "shop.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "2", "--timeout", "60"],
-        env=env,
-        log=net.log_dir / "gunicorn.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_until(
-        lambda: "Booting worker" in Path(server.log_path).read_text(), timeout=30, message="gunicorn up"
-    )
+    port = 8000
+    net.web(web, "-w", "2", port=port)
+    url = f"http://127.0.0.1:{port}"  # inside the web host's own namespace
     assert post_order(web, url, "warm-up")[0] == 201  # a worker's first request pays its imports
     assert post_order(web, url, "warm-up-2")[0] == 201
 

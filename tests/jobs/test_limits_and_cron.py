@@ -3,6 +3,7 @@
 import collections
 import logging
 import threading
+import time
 from datetime import datetime, timedelta
 
 import pytest
@@ -73,6 +74,31 @@ def test_concurrency_key_allows_one_running_job_per_key_across_workers(workers):
     for proc in procs:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+@pytest.mark.skipif(
+    "connection.vendor != 'postgresql'", reason="advisory locks (SQLite claims one at a time)"
+)
+def test_a_claim_never_waits_behind_another_workers_keyed_or_rate_limited_claim():
+    """The other claim may be a host's that was cut off in the middle of it (tests/hosts): its session
+    holds the locks until the server's keepalives give up. Meanwhile the other workers claim what needs
+    no lock, and leave the keyed and rate-limited jobs to a later claim."""
+    import psycopg
+
+    from jobs import db, engine
+
+    plain = enqueue("test.record", {"key": "plain"})
+    keyed = enqueue("test.keyed", {"group": "g"})
+    limited = enqueue("test.limited", {"key": "limited"})
+    with psycopg.connect(**db.listen_conninfo()) as other, other.transaction():
+        other.execute("SELECT pg_advisory_xact_lock(%s)", [0x6A6F6273])  # db.lock_keyed_claims()
+        other.execute("SELECT pg_advisory_xact_lock(hashtext('jobs.ratelimit:test.limited'))")
+        started = time.monotonic()
+        claimed = engine.claim("w", 10)
+        took = time.monotonic() - started
+    assert [job.id for job in claimed] == [plain.id]
+    assert took < 1, took
+    assert {job.id for job in engine.claim("w", 10)} == {keyed.id, limited.id}
 
 
 def test_dead_worker_does_not_hold_a_concurrency_key_past_recovery(workers):

@@ -124,3 +124,30 @@ def test_the_admin_user_page_beside_idle_workers_never_fails(workers):
     client.force_login(admin)
     codes = [client.get(f"/admin/auth/user/{admin.id}/change/").status_code for _ in range(30)]
     assert codes == [200] * 30
+
+
+def test_the_server_is_given_the_clients_keepalives_except_through_pgbouncer():
+    """The server's end of a connection finds a gone client as the client finds a gone server (see
+    tests/hosts: a host cut off inside a transaction); PgBouncer passes no startup options."""
+    code = "from django.conf import settings; print(settings.DATABASES['default']['OPTIONS'].get('options'))"
+    env = {"DATABASE_URL": "postgres://shop@db.internal:5432/shop", "DB_KEEPALIVES_IDLE": "7"}
+
+    def options(**extra: str) -> str:
+        done = subprocess.run(
+            [*manage_py(), "shell", "--no-imports", "-c", code],
+            env=subprocess_env(**{**env, **extra}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert options() == (
+        "-c tcp_keepalives_idle=7 -c tcp_keepalives_interval=3 -c tcp_keepalives_count=3"
+        " -c tcp_user_timeout=10000"
+    )
+    assert options(
+        DATABASE_URL="postgres://shop@db.internal:5432/shop?options=-c%20work_mem%3D8MB"
+    ).startswith("-c work_mem=8MB -c tcp_keepalives_idle=7")
+    assert options(DATABASE_POOLER="pgbouncer") == "None"
