@@ -23,6 +23,7 @@ from django.db import (
 )
 
 from jobs import conf, db, engine, execution, systemd, worker_counters
+from jobs import prefetch as prefetch_module
 from jobs.exceptions import JobTimeout
 from jobs.models import Job, WorkerProcess
 from jobs.reaper import Reaper
@@ -104,16 +105,7 @@ class Worker:
 
     FLUSH_INTERVAL = 0.05  # seconds a success may wait to be recorded with others
     FLUSH_SIZE = 100
-    # Adaptive prefetch (no --prefetch given): hold about this much work beyond the running jobs,
-    # judged by the recent mean handler duration, and at most PREFETCH_MAX jobs.
-    PREFETCH_WINDOW = 0.05
-    PREFETCH_MAX = 200
-    # The buffer grows only once this many handler durations were seen, and they are forgotten after
-    # this many seconds without a finished job: a few 1 ms cron ticks said nothing about the two-second
-    # jobs that came after an idle spell (a worker of 4 threads claimed 23 of them at once).
     MAX_BACKOFF = 5.0  # seconds between tries while the database is away: back soon after it is
-    PREFETCH_SAMPLES = 8
-    PREFETCH_MEMORY = 2.0
 
     def __init__(
         self,
@@ -136,9 +128,7 @@ class Worker:
             prefetch = conf.get("JOBS_PREFETCH")
         self.adaptive_prefetch = prefetch is None
         self.prefetch = self.concurrency if prefetch is None else max(0, prefetch)
-        self.mean_duration: float | None = None  # recent handler seconds per job (moving average)
-        self.samples = 0  # handler durations folded into mean_duration since it was last forgotten
-        self.last_sample = 0.0  # time.monotonic() of the latest
+        self.durations = prefetch_module.RecentDurations()  # sizes the adaptive prefetch
         self.burst = burst
         self.max_jobs = max_jobs
         self.poll_interval = poll_interval if poll_interval is not None else conf.get("JOBS_POLL_INTERVAL")
@@ -331,37 +321,11 @@ class Worker:
         return not claimed or len(claimed) < free
 
     def _prefetch(self) -> int:
-        """Jobs to hold claimed beyond the running ones: ``--prefetch`` when given, else at least as
-        many as there are threads, more when jobs are short: about PREFETCH_WINDOW seconds of work for
-        all threads, so a buffered job waits some tens of milliseconds at most and one claim
-        statement feeds many short jobs instead of a few. Until PREFETCH_SAMPLES recent durations say
-        the jobs are short, the buffer stays at the threads' size."""
+        """Jobs to hold claimed beyond the running ones: ``--prefetch`` when given, else sized by the
+        recent handler durations (see jobs.prefetch)."""
         if not self.adaptive_prefetch:
             return self.prefetch
-        with self.lock:
-            if self.samples < self.PREFETCH_SAMPLES or self._forgotten(time.monotonic()):
-                return self.prefetch
-            mean = self.mean_duration
-        ahead = int(self.concurrency * self.PREFETCH_WINDOW / max(mean, 1e-6))
-        return max(self.prefetch, min(self.PREFETCH_MAX, ahead))
-
-    def _forgotten(self, now: float) -> bool:
-        return now - self.last_sample > self.PREFETCH_MEMORY
-
-    def _observe(self, outcomes) -> None:
-        """Fold a unit's handler durations, one sample per job, into the moving average that sizes the
-        adaptive prefetch (each new one weighs a fifth); an idle spell forgets them."""
-        if not outcomes:
-            return
-        now = time.monotonic()
-        with self.lock:
-            if self._forgotten(now):
-                self.mean_duration, self.samples = None, 0
-            for _, outcome in outcomes:
-                mean = self.mean_duration
-                self.mean_duration = outcome.duration if mean is None else 0.8 * mean + 0.2 * outcome.duration
-                self.samples += 1
-            self.last_sample = now
+        return prefetch_module.size(self.concurrency, self.prefetch, self.durations.mean())
 
     def _wait_time(self) -> float:
         return max(0.0, min(self.poll_interval, self._next_heartbeat - time.monotonic()))
@@ -451,7 +415,7 @@ class Worker:
                         if outcome.status != "completing":
                             status = "failed" if outcome.status == "pending" else outcome.status
                             self.stats.finished(job.type, status, outcome.duration)
-                    self._observe(outcomes)
+                    self.durations.add(outcome.duration for _, outcome in outcomes)
                 except BaseException:
                     # Recording the outcome failed even after retries: the job stays running and the
                     # reaper hands it back once its heartbeat stops. The thread lives on whatever was
