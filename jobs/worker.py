@@ -4,6 +4,7 @@ The main thread owns claiming, heartbeats, timeouts and the plugins (reaper, sch
 threads only run jobs and record their outcomes. Each thread has its own database connection.
 """
 
+import enum
 import logging
 import os
 import queue as queue_module
@@ -39,13 +40,27 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+class UnitState(enum.StrEnum):
+    QUEUED = "queued"  # claimed, waiting for a thread
+    EXECUTING = "executing"  # its handler runs
+    COMPLETING = "completing"  # returned; its successes wait for the batched flush
+    DONE = "done"
+
+
+class Pass(enum.Enum):
+    """What one pass of the claim loop found."""
+
+    BUSY = "busy"  # claimed as much as it could: go round again at once
+    IDLE = "idle"  # nothing more to claim now: wait for a wakeup or the poll interval
+    DONE = "done"  # --burst or --max-jobs is satisfied: exit
+
+
 @dataclass
 class Running:
-    """One unit of work: a job, or a batch of jobs of one type. It is "queued" (claimed, waiting for a
-    thread), then "executing", then "completing" (returned; its success waits for the batched flush)."""
+    """One unit of work: a job, or a batch of jobs of one type, going through the UnitStates."""
 
     jobs: list[Job]
-    state: str = "queued"
+    state: UnitState = UnitState.QUEUED
     deadline: float = float("inf")
     cancel_event: threading.Event = field(default_factory=threading.Event)
     abandoned: threading.Event = field(default_factory=threading.Event)
@@ -237,7 +252,7 @@ class Worker:
         backoff = 0.5
         while not self.stopping.is_set():
             try:
-                idle = self._iteration()
+                found = self._iteration()
                 backoff = 0.5
                 self.outage.over()
             except DB_ERRORS as exc:
@@ -257,9 +272,9 @@ class Worker:
                     self.abandoned_threads,
                 )
                 return 1
-            if idle == "done":
+            if found == Pass.DONE:
                 return 0
-            if idle:
+            if found == Pass.IDLE:
                 self.wakeup.wait(self._wait_time())
                 self.wakeup.clear()
         return 0
@@ -278,16 +293,19 @@ class Worker:
 
     def _executing(self) -> int:
         with self.lock:
-            return sum(1 for r in self.inflight.values() if r.state == "executing")
+            return sum(1 for r in self.inflight.values() if r.state == UnitState.EXECUTING)
 
     def _claimable(self) -> tuple[int, int]:
         """(units queued or executing, units held in all, flushing included)."""
         with self.lock:
-            busy = sum(1 for r in self.inflight.values() if r.state in ("queued", "executing"))
+            busy = sum(
+                1 for r in self.inflight.values() if r.state in (UnitState.QUEUED, UnitState.EXECUTING)
+            )
             return busy, len(self.inflight)
 
-    def _iteration(self) -> bool | str:
-        """One pass of the loop. Returns True when there is nothing to do right now, "done" to exit."""
+    def _iteration(self) -> Pass:
+        """One pass of the loop: heartbeat and plugins when due, timeouts, then claim what there is room
+        for."""
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._heartbeat()
@@ -313,12 +331,12 @@ class Worker:
                 self._start(group)
         if not claimed and not held:
             if self.max_jobs is not None and self.claimed_total >= self.max_jobs:
-                return "done"
+                return Pass.DONE
             # Burst ends when nothing is due: a job held back by a rate limit or a concurrency key
             # is due, so burst waits for it.
             if self.burst and not engine.has_due(self.queues):
-                return "done"
-        return not claimed or len(claimed) < free
+                return Pass.DONE
+        return Pass.IDLE if not claimed or len(claimed) < free else Pass.BUSY
 
     def _prefetch(self) -> int:
         """Jobs to hold claimed beyond the running ones: ``--prefetch`` when given, else sized by the
@@ -333,13 +351,13 @@ class Worker:
     def _stop(self) -> None:
         systemd.notify("STOPPING=1", f"STATUS=stopping, {self._executing()} job(s) running")
         with self.lock:
-            queued = [r for r in self.inflight.values() if r.state == "queued"]
+            queued = [r for r in self.inflight.values() if r.state == UnitState.QUEUED]
             for running in queued:
                 running.abandoned.set()  # claimed but not started: handed back below, never run
         deadline = time.monotonic() + self.grace_period
         while time.monotonic() < deadline:
             with self.lock:
-                if all(r.state == "queued" for r in self.inflight.values()):
+                if all(r.state == UnitState.QUEUED for r in self.inflight.values()):
                     break
             self.wakeup.wait(0.05)
             self.wakeup.clear()
@@ -399,7 +417,7 @@ class Worker:
                         timeout = get_job_type(running.job.type).timeout
                     except BaseException:
                         timeout = 300.0  # unknown type: sent to the dead letters at once below
-                    running.state = "executing"
+                    running.state = UnitState.EXECUTING
                     running.deadline = time.monotonic() + timeout
                 close_old_connections()
                 try:
@@ -422,7 +440,7 @@ class Worker:
                     # raised: a dead thread would hold its jobs and never be replaced.
                     log.exception("job %s: outcome could not be recorded", running.job.id)
                 with self.lock:
-                    running.state = "completing" if running.pending else "done"
+                    running.state = UnitState.COMPLETING if running.pending else UnitState.DONE
                     if not running.pending and self.inflight.get(running.key) is running:
                         del self.inflight[running.key]
                         self.done_total += len(running.jobs)
@@ -457,7 +475,7 @@ class Worker:
                 if stopping:
                     with self.lock:
                         if not self.completions and all(
-                            r.state != "executing" for r in self.inflight.values()
+                            r.state != UnitState.EXECUTING for r in self.inflight.values()
                         ):
                             return
         finally:
@@ -482,7 +500,7 @@ class Worker:
             self.stats.finished(job.type, status, duration)
             with self.lock:
                 running.pending -= 1
-                if running.pending == 0 and running.state == "completing":
+                if running.pending == 0 and running.state == UnitState.COMPLETING:
                     if self.inflight.get(running.key) is running:
                         del self.inflight[running.key]
                         self.done_total += len(running.jobs)
@@ -496,7 +514,7 @@ class Worker:
             late = [
                 r
                 for r in self.inflight.values()
-                if r.state == "executing" and now > r.deadline and not r.abandoned.is_set()
+                if r.state == UnitState.EXECUTING and now > r.deadline and not r.abandoned.is_set()
             ]
         for running in late:
             running.abandoned.set()
@@ -535,7 +553,7 @@ class Worker:
         """These jobs of ``running`` were reclaimed while this worker was silent (the lock is held). One
         not started yet is dropped from the buffer, never run; a running handler is told to stop
         (``ctx.cancelled``), as for a staff cancel: its outcome would be fenced off anyway."""
-        if running.state == "queued":
+        if running.state == UnitState.QUEUED:
             running.jobs = [job for job in running.jobs if job not in gone]
             if not running.jobs:
                 running.abandoned.set()
@@ -547,7 +565,7 @@ class Worker:
                     "job %s %s: reclaimed by another worker; dropped before it started", job.id, job.type
                 )
             self.wakeup.set()  # room to claim
-        elif running.state == "executing":
+        elif running.state == UnitState.EXECUTING:
             running.cancel_event.set()
             for job in gone:
                 if job.id not in running.lost:
