@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from django.db import (
     InterfaceError,
@@ -38,6 +39,16 @@ DB_ERRORS = (OperationalError, InterfaceError)
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Plugin(Protocol):
+    """Work the claim loop does beside claiming, every ``interval`` seconds, in the loop's thread (so a
+    stuck plugin stops the watchdog's pings): the reaper and the scheduler. ``tick`` raising a database
+    error counts as the loop's."""
+
+    interval: float
+
+    def tick(self, worker: "Worker") -> object: ...
 
 
 class UnitState(enum.StrEnum):
@@ -134,7 +145,7 @@ class Worker:
         grace_period: float | None = None,
         worker_id: str | None = None,
         stale_after: float | None = None,
-        plugins: list | None = None,
+        plugins: list[Plugin] | None = None,
     ):
 
         self.queues = queues or None
@@ -151,7 +162,9 @@ class Worker:
         self.stale_after = stale_after if stale_after is not None else conf.get("JOBS_STALE_AFTER")
         self.heartbeat_interval = min(conf.get("JOBS_HEARTBEAT_INTERVAL"), self.stale_after / 4)
         self.id = worker_id or default_worker_id()
-        self.plugins = plugins if plugins is not None else [Reaper(self.stale_after), Scheduler()]
+        self.plugins: list[Plugin] = (
+            plugins if plugins is not None else [Reaper(self.stale_after), Scheduler()]
+        )
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
         self.flush_now = threading.Event()
