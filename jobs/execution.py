@@ -157,7 +157,15 @@ def _run(job: Job, *, cancel_event, abandoned, defer_success) -> Outcome:
 
 
 def log_outcome(job: Job, status: str, duration: float, error: BaseException | None = None) -> None:
-    log.info(
+    """One line per attempt: a success at DEBUG, anything else at INFO. At thousands of jobs a second a
+    line per success would be most of the log, and journald's default rate limit (10,000 lines per
+    30 s a service) would start dropping lines, the failures among them; successes are counted in the
+    metrics, and LOG_LEVEL=DEBUG shows them."""
+    level = logging.DEBUG if status == "succeeded" else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    log.log(
+        level,
         "job %s %s attempt %s/%s %s in %.1fms%s",
         job.id,
         job.type,

@@ -43,13 +43,24 @@ def test_worker_wakes_for_a_job_enqueued_while_it_idles(workers):
     proc = workers.start()
     wait_for(lambda: WorkerProcess.objects.exists(), message="worker registered")
     job = enqueue("test.record", {"key": "late"})
-    wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, message="job ran")
+    failing = enqueue("test.permanent", {"key": "no"})
+    for each, status in ((job, JobStatus.SUCCEEDED), (failing, JobStatus.DEAD)):
+        wait_for(lambda j=each, s=status: Job.objects.get(id=j.id).status == s, message="jobs ran")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     out = workers.output(proc)
     assert "started" in out and "stopped" in out
-    assert f"job {job.id} test.record attempt 1/5 succeeded" in out
+    # At INFO a success is counted, not logged (a line per job would flood the log); a failure is logged.
+    assert f"job {job.id} test.record attempt 1/5 succeeded" not in out
+    assert f"job {failing.id} test.permanent attempt 1/5 dead" in out
     assert not WorkerProcess.objects.exists()
+
+
+def test_a_worker_at_debug_logs_each_success(workers):
+    job = enqueue("test.record", {"key": "seen"})
+    proc = workers.start("--burst", env={"LOG_LEVEL": "DEBUG"})
+    assert proc.wait(60) == 0
+    assert f"job {job.id} test.record attempt 1/5 succeeded" in workers.output(proc)
 
 
 def test_sigkill_mid_job_is_recovered_by_another_worker(workers):
