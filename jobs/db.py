@@ -60,6 +60,7 @@ def _claim_sql(
     types: Sequence[str] | None = None,
     exclude_types: Sequence[str] = (),
     keyed: bool = False,
+    above_priority: int | None = None,
     returning: str = "id",
 ) -> tuple[str, list]:
     where = [
@@ -74,6 +75,9 @@ def _claim_sql(
         where.append(_in_list("j.type", types, params))
     if exclude_types:
         where.append("NOT " + _in_list("j.type", exclude_types, params))
+    if above_priority is not None:
+        where.append("j.priority > %s")
+        params.append(above_priority)
     if keyed:
         where.append("j.concurrency_key IS NOT NULL")
         where.append(

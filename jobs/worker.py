@@ -115,6 +115,9 @@ class Worker:
     MAX_BACKOFF = 5.0  # seconds between tries while the database is away: back soon after it is
     PREFETCH_SAMPLES = 8
     PREFETCH_MEMORY = 2.0
+    # While the buffer is full, a NOTIFY (something was enqueued) makes the loop claim the jobs that
+    # outrank the buffer's lowest priority at once, at most this often, instead of at the next refill.
+    PEEK_INTERVAL = 0.02
 
     def __init__(
         self,
@@ -152,6 +155,8 @@ class Worker:
         self.plugins = plugins if plugins is not None else [Reaper(self.stale_after), Scheduler()]
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
+        self.notified = threading.Event()  # a NOTIFY for our queues since the last peek
+        self._next_peek = 0.0
         self.flush_now = threading.Event()
         self.lock = threading.Lock()
         self.inflight: dict[int, Running] = {}
@@ -320,12 +325,19 @@ class Worker:
         prefetch = self._prefetch()
         low_water = self.concurrency + (prefetch - self.prefetch) // 2
         free = self.concurrency + prefetch - busy if busy < low_water else 0
+        above = self._outranked() if free <= 0 else None
+        if above is not None:
+            free = self.concurrency
         if self.max_jobs is not None:
             free = min(free, self.max_jobs - self.claimed_total)
         claimed = []
         if free > 0:
-            claimed = engine.claim(self.id, free, self.queues)
-            top_up = lambda job_type, n: engine.claim(self.id, n, self.queues, types=[job_type])  # noqa: E731
+            if above is None:
+                self.notified.clear()  # this claim takes whatever the NOTIFY was about
+            claimed = engine.claim(self.id, free, self.queues, above_priority=above)
+            top_up = lambda job_type, n: engine.claim(  # noqa: E731
+                self.id, n, self.queues, types=[job_type], above_priority=above
+            )
             for group in execution.group_batches(claimed, top_up):
                 self._start(group)
         if not claimed and not held:
@@ -336,6 +348,20 @@ class Worker:
             if self.burst and not engine.has_due(self.queues):
                 return "done"
         return not claimed or len(claimed) < free
+
+    def _outranked(self) -> int | None:
+        """With the buffer full and a NOTIFY heard: the lowest priority waiting in the buffer, so that
+        the loop claims what outranks it now (threads take it first) instead of at the next refill,
+        when half the buffer has run. Behind 1,000,000 pending 2 ms jobs a high-priority job waited
+        p99 56-152 ms for that refill; see bench/README.md. None when there is nothing to peek for."""
+        now = time.monotonic()
+        if not self.notified.is_set() or now < self._next_peek:
+            return None
+        self.notified.clear()
+        self._next_peek = now + self.PEEK_INTERVAL
+        with self.lock:
+            waiting = [r.job.priority for r in self.inflight.values() if r.state == "queued"]
+        return min(waiting) if waiting else None
 
     def _prefetch(self) -> int:
         """Jobs to hold claimed beyond the running ones: ``--prefetch`` when given, else at least as
@@ -652,10 +678,12 @@ class Worker:
                 with psycopg.connect(**params) as conn:
                     conn.execute(f"LISTEN {db.NOTIFY_CHANNEL}")
                     backoff, lost = 0.5, False
-                    self.wakeup.set()  # anything enqueued while we were not listening
+                    self.notified.set()  # anything enqueued while we were not listening
+                    self.wakeup.set()
                     while not self.stopping.is_set():
                         for note in conn.notifies(timeout=1.0):
                             if self.queues is None or note.payload in self.queues:
+                                self.notified.set()
                                 self.wakeup.set()
             except (psycopg.Error, DatabaseError) as exc:
                 if not lost:  # once per loss, not once per reconnect attempt

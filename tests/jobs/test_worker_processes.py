@@ -416,3 +416,28 @@ def test_a_high_priority_job_does_not_wait_behind_prefetched_low_priority_ones(w
         job_id__in=Job.objects.filter(started_at__lt=claimed_at).values("id"),
     )
     assert overtaking.count() <= 1, (overtaking.count(), ran_at - claimed_at)
+
+
+@pytest.mark.skipif("not __import__('jobs.db').db.is_postgres()", reason="LISTEN/NOTIFY: PostgreSQL only")
+def test_a_high_priority_job_enqueued_while_the_buffer_is_full_is_claimed_at_once(workers):
+    enqueue_many(
+        "test.sleep", [{"key": f"low-{i}", "seconds": 0.05} for i in range(200)], priority=Priority.LOW
+    )
+    proc = workers.start("--concurrency", "1", "--prefetch", "40")
+    wait_for(lambda: Run.objects.exists(), message="the worker started on the low-priority jobs")
+    highs = []
+    for i in range(3):
+        time.sleep(0.3)
+        highs.append(enqueue("test.sleep", {"key": f"high-{i}", "seconds": 0}, priority=Priority.HIGH))
+    wait_for(
+        lambda: Run.objects.filter(key__startswith="high-").count() == 3, message="the high-priority jobs ran"
+    )
+    proc.terminate()
+    assert workers.exit_code(proc, 30) == 0
+    # Each waited for the 50 ms job running when it was enqueued, not until the 40 claimed ahead of the
+    # thread (2 s of work) had run and the buffer was refilled.
+    waits = [
+        (Run.objects.get(job_id=job.id).started_at - Job.objects.get(id=job.id).created_at).total_seconds()
+        for job in highs
+    ]
+    assert max(waits) < 0.5, waits
