@@ -409,9 +409,10 @@ def scenario_backlog(db: str, n: int) -> str:
 
 
 def scenario_pgbouncer(db: str, n: int) -> str:
-    """n no-op jobs drained by 8 `runworker --burst --concurrency 16` processes through PgBouncer in
-    transaction pooling with 10 server connections (PostgreSQL allows 100 here, fewer than the
-    workers' ~150 connections). Claims are timed in the workers (bench/timed_worker.py)."""
+    """n (at least 50,000) no-op jobs drained by 8 `runworker --burst --concurrency 16` processes through
+    PgBouncer in transaction pooling with 10 server connections (PostgreSQL allows 100 here, fewer than
+    the workers' ~150 connections). Claims are timed in the workers (bench/timed_worker.py); PgBouncer's
+    own counters say how long transactions waited for a server connection."""
     import re
     import tempfile
     import threading
@@ -423,6 +424,7 @@ def scenario_pgbouncer(db: str, n: int) -> str:
     from jobs.models import Job, JobStatus
     from tests.pgbouncer import PgBouncer
 
+    n = max(n, 50_000)  # enough claims past the 8 processes' start-up for a p99
     for b in range(0, n, 1000):
         enqueue_many("bench.noop", [{"i": i} for i in range(b, min(n, b + 1000))])
     bouncer = PgBouncer("127.0.0.1", 5432, "postgres", pool_size=10).start()
@@ -466,6 +468,7 @@ def scenario_pgbouncer(db: str, n: int) -> str:
                 )
         codes = [p.wait(900) for p in procs]
         wall = time.perf_counter() - t
+        stats = next(row for row in bouncer.show("STATS") if row["database"] == PG_DB)
     finally:
         watching.set()
         watcher.join(5)
@@ -475,6 +478,7 @@ def scenario_pgbouncer(db: str, n: int) -> str:
     claims = [s * 1000 for k in range(8) for s in json.loads((tmp / f"claims-{k}.json").read_text())]
     done = Job.objects.filter(status=JobStatus.SUCCEEDED).count()
     span = Job.objects.aggregate(a=Min("started_at"), b=Max("finished_at"))
+    xacts = max(1, stats["total_xact_count"])
     too_many = len(re.findall("too many (clients|connections)", logs))
     errors = len(re.findall(r"ERROR|Traceback|unavailable", logs))
     return (
@@ -484,7 +488,9 @@ def scenario_pgbouncer(db: str, n: int) -> str:
         f"  claims {len(claims)}: p50 {_pct(claims, 50):.1f} ms"
         f"   p95 {_pct(claims, 95):.1f} ms   p99 {_pct(claims, 99):.1f} ms   max {max(claims):.1f} ms\n"
         f"  'too many connections' {too_many}, error lines {errors}; server connections to {PG_DB} at most"
-        f" {peak[0]} (the bench's own idle one included)"
+        f" {peak[0]} (the bench's own idle one included)\n  PgBouncer: {xacts} transactions, each holding a"
+        f" server connection {stats['total_xact_time'] / xacts / 1000:.1f} ms and waiting for one"
+        f" {stats['total_wait_time'] / xacts / 1000:.1f} ms on average"
     )
 
 
