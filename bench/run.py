@@ -7,7 +7,7 @@ Scenarios (each prints one line per database):
   depth    drain rate with 1,000,000 finished and 100,000 pending jobs in the table, vs an empty table
   orders   POST /api/orders, 8 concurrent clients for 30 s against gunicorn with a worker running
 
-Scale scenarios (PostgreSQL only; run when named or with --scale, ~25 minutes together):
+Scale scenarios (PostgreSQL only; run when named or with --scale, ~40 minutes together):
   scale_depth  enqueue and drain rates with 10,000,000 finished and 1,000,000 pending jobs, and the drain
                rate while `jobs prune` deletes 9,000,000 of the finished ones
   backlog      enqueue commit -> handler start of high-priority jobs behind 1,000,000 low-priority ones
