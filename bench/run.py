@@ -8,7 +8,14 @@ Scenarios (each prints one line per database):
   orders   POST /api/orders, 8 concurrent clients for 30 s against gunicorn with a worker running
   observability  drain and orders with tracing (to a local OTLP sink) and JSON logs at INFO, beside off
 
-Every scenario starts from a fresh database: PostgreSQL `bench_shop` on 127.0.0.1, SQLite in /tmp.
+Scale scenarios (PostgreSQL only; run when named or with --scale, ~40 minutes together):
+  scale_depth  enqueue and drain rates with 10,000,000 finished and 1,000,000 pending jobs, and the drain
+               rate while `jobs prune` deletes 9,000,000 of the finished ones
+  backlog      enqueue commit -> handler start of high-priority jobs behind 1,000,000 low-priority ones
+  pgbouncer    8 worker processes x 16 threads through PgBouncer with 10 server connections
+
+Every scenario starts from a fresh database: PostgreSQL `bench_shop` on 127.0.0.1 (BENCH_PG_DB names
+another), SQLite in /tmp.
 """
 
 import argparse
@@ -23,8 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SQLITE_PATH = "/tmp/bench_shop.sqlite3"
-URLS = {"sqlite": f"sqlite:///{SQLITE_PATH}", "postgres": "postgres://postgres@127.0.0.1:5432/bench_shop"}
+PG_DB = os.environ.get("BENCH_PG_DB", "bench_shop")  # another name keeps two sittings apart
+URLS = {"sqlite": f"sqlite:///{SQLITE_PATH}", "postgres": f"postgres://postgres@127.0.0.1:5432/{PG_DB}"}
 SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders", "observability"]
+# Tens of millions of rows and PgBouncer: PostgreSQL only, and only when named or with --scale.
+SCALE_SCENARIOS = ["scale_depth", "backlog", "pgbouncer"]
 WORKER_NICE = 10  # as Nice= in deploy/shop-worker@.service
 # Extra environment for the processes a scenario starts (the observability scenario turns it on and off).
 OBSERVE: dict[str, str] = {}
@@ -41,7 +51,7 @@ def env_for(db: str, **extra) -> dict:
 
 def reset(db: str) -> None:
     if db == "postgres":
-        for sql in ("DROP DATABASE IF EXISTS bench_shop WITH (FORCE)", "CREATE DATABASE bench_shop"):
+        for sql in (f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)", f"CREATE DATABASE {PG_DB}"):
             subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql, "postgres"], check=True)
     else:
         for suffix in ("", "-wal", "-shm"):
@@ -174,31 +184,76 @@ def scenario_latency(db: str, n: int) -> str:
     )
 
 
-def _fill_sql(vendor: str, status: str) -> str:
+def _fill_sql(
+    vendor: str,
+    status: str,
+    *,
+    job_type: str = "bench.noop",
+    payload: str = "{}",
+    priority: int = 0,
+    days_ago: int = 0,
+) -> str:
+    """One INSERT ... SELECT writing %s jobs on the database side; finished ones finished (and all
+    created) ``days_ago`` days ago."""
     if vendor == "postgresql":
-        series, now = "generate_series(1, %s)", "now()"
+        series, now = "generate_series(1, %s)", f"now() - interval '{days_ago} days'"
     else:
         series = (
             "(WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < %s) SELECT i FROM s)"
         )
-        now = "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+        now = f"strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now', '-{days_ago} days')"
     finished, attempts = (now, 1) if status == "succeeded" else ("NULL", 0)
     return (
         "INSERT INTO jobs_job (type, queue, payload, payload_version, status, status_reason, priority,"
         " run_at, attempts, max_attempts, errors, created_at, finished_at, waiting_on, cancel_requested)"
-        f" SELECT 'bench.noop', 'bench', '{{}}', 1, '{status}', '', 0, {now}, {attempts}, 3, '[]', {now},"
-        f" {finished}, 0, false FROM {series} AS g"
+        f" SELECT '{job_type}', 'bench', '{payload}', 1, '{status}', '', {priority}, {now}, {attempts}, 3,"
+        f" '[]', {now}, {finished}, 0, false FROM {series} AS g"
     )
+
+
+def _settle() -> None:
+    """The steady state of a busy table after a bulk fill: statistics known, the write flushed out of
+    the WAL."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("VACUUM ANALYZE jobs_job")
+            cursor.execute("CHECKPOINT")
+        else:
+            cursor.execute("ANALYZE jobs_job")
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _drain_pending(db: str, n: int) -> tuple[float, float]:
+    """Drain n of the pending jobs already in the table with 2 `runworker --concurrency 4` processes:
+    (wall jobs/s, jobs/s from the first claim to the last completion)."""
+    from django.db.models import Max, Min
+    from django.utils import timezone
+
+    from jobs.models import Job, JobStatus
+
+    since = timezone.now()
+    t = time.perf_counter()
+    procs = start_workers(db, 2, "--concurrency", "4", "--max-jobs", str(n // 2))
+    for p in procs:
+        p.wait(900)
+    wall = time.perf_counter() - t
+    done = Job.objects.filter(status=JobStatus.SUCCEEDED, started_at__gte=since)  # not the filler
+    span = done.aggregate(a=Min("started_at"), b=Max("finished_at"))
+    return n / wall, done.count() / (span["b"] - span["a"]).total_seconds()
+
+
+def _median(runs, i: int = 1) -> float:
+    return statistics.median(r[i] for r in runs)
 
 
 def scenario_depth(db: str, n: int) -> str:
     """Median of 3 drains of n jobs each way: on an empty table, then (one after another) from the
     100,000 pending jobs of a table that also holds 1,000,000 finished ones."""
     from django.db import connection
-    from django.db.models import Max, Min
-    from django.utils import timezone
 
-    from jobs.models import Job, JobStatus
+    from jobs.models import Job
 
     n = min(n, 10_000)
     empty = [_drain(db, n, 2, 4) for _ in range(3)]
@@ -207,32 +262,250 @@ def scenario_depth(db: str, n: int) -> str:
     with connection.cursor() as cursor:
         cursor.execute(_fill_sql(connection.vendor, "succeeded"), [1_000_000])
         cursor.execute(_fill_sql(connection.vendor, "pending"), [100_000])
-        # the steady state of a busy table: statistics known, the bulk write flushed out of the WAL
-        if connection.vendor == "postgresql":
-            cursor.execute("VACUUM ANALYZE jobs_job")
-            cursor.execute("CHECKPOINT")
-        else:
-            cursor.execute("ANALYZE jobs_job")
-            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    deep = []
-    for _ in range(3):
-        since = timezone.now()
-        t = time.perf_counter()
-        procs = start_workers(db, 2, "--concurrency", "4", "--max-jobs", str(n // 2))
-        for p in procs:
-            p.wait(900)
-        wall = time.perf_counter() - t
-        done = Job.objects.filter(status=JobStatus.SUCCEEDED, started_at__gte=since)  # not the filler
-        span = done.aggregate(a=Min("started_at"), b=Max("finished_at"))
-        deep.append((n / wall, done.count() / (span["b"] - span["a"]).total_seconds()))
-
-    def median(runs, i):
-        return statistics.median(r[i] for r in runs)
-
+    _settle()
+    deep = [_drain_pending(db, n) for _ in range(3)]
     return (
-        f"depth    {db:8s} 2 processes, 1M finished + 100k pending: {median(deep, 1):7.0f} jobs/s vs"
-        f" {median(empty, 1):7.0f} on an empty table = {median(deep, 1) / median(empty, 1):4.2f}x"
-        f"   (wall {median(deep, 0):7.0f} vs {median(empty, 0):7.0f}; medians of 3)"
+        f"depth    {db:8s} 2 processes, 1M finished + 100k pending: {_median(deep):7.0f} jobs/s vs"
+        f" {_median(empty):7.0f} on an empty table = {_median(deep) / _median(empty):4.2f}x"
+        f"   (wall {_median(deep, 0):7.0f} vs {_median(empty, 0):7.0f}; medians of 3)"
+    )
+
+
+def _enqueue_rates() -> tuple[float, float]:
+    """Medians of 3: jobs/s enqueueing 2,000 jobs one per transaction, and 10,000 with enqueue_many in
+    batches of 1,000. The jobs stay in the table (pending)."""
+    from jobs.api import enqueue, enqueue_many
+
+    singles, bulks = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        for i in range(2000):
+            enqueue("bench.noop", {"i": i})
+        singles.append(2000 / (time.perf_counter() - t))
+        t = time.perf_counter()
+        for b in range(10):
+            enqueue_many("bench.noop", [{"i": b * 1000 + i} for i in range(1000)])
+        bulks.append(10_000 / (time.perf_counter() - t))
+    return statistics.median(singles), statistics.median(bulks)
+
+
+def scenario_scale_depth(db: str, n: int) -> str:
+    """Issue 20's depth: enqueue and drain rates on an empty table, then with 10,000,000 finished jobs
+    (9,000,000 of them 30 days old) and 1,000,000 pending; then the drain rate while `jobs prune
+    --older-than 7d` deletes the 9,000,000 in its batches (a drain every 20 s until it is done). Prints
+    each figure as it comes: the whole takes ~30 minutes."""
+    from django.db import connection
+
+    from jobs.models import Job, JobStatus
+
+    def say(line: str) -> None:
+        print(f"scale_depth {db} {line}", flush=True)
+
+    empty_enqueue = _enqueue_rates()
+    empty = [_drain(db, n, 2, 4) for _ in range(3)]
+    say(
+        f"empty table: enqueue {empty_enqueue[0]:.0f} / enqueue_many {empty_enqueue[1]:.0f} jobs/s,"
+        f" drain {_median(empty):.0f} jobs/s (wall {_median(empty, 0):.0f})"
+    )
+    Job.objects.all().delete()
+    t = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute(_fill_sql(connection.vendor, "succeeded", days_ago=30), [9_000_000])
+        cursor.execute(_fill_sql(connection.vendor, "succeeded"), [1_000_000])
+        cursor.execute(_fill_sql(connection.vendor, "pending"), [1_000_000])
+    _settle()
+    say(f"fill 11M rows + VACUUM ANALYZE + CHECKPOINT {time.perf_counter() - t:.0f} s")
+    deep = [_drain_pending(db, n) for _ in range(3)]
+    deep_enqueue = _enqueue_rates()
+    say(
+        f"10M finished + 1M pending: drain {_median(deep):.0f} vs {_median(empty):.0f} jobs/s empty ="
+        f" {_median(deep) / _median(empty):.2f}x (wall {_median(deep, 0):.0f} vs {_median(empty, 0):.0f})"
+    )
+    say(
+        f"10M finished + 1M pending: enqueue one per transaction {deep_enqueue[0]:.0f} vs"
+        f" {empty_enqueue[0]:.0f} jobs/s empty = {deep_enqueue[0] / empty_enqueue[0]:.2f}x; enqueue_many"
+        f" {deep_enqueue[1]:.0f} vs {empty_enqueue[1]:.0f} = {deep_enqueue[1] / empty_enqueue[1]:.2f}x"
+    )
+    # The prune beside a drain every 20 s; a drain counts if it ended before the prune did.
+    t = time.perf_counter()
+    prune = subprocess.Popen(
+        [PY, "manage.py", "jobs", "prune", "--older-than", "7d"],
+        cwd=ROOT,
+        env=env_for(db),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    during = []
+    while prune.poll() is None and Job.objects.filter(status=JobStatus.PENDING).count() >= n:
+        run = _drain_pending(db, n)
+        if prune.poll() is None or not during:
+            during.append(run)
+            say(f"drain during the prune at {time.perf_counter() - t:.0f} s: {run[1]:.0f} jobs/s")
+        deadline = time.monotonic() + 20
+        while prune.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    pruned = prune.communicate()[0].strip()
+    prune_s = time.perf_counter() - t
+    finished = Job.objects.filter(status=JobStatus.SUCCEEDED).count()
+    rates = sorted(r[1] for r in during)
+    say(
+        f"prune: {pruned} in {prune_s:.0f} s ({9_000_000 / prune_s:.0f} rows/s), {finished} succeeded left;"
+        f" drain meanwhile median {_median(during):.0f} jobs/s over {len(during)} drains (min {rates[0]:.0f},"
+        f" max {rates[-1]:.0f}) = {_median(during) / _median(deep):.2f}x of without"
+    )
+    if Job.objects.filter(status=JobStatus.PENDING).count() < 3 * n:
+        return f"scale_depth {db} done (too few pending jobs left for the drains after the prune)"
+    after = [_drain_pending(db, n) for _ in range(3)]
+    ratio = _median(after) / _median(deep)
+    return f"scale_depth {db} after the prune: drain {_median(after):.0f} jobs/s = {ratio:.2f}x of before"
+
+
+def _pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p / 100))]
+
+
+def _wait_for_worker(seconds: float = 30) -> None:
+    from jobs.models import WorkerProcess
+
+    deadline = time.monotonic() + seconds
+    while not WorkerProcess.objects.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("worker did not start")
+        time.sleep(0.05)
+
+
+def scenario_backlog(db: str, n: int) -> str:
+    """1,000,000 pending low-priority jobs of 2 ms each drained by 2 `runworker --concurrency 4`
+    processes; 200 high-priority jobs enqueued one at a time, 50 ms apart, into that: enqueue commit ->
+    handler start of each."""
+    from django.db import connection
+
+    from jobs.api import enqueue
+    from jobs.models import Job, JobStatus, Priority
+
+    with connection.cursor() as cursor:
+        sql = _fill_sql(
+            connection.vendor, "pending", job_type="bench.nap", payload='{"ms": 2}', priority=Priority.LOW
+        )
+        cursor.execute(sql, [1_000_000])
+    _settle()
+    procs = start_workers(db, 2, "--concurrency", "4")
+    try:
+        _wait_for_worker()
+        time.sleep(3)  # past the first claims: the adaptive prefetch has grown for 2 ms jobs
+        committed = {}
+        start = time.perf_counter()
+        low_before = Job.objects.filter(type="bench.nap", status=JobStatus.SUCCEEDED).count()
+        for i in range(200):
+            job = enqueue("bench.latency", {"i": i}, priority=Priority.HIGH)
+            committed[job.id] = time.time()
+            time.sleep(0.05)
+        deadline = time.monotonic() + 60
+        high = Job.objects.filter(type="bench.latency")
+        while high.exclude(status=JobStatus.SUCCEEDED).exists():
+            if time.monotonic() > deadline:
+                raise SystemExit("backlog: high-priority jobs did not finish")
+            time.sleep(0.1)
+        low_rate = (Job.objects.filter(type="bench.nap", status=JobStatus.SUCCEEDED).count() - low_before) / (
+            time.perf_counter() - start
+        )
+        lat = [(result - committed[pk]) * 1000 for pk, result in high.values_list("id", "result")]
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(60)
+    return (
+        f"backlog  {db:8s} 200 high-priority jobs behind 1M low-priority (2 ms) ones:"
+        f"   p50 {_pct(lat, 50):6.1f} ms"
+        f"   p95 {_pct(lat, 95):6.1f} ms   p99 {_pct(lat, 99):6.1f} ms   max {max(lat):6.1f} ms"
+        f"   (low-priority drain meanwhile {low_rate:.0f} jobs/s)"
+    )
+
+
+def scenario_pgbouncer(db: str, n: int) -> str:
+    """n (at least 50,000) no-op jobs drained by 8 `runworker --burst --concurrency 16` processes through
+    PgBouncer in transaction pooling with 10 server connections (PostgreSQL allows 100 here, fewer than
+    the workers' ~150 connections). Claims are timed in the workers (bench/timed_worker.py); PgBouncer's
+    own counters say how long transactions waited for a server connection."""
+    import re
+    import tempfile
+    import threading
+
+    from django.db import connection
+    from django.db.models import Max, Min
+
+    from jobs.api import enqueue_many
+    from jobs.models import Job, JobStatus
+    from tests.pgbouncer import PgBouncer
+
+    n = max(n, 50_000)  # enough claims past the 8 processes' start-up for a p99
+    for b in range(0, n, 1000):
+        enqueue_many("bench.noop", [{"i": i} for i in range(b, min(n, b + 1000))])
+    bouncer = PgBouncer("127.0.0.1", 5432, "postgres", pool_size=10).start()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pgbouncer-"))
+    peak, watching = [0], threading.Event()
+
+    def watch() -> None:  # server connections to our database, as PostgreSQL counts them
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
+            while not watching.is_set():
+                row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [PG_DB])
+                peak[0] = max(peak[0], row.fetchone()[0])
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        env = env_for(
+            db,
+            DATABASE_URL=f"postgres://postgres@127.0.0.1:{bouncer.port}/{PG_DB}",
+            DATABASE_POOLER="pgbouncer",
+        )
+        t = time.perf_counter()
+        procs = []
+        for k in range(8):
+            cmd = [
+                PY,
+                "-m",
+                "bench.timed_worker",
+                str(tmp / f"claims-{k}.json"),
+                "runworker",
+                "--queues",
+                "bench",
+            ]
+            with open(tmp / f"worker-{k}.log", "w") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [*cmd, "--burst", "--concurrency", "16"], cwd=ROOT, env=env, stdout=log, stderr=log
+                    )
+                )
+        codes = [p.wait(900) for p in procs]
+        wall = time.perf_counter() - t
+        stats = next(row for row in bouncer.show("STATS") if row["database"] == PG_DB)
+    finally:
+        watching.set()
+        watcher.join(5)
+        bouncer.remove()
+    connection.close()
+    logs = "".join((tmp / f"worker-{k}.log").read_text() for k in range(8))
+    claims = [s * 1000 for k in range(8) for s in json.loads((tmp / f"claims-{k}.json").read_text())]
+    done = Job.objects.filter(status=JobStatus.SUCCEEDED).count()
+    span = Job.objects.aggregate(a=Min("started_at"), b=Max("finished_at"))
+    xacts = max(1, stats["total_xact_count"])
+    too_many = len(re.findall("too many (clients|connections)", logs))
+    errors = len(re.findall(r"ERROR|Traceback|unavailable", logs))
+    return (
+        f"pgbouncer {db} 8 processes x 16 threads, pool of 10: {done} of {n} succeeded, exit codes"
+        f" {sorted(set(codes))}, {n / wall:.0f} jobs/s wall"
+        f" ({n / (span['b'] - span['a']).total_seconds():.0f} first claim to last completion)\n"
+        f"  claims {len(claims)}: p50 {_pct(claims, 50):.1f} ms"
+        f"   p95 {_pct(claims, 95):.1f} ms   p99 {_pct(claims, 99):.1f} ms   max {max(claims):.1f} ms\n"
+        f"  'too many connections' {too_many}, error lines {errors}; server connections to {PG_DB} at most"
+        f" {peak[0]} (the bench's own idle one included)\n  PgBouncer: {xacts} transactions, each holding a"
+        f" server connection {stats['total_xact_time'] / xacts / 1000:.1f} ms and waiting for one"
+        f" {stats['total_wait_time'] / xacts / 1000:.1f} ms on average"
     )
 
 
@@ -413,7 +686,14 @@ def scenario_observability(db: str, n: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    ap.add_argument(
+        "scenarios",
+        nargs="*",
+        help=f"any of {', '.join(SCENARIOS + SCALE_SCENARIOS)} (default: {', '.join(SCENARIOS)})",
+    )
+    ap.add_argument(
+        "--scale", action="store_true", help=f"also run {', '.join(SCALE_SCENARIOS)} (PostgreSQL only)"
+    )
     ap.add_argument("--db", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     ap.add_argument("-n", type=int, default=10_000, help="jobs per drain (default 10,000)")
     ap.add_argument("--child", nargs=2, metavar=("DB", "SCENARIO"), help=argparse.SUPPRESS)
@@ -423,12 +703,15 @@ def main() -> None:
         child_setup()
         print(globals()[f"scenario_{scenario}"](db, args.n), flush=True)
         return
-    unknown = set(args.scenarios) - set(SCENARIOS)
+    unknown = set(args.scenarios) - set(SCENARIOS + SCALE_SCENARIOS)
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     dbs = args.db.split(",")
-    for scenario in args.scenarios or SCENARIOS:
+    for scenario in args.scenarios or SCENARIOS + (SCALE_SCENARIOS if args.scale else []):
         for db in dbs:
+            if scenario in SCALE_SCENARIOS and db != "postgres":
+                print(f"{scenario:8s} {db:8s} skipped: a PostgreSQL-only scale scenario", flush=True)
+                continue
             reset(db)
             quiesce(postgres="postgres" in dbs)
             subprocess.run(

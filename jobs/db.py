@@ -65,6 +65,7 @@ def _claim_sql(
     types: Sequence[str] | None = None,
     exclude_types: Sequence[str] = (),
     keyed: bool = False,
+    above_priority: int | None = None,
     returning: str = "id",
 ) -> tuple[str, list]:
     where = [
@@ -79,6 +80,9 @@ def _claim_sql(
         where.append(_in_list("j.type", types, params))
     if exclude_types:
         where.append("NOT " + _in_list("j.type", exclude_types, params))
+    if above_priority is not None:
+        where.append("j.priority > %s")
+        params.append(above_priority)
     if keyed:
         where.append("j.concurrency_key IS NOT NULL")
         where.append(
@@ -237,6 +241,13 @@ def estimated_rows(table: str) -> int | None:
         cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [table])
         row = cursor.fetchone()
     return int(row[0]) if row else None
+
+
+def delete_jobs(ids: list[int]) -> None:
+    """Delete these job rows in one statement, nothing read back (the pruner has already done what
+    their references' on_delete asks)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {Job._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(ids))})", ids)
 
 
 def add_job_stats(counts: dict[tuple[str, str, str], list]) -> None:

@@ -57,8 +57,10 @@ def claim(
     queues: Sequence[str] | None = None,
     *,
     types: Sequence[str] | None = None,
+    above_priority: int | None = None,
 ) -> list[Job]:
-    """Claim up to ``limit`` due jobs for ``worker_id``: priority desc, run_at, id.
+    """Claim up to ``limit`` due jobs for ``worker_id``: priority desc, run_at, id; with
+    ``above_priority``, only jobs of a higher priority than that.
 
     One short transaction: one claim statement in the common case; concurrency-keyed and rate-limited
     types take their own, locked passes so that their limits hold across workers.
@@ -69,7 +71,9 @@ def claim(
     limited = ratelimit.limited_types(types)
     with transaction.atomic():
         now = db.prepare_claim()  # the database's clock decides what is due and stamps the claim
-        common = dict(worker_id=worker_id, token=new_token(), now=now, queues=queues)
+        common = dict(
+            worker_id=worker_id, token=new_token(), now=now, queues=queues, above_priority=above_priority
+        )
         if not limited and not ratelimit.has_keyed_jobs():
             jobs = db.claim_jobs(limit=limit, types=types, **common)
         else:

@@ -18,3 +18,13 @@ def noop(payload, ctx):
 def latency(payload, ctx):
     """Returns when the handler started (wall clock), for the enqueue-to-start latency."""
     return time.time()
+
+
+class Nap(BaseModel):
+    ms: float = 2.0
+
+
+@job("bench.nap", payload=Nap, queue="bench")
+def nap(payload, ctx):
+    """A job that takes a little time (a few milliseconds of I/O wait), for backlog scenarios."""
+    time.sleep(payload.ms / 1000)

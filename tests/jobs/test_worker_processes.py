@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from jobs.api import enqueue, enqueue_many
-from jobs.models import DeadLetter, Job, JobStatus, WorkerProcess
+from jobs.models import DeadLetter, Job, JobStatus, Priority, WorkerProcess
 from tests.testapp.models import Run
 from tests.utils import wait_for
 
@@ -406,3 +406,54 @@ def test_workers_add_their_counts_and_run_times_to_job_stats(workers):
     succeeded = JobStat.objects.filter(type="test.record", outcome="succeeded")
     assert sum(s.count for s in succeeded) == 20 and all(s.bucket for s in succeeded)
     assert JobStat.objects.get(type="test.permanent", outcome="dead").count == 1
+
+
+def test_a_high_priority_job_does_not_wait_behind_prefetched_low_priority_ones(workers):
+    enqueue_many(
+        "test.sleep", [{"key": f"low-{i}", "seconds": 0.002} for i in range(2000)], priority=Priority.LOW
+    )
+    proc = workers.start("--concurrency", "1")
+    wait_for(
+        lambda: Job.objects.filter(status=JobStatus.SUCCEEDED).count() >= 100,
+        message="the prefetch has grown for these short jobs",
+    )
+    high = enqueue("test.sleep", {"key": "high", "seconds": 0}, priority=Priority.HIGH)
+    wait_for(lambda: Run.objects.filter(job_id=high.id).exists(), message="the high-priority job ran")
+    proc.terminate()
+    assert workers.exit_code(proc, 30) == 0
+    claimed_at = Job.objects.get(id=high.id).started_at
+    ran_at = Run.objects.get(job_id=high.id).started_at
+    # Low-priority jobs already in the worker's buffer when the high-priority one was claimed, that
+    # started between its claim and its start: at most one, taken by the thread as the claim returned.
+    overtaking = Run.objects.filter(
+        key__startswith="low-",
+        started_at__gt=claimed_at,
+        started_at__lt=ran_at,
+        job_id__in=Job.objects.filter(started_at__lt=claimed_at).values("id"),
+    )
+    assert overtaking.count() <= 1, (overtaking.count(), ran_at - claimed_at)
+
+
+@pytest.mark.skipif("not __import__('jobs.db').db.is_postgres()", reason="LISTEN/NOTIFY: PostgreSQL only")
+def test_a_high_priority_job_enqueued_while_the_buffer_is_full_is_claimed_at_once(workers):
+    enqueue_many(
+        "test.sleep", [{"key": f"low-{i}", "seconds": 0.05} for i in range(200)], priority=Priority.LOW
+    )
+    proc = workers.start("--concurrency", "1", "--prefetch", "40")
+    wait_for(lambda: Run.objects.exists(), message="the worker started on the low-priority jobs")
+    highs = []
+    for i in range(3):
+        time.sleep(0.3)
+        highs.append(enqueue("test.sleep", {"key": f"high-{i}", "seconds": 0}, priority=Priority.HIGH))
+    wait_for(
+        lambda: Run.objects.filter(key__startswith="high-").count() == 3, message="the high-priority jobs ran"
+    )
+    proc.terminate()
+    assert workers.exit_code(proc, 30) == 0
+    # Each waited for the 50 ms job running when it was enqueued, not until the 40 claimed ahead of the
+    # thread (2 s of work) had run and the buffer was refilled.
+    waits = [
+        (Run.objects.get(job_id=job.id).started_at - Job.objects.get(id=job.id).created_at).total_seconds()
+        for job in highs
+    ]
+    assert max(waits) < 0.5, waits

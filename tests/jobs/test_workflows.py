@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from jobs import engine
 from jobs.api import cancel, enqueue, prepare
-from jobs.models import Job, JobStatus
+from jobs.models import AuditEntry, CronSchedule, Job, JobDependency, JobStatus
 from jobs.pruner import prune
 from jobs.testing import run_jobs
 from tests.testapp.models import Run
@@ -200,9 +200,22 @@ def test_prune_deletes_old_finished_jobs_and_keeps_dead_and_recent_ones():
     assert set(Job.objects.values_list("id", flat=True)) == {dead.id, recent.id, pending.id}
 
 
-def test_prune_command_reports_is_audited_and_rejects_a_bad_age(capsys):
-    from jobs.models import AuditEntry
+def test_prune_unlinks_what_refers_to_a_pruned_job_as_its_on_delete_says():
+    child = prepare("test.record", {"key": "child"})
+    parent = enqueue("test.record", {"key": "parent"}, then=[child])
+    run_jobs()
+    AuditEntry.objects.create(actor="cli", action="retry", job=parent)
+    schedule = CronSchedule.objects.get(name="cleanup_completed_jobs")
+    CronSchedule.objects.filter(pk=schedule.pk).update(last_job=parent)
+    Job.objects.filter(id=parent.id).update(finished_at=timezone.now() - timedelta(days=8))
+    assert prune(timedelta(days=7)) == 1
+    assert list(Job.objects.values_list("id", flat=True)) == [child.id]
+    assert not JobDependency.objects.exists()  # CASCADE
+    assert AuditEntry.objects.get(action="retry").job_id is None  # SET_NULL
+    assert CronSchedule.objects.get(pk=schedule.pk).last_job_id is None  # SET_NULL, a related_name="+"
 
+
+def test_prune_command_reports_is_audited_and_rejects_a_bad_age(capsys):
     call_command("jobs", "prune", "--older-than", "1d")
     assert "deleted 0 finished job(s)" in capsys.readouterr().out
     entry = AuditEntry.objects.get(action="prune")
