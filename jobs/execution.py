@@ -16,7 +16,7 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import InterfaceError, OperationalError, connection
 
-from jobs import engine, signals
+from jobs import engine, retry, signals
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
 from jobs.models import Job
 from jobs.registry import get_job_type, load_payload
@@ -84,25 +84,27 @@ def call_handler(job: Job, ctx: JobContext) -> Any:
         raise PermanentError(f"handler returned a value that is not JSON-serialisable: {exc}") from exc
 
 
+RECORD_FOR = 60.0  # seconds an outcome is retried while the database is away
+
+
 def _record(fn, *args, **kwargs):
     """Record an outcome, riding out a database that is briefly away (restart, failover)."""
-    delay = 0.2
-    for attempt in range(12):
+    pause = retry.Pause()
+    while True:
         try:
             return fn(*args, **kwargs)
         except (OperationalError, InterfaceError) as exc:
-            if attempt == 11:
-                raise
+            if pause.waited >= RECORD_FOR:
+                raise  # the job stays running: the reaper hands it back once its heartbeat stops
             # Once per job: the worker's loop says once that the database is away, not every thread.
             log.log(
-                logging.WARNING if attempt == 0 else logging.DEBUG,
+                logging.WARNING if not pause.waited else logging.DEBUG,
                 "job %s: could not record its outcome (%s); retrying until the database answers",
                 args[0].id,
                 exc,
             )
             connection.close()
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            time.sleep(pause.next())
 
 
 def run(

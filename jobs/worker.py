@@ -26,7 +26,7 @@ from django.db import (
     connections,
 )
 
-from jobs import conf, db, engine, execution, systemd, worker_counters
+from jobs import conf, db, engine, execution, retry, systemd, worker_counters
 from jobs import prefetch as prefetch_module
 from jobs.exceptions import JobTimeout
 from jobs.models import Job, WorkerProcess
@@ -133,7 +133,6 @@ class Worker:
 
     FLUSH_INTERVAL = 0.05  # seconds a success may wait to be recorded with others
     FLUSH_SIZE = 100
-    MAX_BACKOFF = 5.0  # seconds between tries while the database is away: back soon after it is
     # While the buffer is full, a NOTIFY (something was enqueued) makes the loop claim the jobs that
     # outrank the buffer's lowest priority at once, at most this often, instead of at the next refill.
     PEEK_INTERVAL = 0.02
@@ -273,18 +272,17 @@ class Worker:
         return exit_code
 
     def _loop(self) -> int:
-        backoff = 0.5
+        pause = retry.Pause()
         while not self.stopping.is_set():
             try:
                 found = self._iteration()
-                backoff = 0.5
+                pause.reset()
                 self.outage.over()
             except DB_ERRORS as exc:
                 self.outage.began(exc)
                 self._next_heartbeat = 0.0  # the first pass once it answers learns what is still ours
                 connection.close()
-                self._wait_alive(backoff)
-                backoff = min(backoff * 2, self.MAX_BACKOFF)
+                self._wait_alive(pause.next())
                 continue
             # From the loop itself, so that systemd restarts a worker whose loop is stuck.
             systemd.notify("WATCHDOG=1", f"STATUS={self._executing()} job(s) running")
@@ -527,7 +525,7 @@ class Worker:
             connection.close()
 
     def _flush(self, batch: list[tuple[Running, Job, object, float]]) -> None:
-        backoff = 0.2
+        pause = retry.Pause()
         while True:
             try:
                 done = engine.complete_many([(job, result) for _, job, result, _ in batch])
@@ -535,10 +533,9 @@ class Worker:
             except DB_ERRORS as exc:
                 self.outage.began(exc, f"could not record {len(batch)} result(s)")
                 connection.close()
-                if self.stopping.is_set() and backoff > 5:
+                if self.stopping.is_set() and pause.waited > 10:
                     return  # left running: the reaper hands them back, and they run again
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                time.sleep(pause.next())
         for running, job, _, duration in batch:
             status = "succeeded" if job.id in done else "lost"  # engine.complete logged the loss
             execution.log_outcome(job, status, duration)
@@ -638,7 +635,7 @@ class Worker:
 
     def _with_db_retry(self, fn, tries: int | None = None):
         """Call ``fn`` until the database answers (bounded by ``tries``, or until stopping)."""
-        backoff, attempt = 0.5, 0
+        pause, attempt = retry.Pause(), 0
         while True:
             attempt += 1
             try:
@@ -650,12 +647,11 @@ class Worker:
                 self.outage.began(exc)
                 connection.close()
                 if tries is None:
-                    self._wait_alive(backoff)
+                    self._wait_alive(pause.next())
                     if self.stopping.is_set():
                         return None
                 else:
-                    time.sleep(backoff)
-                backoff = min(backoff * 2, self.MAX_BACKOFF)
+                    time.sleep(pause.next())
             else:
                 self.outage.over()
                 return result
@@ -663,12 +659,13 @@ class Worker:
     # -- LISTEN/NOTIFY ----------------------------------------------------------------------------
 
     def _listen(self) -> None:
-        backoff, lost = 0.5, False
+        pause, lost = retry.Pause(), False
         errors = db.listen_errors()
 
         def listening() -> None:
-            nonlocal backoff, lost
-            backoff, lost = 0.5, False
+            nonlocal lost
+            pause.reset()
+            lost = False
             self.notified.set()  # anything enqueued while we were not listening
             self.wakeup.set()
 
@@ -686,5 +683,4 @@ class Worker:
                         "worker %s: LISTEN connection lost (%s); polling until it is back", self.id, exc
                     )
                 lost = True
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, self.MAX_BACKOFF)
+                self.stopping.wait(pause.next())

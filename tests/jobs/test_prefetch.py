@@ -1,4 +1,5 @@
-"""Prefetch sizing as a pure function of the recent handler durations (no database, no worker)."""
+"""Prefetch sizing as a pure function of the recent handler durations, and the pause between tries
+while the database is away (no database, no worker)."""
 
 from jobs import prefetch
 
@@ -29,3 +30,13 @@ def test_the_mean_needs_several_samples_weighs_new_ones_a_fifth_and_is_forgotten
     assert durations.mean() == 2.0
     durations.add([])  # nothing finished: nothing changes
     assert durations.mean() == 2.0
+
+
+def test_every_loop_waiting_for_the_database_pauses_in_one_rhythm():
+    from jobs.retry import Pause
+
+    pause = Pause()
+    assert [pause.next() for _ in range(7)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert abs(pause.waited - 16.2) < 1e-9
+    pause.reset()
+    assert (pause.next(), pause.waited) == (0.2, 0.2)
