@@ -8,7 +8,7 @@ import copy
 import logging
 import traceback as tb_module
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -396,10 +396,12 @@ def reap_stale(stale_after: float) -> list[int]:
 # -- staff and code operations -------------------------------------------------------------------
 
 
-def cancel(job_id: int, reason: str = "cancelled") -> str:
+def cancel(job_id: int, reason: str = "cancelled", *, record: Callable[[str], object] | None = None) -> str:
     """Cancel a job: blocked or pending at once; running by request (the handler sees ctx.cancelled).
 
-    Returns the job's status afterwards. Finished jobs are left as they are.
+    Returns the job's status afterwards. Finished jobs are left as they are. ``record(status)`` runs
+    inside the transaction that cancels (staff's audit row commits with the change), and job_finished
+    is sent after it.
     """
     now = timezone.now()
     ended: list[Job] = []
@@ -416,6 +418,8 @@ def cancel(job_id: int, reason: str = "cancelled") -> str:
             job.cancel_requested = True
             job.status_reason = reason
             job.save(update_fields=["cancel_requested", "status_reason"])
+        if record is not None:
+            record(job.status)
     announce_finished(ended)
     return job.status
 

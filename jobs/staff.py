@@ -2,7 +2,8 @@
 requeue and discard dead letters, pause queues, edit and run schedules.
 
 Every operation changes the queue through the api, the engine or the scheduler (which own the state)
-and leaves an AuditEntry naming the actor, so the admin can show who did what. ``actor`` is a User or
+and leaves an AuditEntry naming the actor, written in the transaction that makes the change (both
+commit or neither), so the admin can show who did what. ``actor`` is a User or
 a string such as "cli".
 
 Three verbs for running something again, each with one meaning:
@@ -82,20 +83,31 @@ def retry(actor, job_ids: Iterable[int]) -> BulkResult:
     outcome = BulkResult()
     for job in Job.objects.filter(id__in=list(job_ids)).select_related("dead_letter").order_by("id"):
         if job.status == JobStatus.PENDING:
-            if engine.run_now(job.pk):
-                audit(actor, "retry", job=job, details="run_at set to now")
+            with transaction.atomic():  # the change and its audit row commit together, or neither
+                made_due = engine.run_now(job.pk)
+                if made_due:
+                    audit(actor, "retry", job=job, details="run_at set to now")
+            if made_due:
                 outcome.done.append(job.pk)
                 continue
         elif job.status == JobStatus.DEAD:
             dead = getattr(job, "dead_letter", None)
             if dead is not None:
                 try:
-                    new = api.requeue(dead.pk)
+                    with transaction.atomic():
+                        new = api.requeue(dead.pk)
+                        if new is not None:
+                            audit(
+                                actor,
+                                "retry",
+                                job=job,
+                                dead_letter=dead,
+                                details=f"requeued as job #{new.pk}",
+                            )
                 except (InvalidPayload, UnknownJobType) as exc:
                     outcome.skipped.append((job.pk, f"{exc}; correct the payload and requeue it"))
                     continue
                 if new is not None:
-                    audit(actor, "retry", job=job, dead_letter=dead, details=f"requeued as job #{new.pk}")
                     outcome.done.append(job.pk)
                     outcome.created.append(new)
                     continue
@@ -110,8 +122,16 @@ def run_now(actor, job_ids: Iterable[int]) -> BulkResult:
     """Bring pending jobs' run_at forward to now (a job waiting for its delay or backoff)."""
     outcome = BulkResult()
     for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
-        if engine.run_now(job.pk):
-            audit(actor, "run_now", job=job, details=f"run_at was {job.run_at.isoformat(timespec='seconds')}")
+        with transaction.atomic():
+            made_due = engine.run_now(job.pk)
+            if made_due:
+                audit(
+                    actor,
+                    "run_now",
+                    job=job,
+                    details=f"run_at was {job.run_at.isoformat(timespec='seconds')}",
+                )
+        if made_due:
             outcome.done.append(job.pk)
         else:
             outcome.skipped.append((job.pk, f"is {job.status}, only pending jobs can be run now"))
@@ -122,12 +142,18 @@ def cancel(actor, job_ids: Iterable[int], reason: str = "") -> BulkResult:
     """Cancel blocked and pending jobs at once; running ones are asked to stop (the handler sees it)."""
     outcome = BulkResult()
     by = _actor(actor)[1]
+    note = f": {reason}" if reason else ""
     for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
         if not job.can_cancel():
             outcome.skipped.append((job.pk, f"is already {job.status}"))
             continue
-        status = engine.cancel(job.pk, reason or f"cancelled by {by}")
-        audit(actor, "cancel", job=job, details=f"{job.status} -> {status}{': ' + reason if reason else ''}")
+        engine.cancel(
+            job.pk,
+            reason or f"cancelled by {by}",
+            record=lambda status, job=job: audit(
+                actor, "cancel", job=job, details=f"{job.status} -> {status}{note}"
+            ),
+        )
         outcome.done.append(job.pk)
     return outcome
 
@@ -137,11 +163,13 @@ def set_priority(actor, job_ids: Iterable[int], priority: int) -> BulkResult:
     outcome = BulkResult()
     for job in Job.objects.filter(id__in=list(job_ids)).order_by("id"):
         # The rule (Job.can_reprioritise) as the update's condition: a job claimed meanwhile keeps its own.
-        updated = Job.objects.filter(pk=job.pk, status__in=[JobStatus.BLOCKED, JobStatus.PENDING]).update(
-            priority=int(priority)
-        )
+        with transaction.atomic():
+            updated = Job.objects.filter(pk=job.pk, status__in=[JobStatus.BLOCKED, JobStatus.PENDING]).update(
+                priority=int(priority)
+            )
+            if updated:
+                audit(actor, "priority", job=job, details=f"{job.priority} -> {priority}")
         if updated:
-            audit(actor, "priority", job=job, details=f"{job.priority} -> {priority}")
             outcome.done.append(job.pk)
         else:
             outcome.skipped.append((job.pk, f"is {job.status}, only waiting jobs can be reprioritised"))
@@ -164,14 +192,18 @@ def requeue(actor, dead_letter_ids: Iterable[int]) -> BulkResult:
     outcome = BulkResult()
     for dead in DeadLetter.objects.filter(id__in=list(dead_letter_ids)).order_by("id"):
         try:
-            new = api.requeue(dead.pk)
+            with transaction.atomic():
+                new = api.requeue(dead.pk)
+                if new is not None:
+                    audit(
+                        actor, "requeue", job=dead.job, dead_letter=dead, details=f"requeued as job #{new.pk}"
+                    )
         except (InvalidPayload, UnknownJobType) as exc:
             outcome.skipped.append((dead.pk, f"{exc}; correct the payload and requeue it"))
             continue
         if new is None:
             outcome.skipped.append((dead.pk, closed_reason(dead)))
             continue
-        audit(actor, "requeue", job=dead.job, dead_letter=dead, details=f"requeued as job #{new.pk}")
         outcome.done.append(dead.pk)
         outcome.created.append(new)
     return outcome
@@ -259,9 +291,10 @@ def resume_queue(actor, name: str) -> bool:
 def save_schedule(actor, schedule: CronSchedule, changed: Iterable[str] = ()) -> CronSchedule:
     """Validate (expression, time zone, job type) and save, recomputing the next run."""
     created = schedule.pk is None
-    scheduler.save_schedule(schedule)
-    details = "created" if created else "changed " + ", ".join(changed) if changed else "saved"
-    audit(actor, "schedule", schedule=schedule.name, details=details)
+    with transaction.atomic():
+        scheduler.save_schedule(schedule)
+        details = "created" if created else "changed " + ", ".join(changed) if changed else "saved"
+        audit(actor, "schedule", schedule=schedule.name, details=details)
     return schedule
 
 
@@ -272,18 +305,20 @@ def set_schedule_enabled(actor, schedules: Iterable[CronSchedule], enabled: bool
             outcome.skipped.append((schedule.pk, f"already {'enabled' if enabled else 'disabled'}"))
             continue
         schedule.enabled = enabled
-        if enabled:
-            scheduler.save_schedule(schedule)  # next run from now, not a stale one in the past
-        else:
-            schedule.save(update_fields=["enabled", "updated_at"])
-        audit(actor, "enable" if enabled else "disable", schedule=schedule.name)
+        with transaction.atomic():
+            if enabled:
+                scheduler.save_schedule(schedule)  # next run from now, not a stale one in the past
+            else:
+                schedule.save(update_fields=["enabled", "updated_at"])
+            audit(actor, "enable" if enabled else "disable", schedule=schedule.name)
         outcome.done.append(schedule.pk)
     return outcome
 
 
 def run_schedule(actor, schedule: CronSchedule) -> Job:
-    job = scheduler.run_now(schedule)
-    audit(actor, "run_schedule", job=job, schedule=schedule.name, details=f"enqueued job #{job.pk}")
+    with transaction.atomic():
+        job = scheduler.run_now(schedule)
+        audit(actor, "run_schedule", job=job, schedule=schedule.name, details=f"enqueued job #{job.pk}")
     return job
 
 

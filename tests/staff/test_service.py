@@ -148,3 +148,38 @@ def test_requeue_skips_a_dead_letter_whose_payload_no_longer_validates():
     assert outcome.done == [] and "seconds" in outcome.skipped[0][1]
     dead.refresh_from_db()
     assert dead.is_open and not AuditEntry.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda job: staff.retry("cli", [job.pk]),
+        lambda job: staff.run_now("cli", [job.pk]),
+        lambda job: staff.cancel("cli", [job.pk], "no longer wanted"),
+        lambda job: staff.set_priority("cli", [job.pk], 50),
+    ],
+    ids=["retry", "run_now", "cancel", "set_priority"],
+)
+def test_an_operation_whose_audit_row_cannot_be_written_changes_nothing(operation, monkeypatch):
+    later = timezone.now() + timedelta(hours=1)
+    job = factories.job(status=JobStatus.PENDING, run_at=later)
+    before = Job.objects.values("status", "run_at", "priority").get(pk=job.pk)
+
+    def refuse(**fields):
+        raise RuntimeError("the audit table is full")
+
+    monkeypatch.setattr(AuditEntry.objects, "create", refuse)
+    with pytest.raises(RuntimeError):
+        operation(job)
+    assert Job.objects.values("status", "run_at", "priority").get(pk=job.pk) == before
+
+
+def test_a_requeue_whose_audit_row_cannot_be_written_leaves_the_dead_letter_open(monkeypatch):
+    job, dead = factories.dead_job()
+    monkeypatch.setattr(
+        AuditEntry.objects, "create", lambda **fields: (_ for _ in ()).throw(RuntimeError("full"))
+    )
+    with pytest.raises(RuntimeError):
+        staff.requeue("cli", [dead.pk])
+    dead.refresh_from_db()
+    assert dead.is_open and Job.objects.count() == 1
