@@ -28,6 +28,7 @@ from django.db import (
 
 from jobs import conf, db, engine, execution, retry, systemd, worker_counters
 from jobs import prefetch as prefetch_module
+from jobs.completer import Completer
 from jobs.exceptions import JobTimeout
 from jobs.models import Job, WorkerProcess
 from jobs.reaper import Reaper
@@ -131,8 +132,6 @@ class Worker:
     """Composes the claim loop, a pool of handler threads, a batched completer, and the plugins
     (reaper, scheduler) that run beside the loop."""
 
-    FLUSH_INTERVAL = 0.05  # seconds a success may wait to be recorded with others
-    FLUSH_SIZE = 100
     # While the buffer is full, a NOTIFY (something was enqueued) makes the loop claim the jobs that
     # outrank the buffer's lowest priority at once, at most this often, instead of at the next refill.
     PEEK_INTERVAL = 0.02
@@ -173,10 +172,8 @@ class Worker:
         self.wakeup = threading.Event()
         self.notified = threading.Event()  # a NOTIFY for our queues since the last peek
         self._next_peek = 0.0
-        self.flush_now = threading.Event()
         self.lock = threading.Lock()
         self.inflight: dict[int, Running] = {}
-        self.completions: list[tuple[Running, Job, object, float]] = []
         self.abandoned_threads = 0
         self.claimed_total = 0
         self.done_total = 0
@@ -187,8 +184,7 @@ class Worker:
         self._order = itertools.count()
         self.stats = worker_counters.Recorder()
         self.threads: list[threading.Thread] = []
-        self.completer: threading.Thread | None = None
-        self._completer_stop = threading.Event()
+        self.completer = Completer(self)
         self._signals = 0
         self.ready = False  # READY=1 sent
         self.outage = Outage(self.id)
@@ -257,7 +253,6 @@ class Worker:
             return 0
         for _ in range(self.concurrency):
             self._spawn_thread()
-        self.completer = threading.Thread(target=self._completer_main, name="jobs-completer", daemon=True)
         self.completer.start()
         if db.is_postgres() and conf.get("JOBS_LISTEN_NOTIFY"):
             threading.Thread(target=self._listen, name="jobs-listen", daemon=True).start()
@@ -312,6 +307,21 @@ class Worker:
                 # the next try (a connect: DB_CONNECT_TIMEOUT) and this wait, with room to spare
                 systemd.notify("EXTEND_TIMEOUT_USEC=60000000", "STATUS=waiting for the database to start")
             self.stopping.wait(min(1.0, deadline - time.monotonic()))
+
+    def has_executing_units(self) -> bool:
+        """Whether a handler runs (the lock is held)."""
+        return any(r.state == UnitState.EXECUTING for r in self.inflight.values())
+
+    def unit_completed(self, running: Running) -> None:
+        """The completer recorded the last success of ``running`` (the lock is held): once its handler
+        has returned too, the unit is done."""
+        if running.state == UnitState.COMPLETING:
+            self._retire(running)
+
+    def _retire(self, running: Running) -> None:
+        if self.inflight.get(running.key) is running:
+            del self.inflight[running.key]
+            self.done_total += len(running.jobs)
 
     def _executing(self) -> int:
         with self.lock:
@@ -411,10 +421,7 @@ class Worker:
                 self._check_timeouts()
             except DB_ERRORS as exc:
                 log.error("worker %s: database unavailable while stopping (%s)", self.id, exc)
-        self._completer_stop.set()
-        self.flush_now.set()
-        if self.completer is not None:
-            self.completer.join(max(5.0, deadline - time.monotonic()))
+        self.completer.stop(max(5.0, deadline - time.monotonic()))
         with self.lock:
             left = [job for r in self.inflight.values() for job in r.jobs]
             for running in self.inflight.values():
@@ -468,7 +475,7 @@ class Worker:
                         running.jobs,
                         cancel_event=running.cancel_event,
                         abandoned=running.abandoned,
-                        defer_success=lambda job, result, duration, r=running: self._defer(
+                        defer_success=lambda job, result, duration, r=running: self.completer.defer(
                             r, job, result, duration
                         ),
                     )
@@ -484,9 +491,8 @@ class Worker:
                     log.exception("job %s: outcome could not be recorded", running.job.id)
                 with self.lock:
                     running.state = UnitState.COMPLETING if running.pending else UnitState.DONE
-                    if not running.pending and self.inflight.get(running.key) is running:
-                        del self.inflight[running.key]
-                        self.done_total += len(running.jobs)
+                    if not running.pending:
+                        self._retire(running)
                 self.wakeup.set()
                 if running.abandoned.is_set():
                     with self.lock:
@@ -494,59 +500,6 @@ class Worker:
                     return  # a replacement thread took this one's place
         finally:
             connection.close()
-
-    # -- batched completion -----------------------------------------------------------------------
-
-    def _defer(self, running: Running, job: Job, result, duration: float) -> None:
-        with self.lock:
-            running.pending += 1
-            self.completions.append((running, job, result, duration))
-            if len(self.completions) >= self.FLUSH_SIZE:
-                self.flush_now.set()
-
-    def _completer_main(self) -> None:
-        """Record handlers' successes in batches: one statement and one commit per flush."""
-        try:
-            while True:
-                self.flush_now.wait(self.FLUSH_INTERVAL)
-                self.flush_now.clear()
-                stopping = self._completer_stop.is_set()
-                with self.lock:
-                    batch, self.completions = self.completions, []
-                if batch:
-                    self._flush(batch)
-                if stopping:
-                    with self.lock:
-                        if not self.completions and all(
-                            r.state != UnitState.EXECUTING for r in self.inflight.values()
-                        ):
-                            return
-        finally:
-            connection.close()
-
-    def _flush(self, batch: list[tuple[Running, Job, object, float]]) -> None:
-        pause = retry.Pause()
-        while True:
-            try:
-                done = engine.complete_many([(job, result) for _, job, result, _ in batch])
-                break
-            except DB_ERRORS as exc:
-                self.outage.began(exc, f"could not record {len(batch)} result(s)")
-                connection.close()
-                if self.stopping.is_set() and pause.waited > 10:
-                    return  # left running: the reaper hands them back, and they run again
-                time.sleep(pause.next())
-        for running, job, _, duration in batch:
-            status = "succeeded" if job.id in done else "lost"  # engine.complete logged the loss
-            execution.log_outcome(job, status, duration)
-            self.stats.finished(job.type, status, duration)
-            with self.lock:
-                running.pending -= 1
-                if running.pending == 0 and running.state == UnitState.COMPLETING:
-                    if self.inflight.get(running.key) is running:
-                        del self.inflight[running.key]
-                        self.done_total += len(running.jobs)
-        self.wakeup.set()
 
     # -- timeouts and heartbeats ------------------------------------------------------------------
 
