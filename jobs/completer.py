@@ -12,9 +12,10 @@ from django.db import InterfaceError, OperationalError, connection
 
 from jobs import engine, execution, retry
 from jobs.models import Job
+from jobs.units import Running
 
 if TYPE_CHECKING:
-    from jobs.worker import Running, Worker
+    from jobs.worker import Worker
 
 DB_ERRORS = (OperationalError, InterfaceError)
 

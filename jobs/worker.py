@@ -5,23 +5,18 @@ threads only run jobs and record their outcomes. Each thread has its own databas
 """
 
 import enum
-import itertools
 import logging
-import math
 import os
-import queue as queue_module
 import secrets
 import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from django.db import (
     InterfaceError,
     OperationalError,
-    close_old_connections,
     connection,
     connections,
 )
@@ -29,11 +24,11 @@ from django.db import (
 from jobs import conf, db, engine, execution, retry, systemd, worker_counters
 from jobs import prefetch as prefetch_module
 from jobs.completer import Completer
-from jobs.exceptions import JobTimeout
 from jobs.models import Job, WorkerProcess
+from jobs.pool import Pool
 from jobs.reaper import Reaper
-from jobs.registry import get_job_type
 from jobs.scheduler import Scheduler
+from jobs.units import Running, UnitState
 
 log = logging.getLogger("jobs.worker")
 
@@ -54,40 +49,12 @@ class Plugin(Protocol):
     def tick(self, worker: "Worker") -> object: ...
 
 
-class UnitState(enum.StrEnum):
-    QUEUED = "queued"  # claimed, waiting for a thread
-    EXECUTING = "executing"  # its handler runs
-    COMPLETING = "completing"  # returned; its successes wait for the batched flush
-    DONE = "done"
-
-
 class Pass(enum.Enum):
     """What one pass of the claim loop found."""
 
     BUSY = "busy"  # claimed as much as it could: go round again at once
     IDLE = "idle"  # nothing more to claim now: wait for a wakeup or the poll interval
     DONE = "done"  # --burst or --max-jobs is satisfied: exit
-
-
-@dataclass
-class Running:
-    """One unit of work: a job, or a batch of jobs of one type, going through the UnitStates."""
-
-    jobs: list[Job]
-    state: UnitState = UnitState.QUEUED
-    deadline: float = float("inf")
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    abandoned: threading.Event = field(default_factory=threading.Event)
-    pending: int = 0  # successes of this unit still waiting to be flushed
-    lost: set[int] = field(default_factory=set)  # jobs found reclaimed by another worker (logged once)
-    key: int = 0  # the unit's key in Worker.inflight: its first job's id, kept if that job is dropped
-
-    def __post_init__(self):
-        self.key = self.jobs[0].id
-
-    @property
-    def job(self) -> Job:
-        return self.jobs[0]
 
 
 class Outage:
@@ -174,16 +141,10 @@ class Worker:
         self._next_peek = 0.0
         self.lock = threading.Lock()
         self.inflight: dict[int, Running] = {}
-        self.abandoned_threads = 0
         self.claimed_total = 0
         self.done_total = 0
-        # Units waiting for a thread, highest priority first, then in claim order: a job claimed
-        # behind a prefetch buffer of lower-priority ones does not wait for them (behind 1,000,000
-        # pending 2 ms jobs, a high-priority one waited p99 149 ms in FIFO order; see bench/README.md).
-        self.work: queue_module.PriorityQueue = queue_module.PriorityQueue()
-        self._order = itertools.count()
         self.stats = worker_counters.Recorder()
-        self.threads: list[threading.Thread] = []
+        self.pool = Pool(self)
         self.completer = Completer(self)
         self._signals = 0
         self.ready = False  # READY=1 sent
@@ -252,7 +213,7 @@ class Worker:
             log.info("worker %s stopped before the database answered", self.id)
             return 0
         for _ in range(self.concurrency):
-            self._spawn_thread()
+            self.pool.spawn()
         self.completer.start()
         if db.is_postgres() and conf.get("JOBS_LISTEN_NOTIFY"):
             threading.Thread(target=self._listen, name="jobs-listen", daemon=True).start()
@@ -281,12 +242,12 @@ class Worker:
                 continue
             # From the loop itself, so that systemd restarts a worker whose loop is stuck.
             systemd.notify("WATCHDOG=1", f"STATUS={self._executing()} job(s) running")
-            if self.abandoned_threads > 2 * self.concurrency + 2:
+            if self.pool.abandoned > 2 * self.concurrency + 2:
                 # Handlers that ignore their timeout pile up threads; a fresh process is the cure.
                 log.error(
                     "worker %s: %s handlers stuck past their timeout; exiting",
                     self.id,
-                    self.abandoned_threads,
+                    self.pool.abandoned,
                 )
                 return 1
             if found == Pass.DONE:
@@ -316,9 +277,9 @@ class Worker:
         """The completer recorded the last success of ``running`` (the lock is held): once its handler
         has returned too, the unit is done."""
         if running.state == UnitState.COMPLETING:
-            self._retire(running)
+            self.retire(running)
 
-    def _retire(self, running: Running) -> None:
+    def retire(self, running: Running) -> None:
         if self.inflight.get(running.key) is running:
             del self.inflight[running.key]
             self.done_total += len(running.jobs)
@@ -346,7 +307,7 @@ class Worker:
             if now >= self._next_plugin.get(index, 0.0):
                 plugin.tick(self)
                 self._next_plugin[index] = now + plugin.interval
-        self._check_timeouts()
+        self.pool.check_timeouts()
         busy, held = self._claimable()
         # Claim when a thread is (about to be) free, enough to fill the threads and the prefetch buffer;
         # a buffer grown for short jobs is refilled once half of what it adds is used up.
@@ -418,7 +379,7 @@ class Worker:
                 if time.monotonic() >= self._next_heartbeat:
                     self._heartbeat()
                     self._next_heartbeat = time.monotonic() + self.heartbeat_interval
-                self._check_timeouts()
+                self.pool.check_timeouts()
             except DB_ERRORS as exc:
                 log.error("worker %s: database unavailable while stopping (%s)", self.id, exc)
         self.completer.stop(max(5.0, deadline - time.monotonic()))
@@ -429,8 +390,7 @@ class Worker:
         if left:
             released = self._with_db_retry(lambda: engine.release(left, "handed back at shutdown"), tries=5)
             log.warning("worker %s: %s claimed job(s) handed back to pending", self.id, released)
-        for _ in self.threads:
-            self.work.put((math.inf, next(self._order), None))  # after any unit still queued
+        self.pool.stop()
         self._with_db_retry(self.stats.flush, tries=3)
         self._with_db_retry(lambda: WorkerProcess.objects.filter(id=self.id).delete(), tries=3)
         connection.close()
@@ -444,84 +404,9 @@ class Worker:
         self.claimed_total += len(jobs)
         for job in jobs:
             self.stats.started(job.type)
-        self.work.put((-running.job.priority, next(self._order), running))
-
-    def _spawn_thread(self) -> None:
-        thread = threading.Thread(target=self._thread_main, name=f"jobs-{len(self.threads)}", daemon=True)
-        self.threads.append(thread)
-        thread.start()
-
-    def _thread_main(self) -> None:
-        try:
-            while True:
-                _, _, running = self.work.get()
-                if running is None:
-                    return
-                # Claimed before an outage, it may have been reclaimed during it: start it only after
-                # the loop's first heartbeat since says whether it is still ours (drops it if not).
-                self.outage.wait_over(self.stopping)
-                with self.lock:
-                    if running.abandoned.is_set() or self.inflight.get(running.key) is not running:
-                        continue  # handed back at shutdown before it started
-                    try:
-                        timeout = get_job_type(running.job.type).timeout
-                    except BaseException:
-                        timeout = 300.0  # unknown type: sent to the dead letters at once below
-                    running.state = UnitState.EXECUTING
-                    running.deadline = time.monotonic() + timeout
-                close_old_connections()
-                try:
-                    outcomes = execution.run_group(
-                        running.jobs,
-                        cancel_event=running.cancel_event,
-                        abandoned=running.abandoned,
-                        defer_success=lambda job, result, duration, r=running: self.completer.defer(
-                            r, job, result, duration
-                        ),
-                    )
-                    for job, outcome in outcomes:
-                        if outcome.status != "completing":
-                            status = "failed" if outcome.status == "pending" else outcome.status
-                            self.stats.finished(job.type, status, outcome.duration)
-                    self.durations.add(outcome.duration for _, outcome in outcomes)
-                except BaseException:
-                    # Recording the outcome failed even after retries: the job stays running and the
-                    # reaper hands it back once its heartbeat stops. The thread lives on whatever was
-                    # raised: a dead thread would hold its jobs and never be replaced.
-                    log.exception("job %s: outcome could not be recorded", running.job.id)
-                with self.lock:
-                    running.state = UnitState.COMPLETING if running.pending else UnitState.DONE
-                    if not running.pending:
-                        self._retire(running)
-                self.wakeup.set()
-                if running.abandoned.is_set():
-                    with self.lock:
-                        self.abandoned_threads -= 1
-                    return  # a replacement thread took this one's place
-        finally:
-            connection.close()
+        self.pool.submit(running)
 
     # -- timeouts and heartbeats ------------------------------------------------------------------
-
-    def _check_timeouts(self) -> None:
-        now = time.monotonic()
-        with self.lock:
-            late = [
-                r
-                for r in self.inflight.values()
-                if r.state == UnitState.EXECUTING and now > r.deadline and not r.abandoned.is_set()
-            ]
-        for running in late:
-            running.abandoned.set()
-            with self.lock:
-                self.inflight.pop(running.key, None)
-                self.abandoned_threads += 1
-            seconds = get_job_type(running.job.type).timeout
-            for job in running.jobs:
-                status = engine.fail(job, JobTimeout(f"handler ran longer than its timeout of {seconds:g}s"))
-                log.warning("job %s %s: timed out after %.1fs (%s)", job.id, job.type, seconds, status)
-                self.stats.finished(job.type, "dead" if status == "dead" else "failed", seconds)
-            self._spawn_thread()
 
     def _heartbeat(self) -> None:
         with self.lock:

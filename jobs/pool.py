@@ -1,0 +1,123 @@
+"""The worker's pool of handler threads: each takes the highest-priority unit waiting, runs it (see
+jobs.execution), and records its failures (successes go to the completer). A handler past its timeout
+is abandoned: its attempt is recorded as failed, a new thread takes its place, and the old one ends when
+its handler returns (a worker with too many such threads exits: see Worker._loop)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from django.db import close_old_connections, connection
+
+from jobs import engine, execution
+from jobs.exceptions import JobTimeout
+from jobs.registry import get_job_type
+from jobs.units import Running, UnitState
+
+if TYPE_CHECKING:
+    from jobs.worker import Worker
+
+log = logging.getLogger("jobs.worker")
+
+
+class Pool:
+    def __init__(self, worker: Worker):
+        self.worker = worker  # its unit table and lock, counters, outage, completer
+        # Units waiting for a thread, highest priority first, then in claim order: a job claimed
+        # behind a prefetch buffer of lower-priority ones does not wait for them (behind 1,000,000
+        # pending 2 ms jobs, a high-priority one waited p99 149 ms in FIFO order; see bench/README.md).
+        self.waiting: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self.threads: list[threading.Thread] = []
+        self.abandoned = 0  # threads still inside a handler that ran past its timeout
+
+    def spawn(self) -> None:
+        thread = threading.Thread(target=self._main, name=f"jobs-{len(self.threads)}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def submit(self, running: Running) -> None:
+        self.waiting.put((-running.job.priority, next(self._order), running))
+
+    def stop(self) -> None:
+        """Each thread ends after the units still waiting (those are abandoned by then: not run)."""
+        for _ in self.threads:
+            self.waiting.put((math.inf, next(self._order), None))
+
+    def check_timeouts(self) -> None:
+        worker = self.worker
+        now = time.monotonic()
+        with worker.lock:
+            late = [
+                r
+                for r in worker.inflight.values()
+                if r.state == UnitState.EXECUTING and now > r.deadline and not r.abandoned.is_set()
+            ]
+        for running in late:
+            running.abandoned.set()
+            with worker.lock:
+                worker.inflight.pop(running.key, None)
+                self.abandoned += 1
+            seconds = get_job_type(running.job.type).timeout
+            for job in running.jobs:
+                status = engine.fail(job, JobTimeout(f"handler ran longer than its timeout of {seconds:g}s"))
+                log.warning("job %s %s: timed out after %.1fs (%s)", job.id, job.type, seconds, status)
+                worker.stats.finished(job.type, "dead" if status == "dead" else "failed", seconds)
+            self.spawn()
+
+    def _main(self) -> None:
+        worker = self.worker
+        try:
+            while True:
+                _, _, running = self.waiting.get()
+                if running is None:
+                    return
+                # Claimed before an outage, it may have been reclaimed during it: start it only after
+                # the loop's first heartbeat since says whether it is still ours (drops it if not).
+                worker.outage.wait_over(worker.stopping)
+                with worker.lock:
+                    if running.abandoned.is_set() or worker.inflight.get(running.key) is not running:
+                        continue  # handed back at shutdown before it started
+                    try:
+                        timeout = get_job_type(running.job.type).timeout
+                    except BaseException:
+                        timeout = 300.0  # unknown type: sent to the dead letters at once below
+                    running.state = UnitState.EXECUTING
+                    running.deadline = time.monotonic() + timeout
+                close_old_connections()
+                try:
+                    outcomes = execution.run_group(
+                        running.jobs,
+                        cancel_event=running.cancel_event,
+                        abandoned=running.abandoned,
+                        defer_success=lambda job, result, duration, r=running: worker.completer.defer(
+                            r, job, result, duration
+                        ),
+                    )
+                    for job, outcome in outcomes:
+                        if outcome.status != "completing":
+                            status = "failed" if outcome.status == "pending" else outcome.status
+                            worker.stats.finished(job.type, status, outcome.duration)
+                    worker.durations.add(outcome.duration for _, outcome in outcomes)
+                except BaseException:
+                    # Recording the outcome failed even after retries: the job stays running and the
+                    # reaper hands it back once its heartbeat stops. The thread lives on whatever was
+                    # raised: a dead thread would hold its jobs and never be replaced.
+                    log.exception("job %s: outcome could not be recorded", running.job.id)
+                with worker.lock:
+                    running.state = UnitState.COMPLETING if running.pending else UnitState.DONE
+                    if not running.pending:
+                        worker.retire(running)
+                worker.wakeup.set()
+                if running.abandoned.is_set():
+                    with worker.lock:
+                        self.abandoned -= 1
+                    return  # a replacement thread took this one's place
+        finally:
+            connection.close()
