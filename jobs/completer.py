@@ -8,16 +8,15 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from django.db import InterfaceError, OperationalError, connection
+from django.db import connection
 
 from jobs import engine, execution, retry
 from jobs.models import Job
+from jobs.outage import DB_ERRORS
 from jobs.units import Running
 
 if TYPE_CHECKING:
     from jobs.worker import Worker
-
-DB_ERRORS = (OperationalError, InterfaceError)
 
 
 class Completer:
@@ -44,7 +43,7 @@ class Completer:
 
     def defer(self, running: Running, job: Job, result, duration: float) -> None:
         """A handler's success, to be recorded with others (called from the handler's thread)."""
-        with self.worker.lock:
+        with self.worker.units.lock:
             running.pending += 1
             self.waiting.append((running, job, result, duration))
             if len(self.waiting) >= self.FLUSH_SIZE:
@@ -57,13 +56,13 @@ class Completer:
                 self.flush_now.wait(self.FLUSH_INTERVAL)
                 self.flush_now.clear()
                 stopping = self.stopping.is_set()
-                with worker.lock:
+                with worker.units.lock:
                     batch, self.waiting = self.waiting, []
                 if batch:
                     self._flush(batch)
                 if stopping:
-                    with worker.lock:
-                        if not self.waiting and not worker.has_executing_units():
+                    with worker.units.lock:
+                        if not self.waiting and not worker.units.executing_locked():
                             return
         finally:
             connection.close()
@@ -85,8 +84,8 @@ class Completer:
             status = "succeeded" if job.id in done else "lost"  # engine.complete logged the loss
             execution.log_outcome(job, status, duration)
             worker.stats.finished(job.type, status, duration)
-            with worker.lock:
+            with worker.units.lock:
                 running.pending -= 1
                 if running.pending == 0:
-                    worker.unit_completed(running)
+                    worker.units.completed_locked(running)
         worker.wakeup.set()

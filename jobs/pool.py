@@ -53,16 +53,16 @@ class Pool:
     def check_timeouts(self) -> None:
         worker = self.worker
         now = time.monotonic()
-        with worker.lock:
+        with worker.units.lock:
             late = [
                 r
-                for r in worker.inflight.values()
+                for r in worker.units.inflight.values()
                 if r.state == UnitState.EXECUTING and now > r.deadline and not r.abandoned.is_set()
             ]
         for running in late:
             running.abandoned.set()
-            with worker.lock:
-                worker.inflight.pop(running.key, None)
+            with worker.units.lock:
+                worker.units.inflight.pop(running.key, None)
                 self.abandoned += 1
             seconds = get_job_type(running.job.type).timeout
             for job in running.jobs:
@@ -80,9 +80,9 @@ class Pool:
                     return
                 # Claimed before an outage, it may have been reclaimed during it: start it only after
                 # the loop's first heartbeat since says whether it is still ours (drops it if not).
-                worker.outage.wait_over(worker.stopping)
-                with worker.lock:
-                    if running.abandoned.is_set() or worker.inflight.get(running.key) is not running:
+                worker.outage.wait_over()
+                with worker.units.lock:
+                    if running.abandoned.is_set() or worker.units.inflight.get(running.key) is not running:
                         continue  # handed back at shutdown before it started
                     try:
                         timeout = get_job_type(running.job.type).timeout
@@ -110,13 +110,13 @@ class Pool:
                     # reaper hands it back once its heartbeat stops. The thread lives on whatever was
                     # raised: a dead thread would hold its jobs and never be replaced.
                     log.exception("job %s: outcome could not be recorded", running.job.id)
-                with worker.lock:
+                with worker.units.lock:
                     running.state = UnitState.COMPLETING if running.pending else UnitState.DONE
                     if not running.pending:
-                        worker.retire(running)
+                        worker.units.retire_locked(running)
                 worker.wakeup.set()
                 if running.abandoned.is_set():
-                    with worker.lock:
+                    with worker.units.lock:
                         self.abandoned -= 1
                     return  # a replacement thread took this one's place
         finally:
