@@ -71,6 +71,41 @@ def _message(request, outcome: staff.BulkResult, verb: str) -> None:
     messages.add_message(request, level, outcome.summary(verb))
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows the engine and the workers own: staff read them and act through actions, never edit them
+    (finished jobs are pruned, dead ones stay with their dead letters, a discard keeps its record)."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class JobFieldsMixin:
+    """How a job's attempts, errors and payload read, on a job and on its dead letter alike."""
+
+    @admin.display(description="attempts")
+    def attempts_of(self, obj):
+        return f"{obj.attempts}/{obj.max_attempts}"
+
+    @admin.display(description="errors (newest first)")
+    def error_history(self, obj):
+        return error_history(obj.errors)
+
+    @admin.display(description="payload")
+    def payload_json(self, obj):
+        return pretty_json(obj.payload)
+
+
+def bulk_action(request, operation, queryset, verb: str, *args) -> None:
+    """Run a staff operation on the selected rows' ids and tell the user what it did."""
+    _message(request, operation(request.user, queryset.values_list("id", flat=True), *args), verb)
+
+
 class EstimatedCountPaginator(Paginator):
     """An unfiltered list of a big table on PostgreSQL shows the planner's row estimate rather than
     counting a million rows on every page view; filtered lists are counted exactly."""

@@ -15,11 +15,12 @@ from django.urls import path, reverse
 from jobs import staff
 from jobs.admin.common import (
     DeadLetterAuditInline,
+    JobFieldsMixin,
     ObjectActionsMixin,
+    ReadOnlyAdmin,
     _message,
-    error_history,
+    bulk_action,
     job_link,
-    pretty_json,
 )
 from jobs.exceptions import InvalidPayload, UnknownJobType
 from jobs.models import DeadLetter
@@ -88,7 +89,7 @@ class PayloadForm(forms.Form):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(ObjectActionsMixin, admin.ModelAdmin):
+class DeadLetterAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
     list_display = [
         "id",
         "type",
@@ -120,15 +121,6 @@ class DeadLetterAdmin(ObjectActionsMixin, admin.ModelAdmin):
         ),
     ]
     readonly_fields = [f for _, opts in fieldsets for f in opts["fields"]]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False  # discard keeps the record and says why
 
     def has_requeue_permission(self, request) -> bool:
         return request.user.has_perm("jobs.requeue_deadletter")
@@ -194,23 +186,11 @@ class DeadLetterAdmin(ObjectActionsMixin, admin.ModelAdmin):
         text = obj.error_message
         return text if len(text) <= 120 else text[:117] + "..."
 
-    @admin.display(description="attempts")
-    def attempts_of(self, obj):
-        return f"{obj.attempts}/{obj.max_attempts}"
-
-    @admin.display(description="errors (newest first)")
-    def error_history(self, obj):
-        return error_history(obj.errors)
-
-    @admin.display(description="payload")
-    def payload_json(self, obj):
-        return pretty_json(obj.payload)
-
     # -- actions -----------------------------------------------------------------------------------
 
     @admin.action(description="Requeue selected", permissions=["requeue"])
     def requeue_selected(self, request, queryset):
-        _message(request, staff.requeue(request.user, queryset.values_list("id", flat=True)), "Requeued")
+        bulk_action(request, staff.requeue, queryset, "Requeued")
 
     @admin.action(description="Requeue all open dead letters of the selected types", permissions=["requeue"])
     def requeue_all_of_type(self, request, queryset):
@@ -221,20 +201,26 @@ class DeadLetterAdmin(ObjectActionsMixin, admin.ModelAdmin):
     def discard_selected(self, request, queryset):
         form = DiscardForm(request.POST if "confirm" in request.POST else None)
         if form.is_valid():
-            outcome = staff.discard(
-                request.user, queryset.values_list("id", flat=True), form.cleaned_data["reason"]
-            )
-            _message(request, outcome, "Discarded")
+            bulk_action(request, staff.discard, queryset, "Discarded", form.cleaned_data["reason"])
             return None
+        return self._discard_page(
+            request,
+            "Discard dead letters",
+            form,
+            queryset,
+            action="discard_selected",
+            action_checkbox_name=helpers.ACTION_CHECKBOX_NAME,
+            form_url=reverse("admin:jobs_deadletter_changelist"),
+        )
+
+    def _discard_page(self, request, title, form, queryset, **extra):
         context = {
             **self.admin_site.each_context(request),
-            "title": "Discard dead letters",
+            "title": title,
             "opts": self.opts,
             "form": form,
             "queryset": queryset,
-            "action": "discard_selected",
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "form_url": reverse("admin:jobs_deadletter_changelist"),
+            **extra,
         }
         return TemplateResponse(request, "admin/jobs/deadletter/discard.html", context)
 
@@ -254,16 +240,7 @@ class DeadLetterAdmin(ObjectActionsMixin, admin.ModelAdmin):
                 request, staff.discard(request.user, [dead.pk], form.cleaned_data["reason"]), "Discarded"
             )
             return HttpResponseRedirect(change_url)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Discard {dead}",
-            "opts": self.opts,
-            "form": form,
-            "queryset": [dead],
-            "original": dead,
-            "form_url": "",
-        }
-        return TemplateResponse(request, "admin/jobs/deadletter/discard.html", context)
+        return self._discard_page(request, f"Discard {dead}", form, [dead], original=dead, form_url="")
 
     def edit_requeue_view(self, request, object_id):
         dead = self._open_dead_letter(request, object_id, "jobs.requeue_deadletter")

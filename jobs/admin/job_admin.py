@@ -11,12 +11,13 @@ from jobs.admin.common import (
     EstimatedCountPaginator,
     JobActionForm,
     JobAuditInline,
+    JobFieldsMixin,
     ObjectActionsMixin,
     QueueFilter,
+    ReadOnlyAdmin,
     TypeFilter,
-    _message,
+    bulk_action,
     dead_letter_link,
-    error_history,
     job_link,
     pretty_json,
 )
@@ -26,7 +27,7 @@ from jobs.models import DeadLetter, Job
 
 
 @admin.register(Job)
-class JobAdmin(ObjectActionsMixin, admin.ModelAdmin):
+class JobAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
     list_display = ["id", "type", "status", "queue", "priority", "attempts_of", "run_at", "age"]
     list_display_links = ["id", "type"]
     list_filter = ["status", QueueFilter, TypeFilter, "created_at"]
@@ -74,15 +75,6 @@ class JobAdmin(ObjectActionsMixin, admin.ModelAdmin):
     ]
     readonly_fields = [f for _, opts in fieldsets for f in opts["fields"]]
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False  # the engine owns a job's fields; staff act through the actions
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False  # finished jobs are pruned; dead ones stay with their dead letters
-
     def has_retry_permission(self, request) -> bool:
         return request.user.has_perm("jobs.retry_job")
 
@@ -108,10 +100,6 @@ class JobAdmin(ObjectActionsMixin, admin.ModelAdmin):
             return obj.can_reprioritise()
         return True
 
-    @admin.display(description="attempts")
-    def attempts_of(self, obj):
-        return f"{obj.attempts}/{obj.max_attempts}"
-
     @admin.display(description="age", ordering="created_at")
     def age(self, obj):
         return timesince(obj.created_at)
@@ -121,14 +109,6 @@ class JobAdmin(ObjectActionsMixin, admin.ModelAdmin):
         if obj.progress is None:
             return "-"
         return format_html('<progress max="100" value="{}"></progress> {}%', obj.progress, obj.progress)
-
-    @admin.display(description="errors (newest first)")
-    def error_history(self, obj):
-        return error_history(obj.errors)
-
-    @admin.display(description="payload")
-    def payload_json(self, obj):
-        return pretty_json(obj.payload)
 
     @admin.display(description="result")
     def result_json(self, obj):
@@ -178,15 +158,15 @@ class JobAdmin(ObjectActionsMixin, admin.ModelAdmin):
 
     @admin.action(description="Retry now (pending: run now; dead: requeue)", permissions=["retry"])
     def retry_jobs(self, request, queryset):
-        _message(request, staff.retry(request.user, queryset.values_list("id", flat=True)), "Retried")
+        bulk_action(request, staff.retry, queryset, "Retried")
 
     @admin.action(description="Run now (bring run_at forward)", permissions=["retry"])
     def run_jobs_now(self, request, queryset):
-        _message(request, staff.run_now(request.user, queryset.values_list("id", flat=True)), "Run now:")
+        bulk_action(request, staff.run_now, queryset, "Run now:")
 
     @admin.action(description="Cancel", permissions=["cancel"])
     def cancel_jobs(self, request, queryset):
-        _message(request, staff.cancel(request.user, queryset.values_list("id", flat=True)), "Cancelled")
+        bulk_action(request, staff.cancel, queryset, "Cancelled")
 
     @admin.action(description="Change priority (to the number given)", permissions=["retry"])
     def change_priority(self, request, queryset):
@@ -195,5 +175,4 @@ class JobAdmin(ObjectActionsMixin, admin.ModelAdmin):
         except ValueError:
             messages.error(request, "Give the new priority as a whole number.")
             return None
-        outcome = staff.set_priority(request.user, queryset.values_list("id", flat=True), priority)
-        _message(request, outcome, f"Priority set to {priority} for")
+        bulk_action(request, staff.set_priority, queryset, f"Priority set to {priority} for", priority)

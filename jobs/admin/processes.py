@@ -6,10 +6,7 @@ from django.db.models.functions import Now
 from django.utils.html import format_html_join
 
 from jobs import conf, staff
-from jobs.admin.common import (
-    dead_letter_link,
-    job_link,
-)
+from jobs.admin.common import ReadOnlyAdmin, dead_letter_link, job_link
 from jobs.models import AuditEntry, QueueState, WorkerProcess
 
 # -- queues, workers, audit ----------------------------------------------------------------------
@@ -44,17 +41,17 @@ class QueueStateAdmin(admin.ModelAdmin):
 
     @admin.action(description="Pause (all workers stop claiming)", permissions=["change"])
     def pause_queues(self, request, queryset):
-        names = list(queryset.values_list("name", flat=True))
-        for name in names:
-            staff.pause_queue(request.user, name)
-        messages.success(request, f"Paused: {', '.join(names)}")
+        self._each_queue(request, queryset, staff.pause_queue, "Paused")
 
     @admin.action(description="Resume", permissions=["change"])
     def resume_queues(self, request, queryset):
+        self._each_queue(request, queryset, staff.resume_queue, "Resumed")
+
+    def _each_queue(self, request, queryset, operation, verb: str) -> None:
         names = list(queryset.values_list("name", flat=True))
         for name in names:
-            staff.resume_queue(request.user, name)
-        messages.success(request, f"Resumed: {', '.join(names)}")
+            operation(request.user, name)
+        messages.success(request, f"{verb}: {', '.join(names)}")
 
 
 @admin.register(WorkerProcess)
@@ -73,20 +70,7 @@ class WorkerProcessAdmin(admin.ModelAdmin):
         "started_at",
     ]
     ordering = ["hostname", "id"]
-    readonly_fields = [
-        "id",
-        "hostname",
-        "pid",
-        "state",
-        "alive",
-        "heartbeat_age",
-        "queue_list",
-        "concurrency",
-        "running_jobs",
-        "jobs_done",
-        "started_at",
-        "heartbeat_at",
-    ]
+    readonly_fields = [*list_display, "heartbeat_at"]
     fields = readonly_fields
 
     def has_add_permission(self, request) -> bool:
@@ -120,7 +104,7 @@ class WorkerProcessAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin):
     list_display = ["at", "actor", "action", "job_ref", "dead_letter_ref", "target_kind", "target", "details"]
     list_filter = ["action", "target_kind", "at"]
     search_fields = ["actor", "target", "details"]
@@ -136,15 +120,6 @@ class AuditEntryAdmin(admin.ModelAdmin):
         "details",
     ]
     fields = readonly_fields
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="job")
     def job_ref(self, obj):

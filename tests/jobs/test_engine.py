@@ -347,7 +347,7 @@ def test_the_claim_walks_the_pending_jobs_index():
     claim order), never from a scan of the table, however many finished rows it holds."""
     with transaction.atomic():
         now = db.prepare_claim()  # the claim's own planner settings, as the engine runs it
-        sql, params = db._claim_sql(worker_id="w", token="t", now=now, limit=10, queues=["default"])
+        sql, params = db.claim_sql(worker_id="w", token="t", now=now, limit=10, queues=["default"])
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 cursor.execute("SET LOCAL enable_seqscan = off")  # a tiny table would be scanned anyway

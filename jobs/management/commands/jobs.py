@@ -29,56 +29,7 @@ class Command(BaseCommand):
     help = "Inspect and operate the job queue."
 
     def add_arguments(self, parser):
-        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-        stats = sub.add_parser("stats", help="Queue depth, lag, throughput, dead letters, workers.")
-        stats.add_argument("--json", action="store_true", help="Print JSON instead of text.")
-
-        ls = sub.add_parser("list", help="List jobs, newest first.")
-        ls.add_argument("--status", action="append", choices=JobStatus.values, help="Repeat for several.")
-        ls.add_argument("--type", dest="job_type")
-        ls.add_argument("--queue")
-        ls.add_argument("--limit", type=int, default=50)
-
-        show = sub.add_parser("show", help="A job with its payload, result, errors and audit trail.")
-        show.add_argument("job_id", type=int, metavar="ID")
-
-        retry = sub.add_parser("retry", help="Retry jobs now (dead: requeued), or requeue dead letters.")
-        retry.add_argument("job_ids", type=int, nargs="*", metavar="ID")
-        retry.add_argument("--dead", action="store_true", help="Requeue every open dead letter.")
-        retry.add_argument("--type", dest="job_type", help="With --dead: only dead letters of this type.")
-
-        cancel = sub.add_parser("cancel", help="Cancel jobs (running ones are asked to stop).")
-        cancel.add_argument("job_ids", type=int, nargs="+", metavar="ID")
-        cancel.add_argument("--reason", default="")
-
-        enqueue = sub.add_parser("enqueue", help="Enqueue a job; the payload is validated.")
-        enqueue.add_argument("job_type", metavar="TYPE")
-        enqueue.add_argument("--payload", default="{}", help="A JSON object (default {}).")
-        enqueue.add_argument("--delay", help="Run after an age such as 30s, 10m, 2h.")
-        enqueue.add_argument("--priority", type=int)
-
-        pause = sub.add_parser("pause", help="Stop every worker claiming from a queue.")
-        pause.add_argument("queue")
-        resume = sub.add_parser("resume", help="Let workers claim from a paused queue again.")
-        resume.add_argument("queue")
-
-        cron = sub.add_parser("cron", help="List cron schedules or run one now.")
-        cron_sub = cron.add_subparsers(dest="cron_action", required=True, metavar="list|run")
-        cron_sub.add_parser("list", help="List schedules with their next and last run.")
-        run = cron_sub.add_parser("run", help="Enqueue a schedule's job now.")
-        run.add_argument("name")
-        health = sub.add_parser(
-            "health", help="Exit 0 if a worker on this host heartbeats from its claim loop, else 1."
-        )
-        health.add_argument(
-            "--max-heartbeat-age",
-            type=float,
-            metavar="S",
-            help="Seconds since the last heartbeat still counted as alive (default JOBS_STALE_AFTER).",
-        )
-        prune = sub.add_parser("prune", help="Delete finished jobs (succeeded, cancelled) older than an age.")
-        prune.add_argument("--older-than", default="7d", help="Age such as 7d, 12h, 30m (default 7d).")
+        add_actions(parser)
 
     def do_health(self, max_heartbeat_age=None, **options):
 
@@ -117,28 +68,8 @@ class Command(BaseCommand):
         if json:
             self.stdout.write(_dumps(snap.as_json()))
             return
-        header = f"{'queue':20} {'state':7} {'blocked':>8} {'pending':>8} {'due':>8} {'running':>8} lag"
-        self.stdout.write(header)
-        for q in snap.queues:
-            self.stdout.write(
-                f"{q.name:20} {'paused' if q.paused else 'running':7} {q.blocked:8} {q.pending:8} {q.due:8} "
-                f"{q.running:8} {q.lag_seconds:.0f}s"
-            )
-        self.stdout.write(
-            f"last hour: {snap.finished_last_hour} finished, {snap.dead_last_hour} dead "
-            f"(failure rate {snap.failure_rate_text})"
-        )
-        newest = snap.newest_dead_letters[0] if snap.newest_dead_letters else None
-        self.stdout.write(
-            f"dead letters open: {snap.dead_letters_open}"
-            + (f" (newest #{newest.pk} {newest.type}: {newest.error_class})" if newest else "")
-        )
-        self.stdout.write(f"workers alive: {len(snap.workers_alive)} of {len(snap.workers)}")
-        for s in snap.schedules:
-            self.stdout.write(
-                f"schedule {s.name}: next {_iso(s.next_run_at)}, last {_iso(s.last_run_at)} "
-                f"({read_model.schedule_outcome(s)}){'' if s.enabled else ' disabled'}"
-            )
+        for line in stats_lines(snap):
+            self.stdout.write(line)
 
     def do_list(self, status=None, job_type=None, queue=None, limit=50, **options):
         jobs = Job.objects.order_by("-id")
@@ -160,43 +91,8 @@ class Command(BaseCommand):
             job = Job.objects.get(pk=job_id)
         except Job.DoesNotExist:
             raise CommandError(f"no job with id {job_id}") from None
-        w = self.stdout.write
-        w(f"job {job.pk}: {job.type} [{job.status}]{' ' + job.status_reason if job.status_reason else ''}")
-        w(f"  queue {job.queue}, priority {job.priority}, attempts {job.attempts}/{job.max_attempts}")
-        w(
-            f"  created {_iso(job.created_at)}, run_at {_iso(job.run_at)}, started {_iso(job.started_at)}, "
-            f"finished {_iso(job.finished_at)}"
-        )
-        if job.locked_by:
-            w(f"  worker {job.locked_by}, heartbeat {_iso(job.heartbeat_at)}, progress {job.progress}")
-        if job.unique_key:
-            w(f"  unique key {job.unique_key}")
-        parents = list(job.parents.values_list("id", flat=True))
-        children = list(job.children.values_list("id", flat=True))
-        if parents or children:
-            w(f"  parents {parents or '-'}, children {children or '-'}")
-        dead = DeadLetter.objects.filter(job=job).first()
-        if dead:
-            state = (
-                "open"
-                if dead.is_open
-                else (f"requeued as job {dead.requeued_job_id}" if dead.requeued_at else "discarded")
-            )
-            w(f"  dead letter {dead.pk} ({state})")
-        if job.requeued_from_id:
-            w(f"  requeued from dead letter {job.requeued_from_id}")
-        w("payload:")
-        w(_dumps(job.payload, indent=2))
-        if job.result is not None:
-            w("result:")
-            w(_dumps(job.result, indent=2))
-        for e in job.errors:
-            w(f"error, attempt {e.get('attempt')} at {e.get('at')} on {e.get('worker') or '-'}:")
-            w(f"  {e.get('exception')}: {e.get('message')}")
-            if e.get("traceback"):
-                w(e["traceback"].rstrip())
-        for a in AuditEntry.objects.filter(job=job).order_by("at"):
-            w(f"audit: {_iso(a.at)} {a.actor} {a.action} {a.details}")
+        for line in job_lines(job):
+            self.stdout.write(line)
 
     # -- acting ------------------------------------------------------------------------------------
 
@@ -281,6 +177,126 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         deleted = staff.prune(cli_actor(), age, label=older_than)
         self.stdout.write(f"deleted {deleted} finished job(s) older than {older_than}")
+
+
+def add_actions(parser) -> None:
+    """The sub-commands and their options."""
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    stats = sub.add_parser("stats", help="Queue depth, lag, throughput, dead letters, workers.")
+    stats.add_argument("--json", action="store_true", help="Print JSON instead of text.")
+
+    ls = sub.add_parser("list", help="List jobs, newest first.")
+    ls.add_argument("--status", action="append", choices=JobStatus.values, help="Repeat for several.")
+    ls.add_argument("--type", dest="job_type")
+    ls.add_argument("--queue")
+    ls.add_argument("--limit", type=int, default=50)
+
+    show = sub.add_parser("show", help="A job with its payload, result, errors and audit trail.")
+    show.add_argument("job_id", type=int, metavar="ID")
+
+    retry = sub.add_parser("retry", help="Retry jobs now (dead: requeued), or requeue dead letters.")
+    retry.add_argument("job_ids", type=int, nargs="*", metavar="ID")
+    retry.add_argument("--dead", action="store_true", help="Requeue every open dead letter.")
+    retry.add_argument("--type", dest="job_type", help="With --dead: only dead letters of this type.")
+
+    cancel = sub.add_parser("cancel", help="Cancel jobs (running ones are asked to stop).")
+    cancel.add_argument("job_ids", type=int, nargs="+", metavar="ID")
+    cancel.add_argument("--reason", default="")
+
+    enqueue = sub.add_parser("enqueue", help="Enqueue a job; the payload is validated.")
+    enqueue.add_argument("job_type", metavar="TYPE")
+    enqueue.add_argument("--payload", default="{}", help="A JSON object (default {}).")
+    enqueue.add_argument("--delay", help="Run after an age such as 30s, 10m, 2h.")
+    enqueue.add_argument("--priority", type=int)
+
+    pause = sub.add_parser("pause", help="Stop every worker claiming from a queue.")
+    pause.add_argument("queue")
+    resume = sub.add_parser("resume", help="Let workers claim from a paused queue again.")
+    resume.add_argument("queue")
+
+    cron = sub.add_parser("cron", help="List cron schedules or run one now.")
+    cron_sub = cron.add_subparsers(dest="cron_action", required=True, metavar="list|run")
+    cron_sub.add_parser("list", help="List schedules with their next and last run.")
+    run = cron_sub.add_parser("run", help="Enqueue a schedule's job now.")
+    run.add_argument("name")
+    health = sub.add_parser(
+        "health", help="Exit 0 if a worker on this host heartbeats from its claim loop, else 1."
+    )
+    health.add_argument(
+        "--max-heartbeat-age",
+        type=float,
+        metavar="S",
+        help="Seconds since the last heartbeat still counted as alive (default JOBS_STALE_AFTER).",
+    )
+    prune = sub.add_parser("prune", help="Delete finished jobs (succeeded, cancelled) older than an age.")
+    prune.add_argument("--older-than", default="7d", help="Age such as 7d, 12h, 30m (default 7d).")
+
+
+def stats_lines(snap: read_model.Snapshot):
+    """``jobs stats`` as text, a line at a time."""
+    header = f"{'queue':20} {'state':7} {'blocked':>8} {'pending':>8} {'due':>8} {'running':>8} lag"
+    yield header
+    for q in snap.queues:
+        yield (
+            f"{q.name:20} {'paused' if q.paused else 'running':7} {q.blocked:8} {q.pending:8} {q.due:8} "
+            f"{q.running:8} {q.lag_seconds:.0f}s"
+        )
+    yield (
+        f"last hour: {snap.finished_last_hour} finished, {snap.dead_last_hour} dead "
+        f"(failure rate {snap.failure_rate_text})"
+    )
+    newest = snap.newest_dead_letters[0] if snap.newest_dead_letters else None
+    yield (
+        f"dead letters open: {snap.dead_letters_open}"
+        + (f" (newest #{newest.pk} {newest.type}: {newest.error_class})" if newest else "")
+    )
+    yield f"workers alive: {len(snap.workers_alive)} of {len(snap.workers)}"
+    for s in snap.schedules:
+        yield (
+            f"schedule {s.name}: next {_iso(s.next_run_at)}, last {_iso(s.last_run_at)} "
+            f"({read_model.schedule_outcome(s)}){'' if s.enabled else ' disabled'}"
+        )
+
+
+def job_lines(job: Job):
+    """``jobs show`` as text: the job, its relations, payload, result, errors and audit trail."""
+    yield f"job {job.pk}: {job.type} [{job.status}]{' ' + job.status_reason if job.status_reason else ''}"
+    yield f"  queue {job.queue}, priority {job.priority}, attempts {job.attempts}/{job.max_attempts}"
+    yield (
+        f"  created {_iso(job.created_at)}, run_at {_iso(job.run_at)}, started {_iso(job.started_at)}, "
+        f"finished {_iso(job.finished_at)}"
+    )
+    if job.locked_by:
+        yield f"  worker {job.locked_by}, heartbeat {_iso(job.heartbeat_at)}, progress {job.progress}"
+    if job.unique_key:
+        yield f"  unique key {job.unique_key}"
+    parents = list(job.parents.values_list("id", flat=True))
+    children = list(job.children.values_list("id", flat=True))
+    if parents or children:
+        yield f"  parents {parents or '-'}, children {children or '-'}"
+    dead = DeadLetter.objects.filter(job=job).first()
+    if dead:
+        state = (
+            "open"
+            if dead.is_open
+            else (f"requeued as job {dead.requeued_job_id}" if dead.requeued_at else "discarded")
+        )
+        yield f"  dead letter {dead.pk} ({state})"
+    if job.requeued_from_id:
+        yield f"  requeued from dead letter {job.requeued_from_id}"
+    yield "payload:"
+    yield _dumps(job.payload, indent=2)
+    if job.result is not None:
+        yield "result:"
+        yield _dumps(job.result, indent=2)
+    for e in job.errors:
+        yield f"error, attempt {e.get('attempt')} at {e.get('at')} on {e.get('worker') or '-'}:"
+        yield f"  {e.get('exception')}: {e.get('message')}"
+        if e.get("traceback"):
+            yield e["traceback"].rstrip()
+    for a in AuditEntry.objects.filter(job=job).order_by("at"):
+        yield f"audit: {_iso(a.at)} {a.actor} {a.action} {a.details}"
 
 
 def _job_types():

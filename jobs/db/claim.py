@@ -1,0 +1,178 @@
+"""The claim: one statement marks due pending jobs running for a worker, in claim order, under the
+locks that keep two workers off the same row (see the package's docstring); and the row and
+advisory locks of the reaper, the scheduler, rate limits and concurrency keys."""
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from django.db import connection
+from django.utils import timezone
+
+from jobs import conf
+from jobs.db.base import dt, in_list, is_postgres, timeout_ms
+from jobs.models import Job
+
+
+def claim_sql(
+    *,
+    worker_id: str,
+    token: str,
+    now: datetime,
+    limit: int,
+    queues: Sequence[str] | None = None,
+    types: Sequence[str] | None = None,
+    exclude_types: Sequence[str] = (),
+    keyed: bool = False,
+    above_priority: int | None = None,
+    returning: str = "id",
+) -> tuple[str, list]:
+    where = [
+        "j.status = 'pending'",
+        "j.run_at <= %s",
+        "j.queue NOT IN (SELECT q.name FROM jobs_queuestate q WHERE q.paused)",
+    ]
+    params: list = [dt(now)]
+    if queues:
+        where.append(in_list("j.queue", queues, params))
+    if types:
+        where.append(in_list("j.type", types, params))
+    if exclude_types:
+        where.append("NOT " + in_list("j.type", exclude_types, params))
+    if above_priority is not None:
+        where.append("j.priority > %s")
+        params.append(above_priority)
+    if keyed:
+        where.append("j.concurrency_key IS NOT NULL")
+        where.append(
+            "(SELECT COUNT(*) FROM jobs_job r WHERE r.status = 'running'"
+            " AND r.concurrency_key = j.concurrency_key) < COALESCE(j.concurrency_limit, 1)"
+        )
+    else:
+        where.append("j.concurrency_key IS NULL")
+    condition = " AND ".join(where)
+    set_running = (
+        "status = 'running', attempts = attempts + 1, locked_by = %s, lock_token = %s,"
+        " started_at = %s, heartbeat_at = %s, progress = NULL"
+    )
+    set_params = [worker_id, token, dt(now), dt(now)]
+    if is_postgres():
+        sql = (
+            f"WITH locked AS (SELECT j.id FROM jobs_job j WHERE {condition}"
+            " ORDER BY j.priority DESC, j.run_at, j.id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            f" UPDATE jobs_job SET {set_running} FROM locked"
+            f" WHERE jobs_job.id = locked.id RETURNING jobs_job.{returning}"
+        )
+        return sql, params + [limit] + set_params
+    # Without statistics SQLite would rather sort every pending row found through (status, finished_at);
+    # the partial index is already in claim order, so name it.
+    sql = (
+        f"UPDATE jobs_job SET {set_running} WHERE id IN (SELECT j.id FROM jobs_job AS j"
+        f" INDEXED BY jobs_job_claim_idx WHERE {condition}"
+        f" ORDER BY j.priority DESC, j.run_at, j.id LIMIT %s) RETURNING {returning}"
+    )
+    return sql, set_params + params + [limit]
+
+
+def claim_ids(**options) -> list[int]:
+    """Mark up to ``limit`` due pending jobs running for ``worker_id`` and return their ids.
+
+    Runs inside the caller's transaction. Order: priority desc, run_at, id. ``keyed`` selects jobs
+    with a concurrency key (see claim_keyed_ids); otherwise only jobs without one are considered.
+    """
+    sql, params = claim_sql(**options)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def claim_jobs(**options) -> list:
+    """The common claim as one statement returning whole rows (inside the caller's transaction)."""
+    sql, params = claim_sql(returning="*", **options)
+    return list(Job.objects.raw(sql, params))
+
+
+def prepare_claim() -> datetime:
+    """First statement of a claim transaction; returns the database's clock (see now()), by which the
+    claim decides what is due and stamps its jobs.
+
+    The planner must walk the pending-jobs index in claim order and stop at LIMIT. Right after a bulk
+    enqueue its statistics still say "a dozen pending rows", and it would rather bitmap-scan and sort
+    every pending job on each claim (milliseconds per claim, growing with the queue); sorts and bitmap
+    scans are switched off for this transaction only. The commit is relaxed as in relax_commit(), and
+    statements are bounded as in bound_time(). One round trip for all of it.
+    """
+    if not is_postgres():
+        return timezone.now()
+    relaxed = "off" if conf.get("JOBS_RELAXED_COMMIT") else "on"
+    limit = timeout_ms()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true),"
+            " set_config('synchronous_commit', %s, true), set_config('statement_timeout', %s, true),"
+            " set_config('lock_timeout', %s, true), statement_timestamp()",
+            [relaxed, limit, limit],
+        )
+        return cursor.fetchone()[-1]
+
+
+def bound_time() -> None:
+    """Bound every statement of the current transaction, and every lock wait, by JOBS_DB_TIMEOUT
+    (PostgreSQL): a heartbeat or a claim stuck behind a lock errors within seconds, and the worker's
+    loop backs off and keeps telling systemd's watchdog it is alive instead of hanging."""
+    if is_postgres():
+        limit = timeout_ms()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                [limit, limit],
+            )
+
+
+def claim_keyed_ids(*, limit: int, **options) -> list[int]:
+    """Claim concurrency-keyed jobs one statement per job, under a lock, so that each claim counts the
+    ones before it: a single statement would see the same running count for every candidate row. None
+    while another worker's claim holds the lock (see lock_keyed_claims)."""
+    if not lock_keyed_claims():
+        return []
+    ids: list[int] = []
+    while len(ids) < limit:
+        got = claim_ids(limit=1, keyed=True, **options)
+        if not got:
+            break
+        ids += got
+    return ids
+
+
+def lock_keyed_claims() -> bool:
+    """Serialise claims of concurrency-keyed jobs across workers for the rest of the transaction; False
+    if another worker's claim holds the lock: this claim leaves the keyed jobs to that one, and the
+    next claim tries again.
+
+    A transaction-level advisory lock (safe behind PgBouncer's transaction pooling), never waited for:
+    the holder may be a host cut off in the middle of its claim, whose session lives on the server
+    until its keepalives give up (20 s by default), and every worker waiting behind it had its whole
+    claim, unkeyed jobs included, time out and reported the database unavailable (tests/hosts). SQLite's
+    IMMEDIATE transactions are already serial.
+    """
+    return _try_lock("SELECT pg_try_advisory_xact_lock(%s)", [0x6A6F6273])
+
+
+def lock_name(name: str) -> bool:
+    """A transaction-level lock on an arbitrary name (rate-limit buckets), or False if another
+    transaction holds it (never waited for, as in lock_keyed_claims). Always True on SQLite."""
+    return _try_lock("SELECT pg_try_advisory_xact_lock(hashtext(%s))", [name])
+
+
+def _try_lock(sql: str, params: list) -> bool:
+    if not is_postgres():
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return bool(cursor.fetchone()[0])
+
+
+def skip_locked(queryset):
+    """``queryset`` locking its rows for this transaction and passing over rows another transaction
+    holds (PostgreSQL ``FOR UPDATE SKIP LOCKED``: two reapers or schedulers never take the same row).
+    SQLite needs nothing: its IMMEDIATE transactions already run one at a time."""
+    return queryset.select_for_update(skip_locked=True) if is_postgres() else queryset
