@@ -16,9 +16,9 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from jobs import db, ratelimit, signals
+from jobs import db, dependencies, ratelimit, signals
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType, WorkerLost
-from jobs.models import DeadLetter, Job, JobDependency, JobStatus, QueueState
+from jobs.models import DeadLetter, Job, JobStatus, QueueState
 from jobs.registry import get_job_type
 from jobs.signals import job_finished
 
@@ -117,7 +117,7 @@ def complete(job: Job, result: Any = None) -> bool:
             .update(status=JobStatus.SUCCEEDED, result=result, finished_at=now, progress=100, **UNCLAIMED)
         )
         if updated:
-            _release_children([job.id], now)
+            dependencies.release_children([job.id], now)
         # Cancelled while running: the job ends cancelled, keeping what the handler returned.
         finished = bool(updated) or _finish_cancelled(job, now, result=result)
     if finished:
@@ -142,7 +142,7 @@ def complete_many(items: Sequence[tuple[Job, Any]]) -> set[int]:
         db.relax_commit()
         done = set(db.complete_ids([(job.id, job.lock_token, result) for job, result in items], now))
         if done:
-            _release_children(sorted(done), now)
+            dependencies.release_children(sorted(done), now)
     announce_finished([job for job, _ in items if job.id in done])
     for job, result in items:
         if job.id in done:
@@ -258,7 +258,7 @@ def bury(job: Job) -> DeadLetter:
         error_message=last.get("message", ""),
         created_at=now,
     )
-    cancel_descendants([job.id], f"parent job #{job.id} is dead")
+    dependencies.cancel_descendants([job.id], f"parent job #{job.id} is dead")
     log.error("job %s %s: dead after %s attempt(s): %s", job.id, job.type, job.attempts, last.get("message"))
     return dead
 
@@ -269,54 +269,9 @@ def _finish_cancelled(job: Job, now, *, result: Any = None, errors: list | None 
         fields["errors"] = errors
     updated = held(job).update(**fields)
     if updated:
-        cancel_descendants([job.id], f"parent job #{job.id} was cancelled")
+        dependencies.cancel_descendants([job.id], f"parent job #{job.id} was cancelled")
         log.info("job %s %s: cancelled while running", job.id, job.type)
     return bool(updated)
-
-
-def _release_children(parent_ids: Sequence[int], now) -> int:
-    """Parents succeeded: count them off their children and make the children with none left pending."""
-    child_ids = list(
-        JobDependency.objects.filter(parent_id__in=parent_ids).values_list("child_id", flat=True)
-    )
-    if not child_ids:
-        return 0
-    for child_id in child_ids:  # a child may wait on several of these parents
-        Job.objects.filter(id=child_id, status=JobStatus.BLOCKED).update(waiting_on=F("waiting_on") - 1)
-    ready = Job.objects.filter(id__in=child_ids, status=JobStatus.BLOCKED, waiting_on=0)
-    queues = set(ready.values_list("queue", flat=True))
-    released = ready.update(status=JobStatus.PENDING)
-    if released:
-        db.notify(queues)
-    return released
-
-
-def cancel_descendants(job_ids: Iterable[int], reason: str) -> int:
-    """Cancel every job still waiting (blocked) on these jobs, transitively: the direct children with
-    ``reason``, their descendants naming the parent that was cancelled."""
-    cancelled = 0
-    frontier = list(job_ids)
-    now = timezone.now()
-    first = True
-    while frontier:
-        links = list(
-            JobDependency.objects.filter(parent_id__in=frontier, child__status=JobStatus.BLOCKED).values_list(
-                "parent_id", "child_id"
-            )
-        )
-        if not links:
-            break
-        by_child = {}
-        for parent_id, child_id in links:
-            by_child.setdefault(child_id, parent_id)
-        for child_id, parent_id in by_child.items():
-            why = reason if first else f"parent job #{parent_id} was cancelled"
-            cancelled += Job.objects.filter(id=child_id, status=JobStatus.BLOCKED).update(
-                status=JobStatus.CANCELLED, status_reason=why, finished_at=now
-            )
-        frontier = list(by_child)
-        first = False
-    return cancelled
 
 
 # -- giving work back ----------------------------------------------------------------------------
@@ -412,7 +367,7 @@ def cancel(job_id: int, reason: str = "cancelled", *, record: Callable[[str], ob
             job.status_reason = reason
             job.finished_at = now
             job.save(update_fields=["status", "status_reason", "finished_at"])
-            cancel_descendants([job.id], f"parent job #{job.id} was cancelled")
+            dependencies.cancel_descendants([job.id], f"parent job #{job.id} was cancelled")
             ended = [job]
         elif job.status == JobStatus.RUNNING and not job.cancel_requested:
             job.cancel_requested = True
