@@ -217,6 +217,24 @@ def test_burst_waits_for_rate_limited_jobs_and_drains_them_all(workers):
     assert Run.objects.filter(job_id__in=[j.id for j in jobs]).count() == 40
 
 
+def test_burst_waits_for_a_job_held_back_by_its_concurrency_key(workers):
+    from jobs import engine
+
+    holder = enqueue("test.keyed", {"group": "g", "key": "first"})
+    (running,) = engine.claim("elsewhere-1-abc", 1)  # another worker runs it: the key is taken
+    assert running.id == holder.id
+    follower = enqueue("test.keyed", {"group": "g", "key": "second", "seconds": 0})
+    proc = workers.start("--burst")
+    wait_for(lambda: WorkerProcess.objects.exists(), message="burst worker registered")
+    time.sleep(2)  # many empty claims (polls every 0.2 s): each used to end the burst
+    assert proc.poll() is None, workers.output(proc)
+    assert Job.objects.get(id=follower.id).status == JobStatus.PENDING
+    assert engine.complete(running)  # the key is free
+    assert workers.exit_code(proc, 60) == 0
+    assert Job.objects.get(id=follower.id).status == JobStatus.SUCCEEDED
+    assert Run.objects.get(job_id=follower.id).pid == proc.pid
+
+
 def test_burst_exits_while_jobs_wait_only_for_a_later_time_or_a_paused_queue(workers):
     from jobs.models import QueueState
 
