@@ -155,17 +155,10 @@ def _create_order_with_lease(data: Any, lease: idempotency.Lease) -> JsonRespons
     """Run (or resume) the request under the key's lease. A final answer is stored for replays; an error
     worth retrying (5xx) leaves the recovery point for the retry, which resumes from it."""
     try:
-        response = _create_order(data, lease)
+        with lease.released_on_error():
+            response = _create_order(data, lease)
     except idempotency.LeaseLost:
         return _in_progress(1)
-    except BaseException:
-        try:
-            lease.release()
-        except Exception:  # the database went away with the request: the lease expires instead
-            logger.warning(
-                "Could not release idempotency key %s; it expires by itself", lease.record_id, exc_info=True
-            )
-        raise
     try:
         if response.status_code >= 500 or response.status_code == 202:
             lease.release()  # not final: the retry resumes (and may find the payment settled)

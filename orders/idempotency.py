@@ -14,7 +14,10 @@ key, so the two can at worst repeat a question, never an effect. Times come from
 so that web hosts whose clocks disagree still agree on whose lease has expired.
 """
 
+import logging
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,6 +28,8 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from orders.models import IdempotencyKey, Order, RecoveryPoint
+
+logger = logging.getLogger(__name__)
 
 
 class LeaseLost(Exception):
@@ -66,6 +71,26 @@ class Lease:
         """Give the lease up without finishing (the answer was an error worth retrying): the next retry
         resumes from the recovery point at once instead of waiting for the lease to expire."""
         self._fenced_update(lease="", locked_at=None)
+
+    @contextmanager
+    def released_on_error(self) -> Iterator[None]:
+        """Run the request's work; if it raises, give the lease up before the error goes on, so that the
+        client's retry resumes from the recovery point at once. A database that went away with the
+        request cannot be told: the lease then expires by itself after ``settings.IDEMPOTENCY_LEASE``."""
+        try:
+            yield
+        except LeaseLost:
+            raise  # the key is another request's now: nothing of ours to give up
+        except BaseException:
+            try:
+                self.release()
+            except Exception:
+                logger.warning(
+                    "Could not release idempotency key %s; it expires by itself",
+                    self.record_id,
+                    exc_info=True,
+                )
+            raise
 
     def _fenced_update(self, **changes: Any) -> None:
         if not IdempotencyKey.objects.filter(pk=self.record_id, lease=self.token).update(**changes):

@@ -73,13 +73,17 @@ def create_order(request: HttpRequest) -> HttpResponse:
     taken = idempotency.take(scope, token, "")
     deadline = time.monotonic() + settings.IDEMPOTENCY_LEASE
     while isinstance(taken, idempotency.InProgress):
+        # Another request holds the token. Wait for it to settle the order, or for its lease to expire
+        # (its request died) and take over: a resubmit after a crash settles the order, not just shows it.
         record = IdempotencyKey.objects.filter(scope=scope, key=token).select_related("order").first()
-        if (
-            record is not None and record.order is not None
-        ):  # the other request has made the order: show it, live
+        order = record.order if record is not None else None
+        if order is not None and order.status != Order.Status.PENDING_PAYMENT:
             cart.clear()
-            return redirect(record.order)
+            return redirect(order)
         if time.monotonic() > deadline:
+            if order is not None:  # still being paid by a live request: show it, live
+                cart.clear()
+                return redirect(order)
             form.add_error(None, "Your order is already being placed. Please wait a moment and reload.")
             return _render_checkout(request, form, cart, status=409)
         time.sleep(IN_PROGRESS_WAIT)
@@ -88,7 +92,8 @@ def create_order(request: HttpRequest) -> HttpResponse:
         return _replay_checkout(request, form, cart, taken.record)
     if not form.is_valid():  # a takeover of a request that died, resubmitted with other data
         return _render_checkout(request, form, cart, status=400)
-    status, error, order = _place_order(form, cart, taken)
+    with taken.released_on_error():  # a resubmit after an error resumes at once
+        status, error, order = _place_order(form, cart, taken)
     try:
         if status >= 500 or status == 202:
             taken.release()  # not final: a resubmit resumes (and may find the payment settled)

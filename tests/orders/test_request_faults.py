@@ -15,7 +15,7 @@ from orders.gateways import FakeGateway
 from orders.models import FakeGatewayCharge, IdempotencyKey, Order, RecoveryPoint
 from shop.models import Product
 from tests.factories import ProductFactory
-from tests.utils import database_url
+from tests.utils import checkout_token, database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -174,3 +174,100 @@ def test_a_connection_killed_at_each_recovery_point_is_resumed_by_the_retry(faul
     key.refresh_from_db()
     assert key.recovery_point == RecoveryPoint.FINISHED and key.order == Order.objects.get()
     assert key.response_status == 201 and key.response_body == response.json()
+
+
+# -- the checkout form under the same faults: its one-time token is the key --------------------------
+
+FORM = {
+    "email": "ada@example.com",
+    "name": "Ada Lovelace",
+    "line1": "1 Analytical Street",
+    "city": "Berlin",
+    "postal_code": "10115",
+    "country": "de",
+    "payment_token": "tok_visa",
+}
+
+
+@pytest.fixture
+def shopper():
+    """A browser with two mugs in its cart and the checkout form shown: (client, form to submit)."""
+    client = Client()
+    client.post("/cart/add/A/", {"quantity": 2})
+    return client, {**FORM, "checkout_token": checkout_token(client)}
+
+
+def resubmit_until_answered(client: Client, form: dict, timeout: float = 30.0):
+    """The customer reloads and resubmits while the shop answers 409 or 5xx."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.post("/orders/", form)
+        if response.status_code not in (409, 500, 502, 503) or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
+
+
+def assert_shown_the_one_paid_order(response) -> Order:
+    order = Order.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/orders/{order.token}/"
+    assert order.status == Order.Status.PAID
+    assert FakeGatewayCharge.objects.filter(succeeded=True).count() == 1
+    assert Product.objects.get(sku="A").stock == 3
+    assert Job.objects.filter(type="send_order_confirmation").count() == 1
+    return order
+
+
+def test_a_checkout_that_failed_on_an_operational_error_is_resumed_by_the_resubmit(shopper, monkeypatch):
+    """The form's request failed after the charge (its connection still usable): the resubmit settles
+    the order at once, instead of showing it pending until the reconciliation job finds it."""
+    client, form = shopper
+    real = services.on_order_paid
+    failures = []
+
+    def on_order_paid_failing_once(order):
+        if not failures:
+            failures.append(order.number)
+            raise OperationalError("deadlock detected")
+        real(order)
+
+    monkeypatch.setattr(services, "on_order_paid", on_order_paid_failing_once)
+    first = client.post("/orders/", form)
+    assert first.status_code == 503 and failures
+    assert Order.objects.get().status == Order.Status.PENDING_PAYMENT  # charged, not yet recorded
+    order = assert_shown_the_one_paid_order(client.post("/orders/", form))
+    assert order.number == failures[0]
+    key = IdempotencyKey.objects.get(scope="checkout")
+    assert key.recovery_point == RecoveryPoint.FINISHED and key.order == order
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        key_taken_then_killed,
+        advanced_then_killed(RecoveryPoint.RESERVED),
+        advanced_then_killed(RecoveryPoint.CHARGE_ATTEMPTED),
+        charged_then_killed,
+        paid_then_killed,
+    ],
+    ids=["started", "reserved", "charge_attempted", "charged", "paid"],
+)
+def test_a_checkout_whose_connection_was_killed_at_each_recovery_point_is_resumed_by_the_resubmit(
+    fault, shopper, monkeypatch, settings
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("pg_terminate_backend is PostgreSQL's")
+    settings.IDEMPOTENCY_LEASE = 0.5
+    client, form = shopper
+    hook = fault(monkeypatch)
+    first = client.post("/orders/", form)
+    assert hook.killed, "the fault was never injected"
+    assert first.status_code in (500, 503)
+    connection.close()  # the test's own connection was the one killed
+    key = IdempotencyKey.objects.get(scope="checkout")
+    assert key.recovery_point != RecoveryPoint.FINISHED  # kept for the resubmit, not given back
+    monkeypatch.undo()
+    order = assert_shown_the_one_paid_order(resubmit_until_answered(client, form))
+    key.refresh_from_db()
+    # A resubmit that finds the order already paid shows it without waiting for the dead lease: the key
+    # may stay at its recovery point, which only ever leads a later resubmit to this same order.
+    assert key.order == order
