@@ -12,7 +12,7 @@ from jobs.models import Job
 from jobs.testing import run_jobs
 from orders import services
 from orders.events import Actor
-from orders.models import Order, OrderEvent, WebhookEndpoint
+from orders.models import Order, OrderEvent, WebhookDelivery, WebhookEndpoint
 from tests.factories import ProductFactory
 
 pytestmark = pytest.mark.django_db
@@ -196,6 +196,21 @@ def test_admin_timeline_links_each_event_to_the_job_and_dead_letter_behind_it(
     page = client.get(f"/admin/orders/order/{order.pk}/change/").content.decode()
     assert f'href="/admin/jobs/job/{job.id}/change/"' in page
     assert f'href="/admin/jobs/deadletter/{job.dead_letter.pk}/change/"' in page
+
+
+def test_admin_timeline_links_a_delivered_webhook_to_its_delivery_and_endpoint(place, staff, http_server):
+    endpoint = WebhookEndpoint.objects.create(url=http_server().url, events=["order.paid"])
+    order = place({"A": 1})
+    run_jobs()
+    delivery = WebhookDelivery.objects.get(order=order, endpoint=endpoint)
+    assert one(order, K.WEBHOOK_DELIVERED).facts["delivery"] == delivery.pk
+    client = Client()
+    client.force_login(staff)
+    page = client.get(f"/admin/orders/order/{order.pk}/change/").content.decode()
+    assert f'href="/admin/orders/webhookdelivery/{delivery.pk}/change/"' in page
+    assert f'href="/admin/orders/webhookendpoint/{endpoint.pk}/change/"' in page
+    shown = client.get(f"/admin/orders/webhookdelivery/{delivery.pk}/change/")
+    assert shown.status_code == 200 and order.number in shown.content.decode()
 
 
 def test_events_are_append_only(place):
