@@ -73,7 +73,7 @@ def test_followup_is_sent_once(place, ship):
 
 def test_no_confirmation_goes_out_for_an_order_cancelled_before_it_was_sent(place):
     order = place()
-    cancel_order(order)
+    cancel_order(order, actor="staff:grace")
     job = run_confirmation(order)
     assert job.status == JobStatus.SUCCEEDED and job.result == {"sent": False}
     assert not mail.outbox
@@ -82,7 +82,7 @@ def test_no_confirmation_goes_out_for_an_order_cancelled_before_it_was_sent(plac
 @pytest.mark.parametrize("undo", [cancel_order, refund], ids=["cancelled", "refunded"])
 def test_followup_does_nothing_for_an_order_cancelled_or_refunded_meanwhile(place, undo):
     order = place()
-    undo(order)
+    undo(order, actor="staff:grace")
     job = enqueue("send_followup_email", {"order_id": order.id})
     run_jobs()
     assert Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED
