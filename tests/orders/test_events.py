@@ -58,6 +58,23 @@ def test_checkout_writes_placed_reserved_and_paid_by_the_customer(place):
     assert one(order, K.PAYMENT_CAPTURED).facts == {"amount": "20.00", "currency": "EUR"}
 
 
+def test_an_authorized_payment_is_captured_by_the_fulfilment_job_one_event_each(place, settings):
+    settings.PAYMENT_CAPTURE = "on_fulfilment"
+    order = place({"A": 2})
+    assert kinds(order) == [K.PLACED, K.STOCK_RESERVED, K.PAYMENT_AUTHORIZED]
+    assert one(order, K.PAYMENT_AUTHORIZED).actor == "customer"
+    run_jobs()
+    captured = one(order, K.PAYMENT_CAPTURED)
+    assert (captured.job_id, captured.facts) == (
+        job_of(order, "fulfilled").id,
+        {"amount": "20.00", "currency": "EUR"},
+    )
+    assert kinds(order)[-2:] == [K.PAYMENT_CAPTURED, K.READY_TO_SHIP]
+    enqueue("mark_order_fulfilled", {"order_id": order.id})
+    run_jobs()
+    assert OrderEvent.objects.filter(order=order, kind=K.PAYMENT_CAPTURED).count() == 1
+
+
 def test_a_declined_card_writes_failed_and_released_once(place):
     order = place({"A": 2}, token="tok_chargeDeclined")
     assert kinds(order) == [K.PLACED, K.STOCK_RESERVED, K.PAYMENT_FAILED, K.STOCK_RELEASED]
