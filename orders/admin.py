@@ -532,6 +532,18 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     inlines = [WebhookDeliveryInline]
 
 
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    """What each endpoint accepted; the order's history links each delivered event here."""
+
+    list_display = ["delivered_at", "event", "order", "endpoint", "response_status"]
+    list_filter = ["event"]
+    search_fields = ["order__number", "endpoint__url"]
+    list_select_related = ["order", "endpoint"]
+    fields = ["event", "order", "endpoint", "message", "response_status", "delivered_at"]
+    readonly_fields = fields
+
+
 @admin.register(Refund)
 class RefundAdmin(ReadOnlyAdmin):
     """Refunds are rows; a failed one can be tried again (a new row and job, same order and amount)."""
@@ -601,7 +613,8 @@ class PaymentEventAdmin(ReadOnlyAdmin):
 
 def timeline(order: Order) -> list[dict]:
     """The order's whole history for staff, each event with links to what is behind it: the job that
-    made it (and its dead letter, if it gave up), the webhook endpoint, the refund, the shipment."""
+    made it (and its dead letter, if it gave up), the webhook delivery and its endpoint, the refund, the
+    shipment."""
     events = list(
         OrderEvent.objects.filter(order=order).select_related("actor_user").order_by("created_at", "id")
     )
@@ -617,6 +630,10 @@ def timeline(order: Order) -> list[dict]:
                     ("dead letter", reverse("admin:jobs_deadletter_change", args=[dead[event.job_id]]))
                 )
         facts = event.facts or {}
+        if facts.get("delivery"):
+            links.append(
+                ("delivery", reverse("admin:orders_webhookdelivery_change", args=[facts["delivery"]]))
+            )
         if facts.get("endpoint"):
             links.append(
                 ("endpoint", reverse("admin:orders_webhookendpoint_change", args=[facts["endpoint"]]))

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from orders import idempotency, warehouse
 from orders.api_schemas import OrderIn
+from orders.events import CUSTOMER
 from orders.models import IdempotencyKey, Order
 from orders.serializers import order_to_dict
 from orders.services import (
@@ -201,6 +202,7 @@ def _create_order(data: Any, lease: idempotency.Lease | None = None) -> JsonResp
             items=body.items(),
             payment_token=body.payment_token,
             lease=lease,
+            actor=CUSTOMER,
         )
     except UnknownProduct as exc:
         index = {line.sku: i for i, line in enumerate(body.lines)}

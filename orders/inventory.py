@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from orders import services
-from orders.events import SYSTEM, Actor
+from orders.events import Actor
 from orders.http import post_json
 from orders.models import InventorySync, Order
 from orders.webhooks import SIGNATURE_HEADER, sign
@@ -21,7 +21,7 @@ def stock_levels(order: Order) -> dict[str, int]:
     return {line.sku: line.product.stock for line in order.lines.select_related("product").order_by("sku")}
 
 
-def sync_inventory(order: Order, *, actor: Actor | str = SYSTEM) -> InventorySync:
+def sync_inventory(order: Order, *, actor: Actor | str) -> InventorySync:
     """Push the stock levels of the order's products to ``settings.WAREHOUSE_URL`` once (signed with
     ``WAREHOUSE_SECRET``); with no URL set, record the sync locally. Raises orders.http's
     TransientHTTPError (try again) or PermanentHTTPError (the warehouse refused it)."""

@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from orders import services
-from orders.events import SYSTEM, Actor
+from orders.events import Actor
 from orders.models import CreditNote, DocumentSequence, Invoice, Order, Refund
 
 CENT = Decimal("0.01")
@@ -36,7 +36,7 @@ def invoice_number(order: Order) -> str:
     return f"INV-{order.number}"
 
 
-def generate_invoice(order: Order, *, actor: Actor | str = SYSTEM) -> Invoice:
+def generate_invoice(order: Order, *, actor: Actor | str) -> Invoice:
     """The order's invoice, made and stored the first time; later calls return the same one."""
     existing = Invoice.objects.filter(order=order).first()
     if existing is not None:
@@ -180,7 +180,7 @@ def next_number(kind: str, prefix: str) -> str:
     return f"{prefix}-{year}-{sequence.last + 1:05d}"
 
 
-def issue_credit_note(refund: Refund, *, actor: Actor | str = SYSTEM) -> CreditNote:
+def issue_credit_note(refund: Refund, *, actor: Actor | str) -> CreditNote:
     """The credit note of a succeeded refund, made once (the order's invoice first, if it has none)."""
     existing = CreditNote.objects.filter(refund=refund).first()
     if existing is not None:

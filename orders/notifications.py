@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from orders import services
-from orders.events import SYSTEM, Actor
+from orders.events import Actor
 from orders.models import CreditNote, Order, OrderEmail, SalesReport, Shipment
 
 # Orders a customer is told about: paid and not since cancelled or refunded.
@@ -63,7 +63,7 @@ def _send_once(order: Order, kind: str, template: str, subject: str, actor: Acto
     return True
 
 
-def send_order_confirmation(order: Order, *, actor: Actor | str = SYSTEM) -> bool:
+def send_order_confirmation(order: Order, *, actor: Actor | str) -> bool:
     """Email the order confirmation (HTML and plain text); False if it was sent before, or if the
     order was cancelled or refunded before it went out."""
     order.refresh_from_db()
@@ -78,7 +78,7 @@ def send_order_confirmation(order: Order, *, actor: Actor | str = SYSTEM) -> boo
     )
 
 
-def send_followup(order: Order, *, actor: Actor | str = SYSTEM) -> bool:
+def send_followup(order: Order, *, actor: Actor | str) -> bool:
     """Ask how the order went: only once everything shipped (the job waits FOLLOWUP_DELAY after that)
     or arrived. Checked now, when the job runs: a cancelled or refunded order gets nothing."""
     order.refresh_from_db()
@@ -89,7 +89,7 @@ def send_followup(order: Order, *, actor: Actor | str = SYSTEM) -> bool:
     )
 
 
-def send_cancellation(order: Order, *, actor: Actor | str = SYSTEM) -> bool:
+def send_cancellation(order: Order, *, actor: Actor | str) -> bool:
     """Tell the customer their order is cancelled and the money on its way back, once."""
     order.refresh_from_db()
     if order.status != Order.Status.CANCELLED:
@@ -103,7 +103,7 @@ def send_cancellation(order: Order, *, actor: Actor | str = SYSTEM) -> bool:
     )
 
 
-def send_shipping(shipment: Shipment, *, actor: Actor | str = SYSTEM) -> bool:
+def send_shipping(shipment: Shipment, *, actor: Actor | str) -> bool:
     """Tell the customer a parcel left, with its tracking link, once per shipment."""
     shipment.refresh_from_db()
     if shipment.emailed_at is not None or shipment.shipped_at is None:
@@ -142,7 +142,7 @@ def send_sales_report(report: SalesReport) -> bool:
     return True
 
 
-def send_credit_note(note: CreditNote, *, actor: Actor | str = SYSTEM) -> bool:
+def send_credit_note(note: CreditNote, *, actor: Actor | str) -> bool:
     """Email the customer their credit note (the refund's document, PDF attached) once; False if sent
     before. The ``emailed_at`` mark is written right after the send."""
     note.refresh_from_db()

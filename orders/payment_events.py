@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from jobs.api import enqueue
 from orders import services
-from orders.events import SYSTEM, Actor
+from orders.events import Actor
 from orders.gateways import (
     ChargeResult,
     ChargeStatus,
@@ -67,7 +67,7 @@ def receive_event(payload: bytes, signature: str, *, gateway: PaymentGateway | N
     return Received(stored, duplicate=False)
 
 
-def apply_event(event: PaymentEvent, *, actor: Actor | str = SYSTEM) -> str:
+def apply_event(event: PaymentEvent, *, actor: Actor | str) -> str:
     """Apply a stored event (idempotent); returns its outcome. Unknown types are marked ignored."""
     if event.outcome != PaymentEvent.Outcome.PENDING:
         return event.outcome

@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from jobs.api import enqueue
-from orders.events import CUSTOMER, SYSTEM, Actor, Kind, record
+from orders.events import Actor, Kind, record
 from orders.gateways import ChargeResult, ChargeStatus, GatewayError, PaymentGateway, get_gateway
 from orders.idempotency import Lease
 from orders.models import (
@@ -98,7 +98,7 @@ def place_order(
     items: Mapping[str, int],
     payment_token: str,
     lease: Lease | None = None,
-    actor: Actor | str = CUSTOMER,
+    actor: Actor | str,
 ) -> Order:
     """Reserve stock, charge, and record the outcome; return the order, paid or payment_failed.
 
@@ -198,7 +198,7 @@ def _reserve(
     shipping_address: ShippingAddress,
     items: Mapping[str, int],
     lease: Lease | None = None,
-    actor: Actor | str = CUSTOMER,
+    actor: Actor | str,
 ) -> Order:
     if not items:
         raise InvalidOrder("The order has no lines.")
@@ -257,7 +257,7 @@ def _reserve(
     return order
 
 
-def record_charge(order: Order, result: ChargeResult, *, actor: Actor | str = SYSTEM) -> None:
+def record_charge(order: Order, result: ChargeResult, *, actor: Actor | str) -> None:
     """Record what the gateway says of the order's charge. Safe to call again with the same answer, and
     with answers in any order (the customer's return, the provider's webhook, reconciliation)."""
     if result.status in (ChargeStatus.SUCCEEDED, ChargeStatus.AUTHORIZED):
@@ -286,7 +286,7 @@ def _holds(order: Order, reference: str) -> bool:
     return order.payments.filter(gateway_reference=reference, status__in=held).exists()
 
 
-def mark_paid(order: Order, charge_result: ChargeResult, *, actor: Actor | str = SYSTEM) -> bool:
+def mark_paid(order: Order, charge_result: ChargeResult, *, actor: Actor | str) -> bool:
     """pending_payment -> paid, recording the payment and enqueuing the pipeline in one transaction.
 
     Returns False (and changes nothing) if the order was no longer pending_payment.
@@ -311,7 +311,7 @@ def mark_paid(order: Order, charge_result: ChargeResult, *, actor: Actor | str =
     return True
 
 
-def mark_payment_waiting(order: Order, charge_result: ChargeResult, *, actor: Actor | str = SYSTEM) -> bool:
+def mark_payment_waiting(order: Order, charge_result: ChargeResult, *, actor: Actor | str) -> bool:
     """The payment waits for the customer (3-D Secure) or the bank (processing): the order stays
     pending_payment with its stock reserved until ``settings.PAYMENT_RESERVATION_TTL``, when the
     ``expire_unpaid_order`` job enqueued here gives it up. Returns False if the order was settled."""
@@ -339,7 +339,7 @@ def mark_payment_waiting(order: Order, charge_result: ChargeResult, *, actor: Ac
 
 
 def mark_payment_failed(
-    order: Order, reason: str, *, charge_result: ChargeResult | None = None, actor: Actor | str = SYSTEM
+    order: Order, reason: str, *, charge_result: ChargeResult | None = None, actor: Actor | str
 ) -> bool:
     """pending_payment -> payment_failed, releasing the stock in the same transaction.
 
@@ -399,7 +399,7 @@ def _record_payment(
 
 
 def settle_pending_payment(
-    order: Order, *, not_charged_reason: str = "payment not completed", actor: Actor | str = SYSTEM
+    order: Order, *, not_charged_reason: str = "payment not completed", actor: Actor | str
 ) -> Order:
     """Ask the gateway what became of a pending order's charge and record it.
 
@@ -417,7 +417,7 @@ def settle_pending_payment(
     return order
 
 
-def expire_unpaid_order(order: Order, *, actor: Actor | str = SYSTEM) -> Order:
+def expire_unpaid_order(order: Order, *, actor: Actor | str) -> Order:
     """The payment of a pending order did not settle within ``PAYMENT_RESERVATION_TTL``: cancel it at
     the gateway and release the stock once (the order becomes expired). A payment that succeeded
     meanwhile wins: the gateway is asked first, and its answer recorded."""
@@ -452,7 +452,7 @@ def expire_unpaid_order(order: Order, *, actor: Actor | str = SYSTEM) -> Order:
     return order
 
 
-def mark_fulfilled(order: Order, *, actor: Actor | str = SYSTEM) -> bool:
+def mark_fulfilled(order: Order, *, actor: Actor | str) -> bool:
     """paid -> ready to ship (stored as "fulfilled": invoice and inventory are done), enqueuing the
     order.fulfilled webhooks in the same transaction. Returns False if the order was not paid."""
     with transaction.atomic():
@@ -470,7 +470,7 @@ class InvalidRefund(InvalidTransition):
     pass
 
 
-def refund(order: Order, *, actor: Actor | str = SYSTEM, reason: str = "Refunded by staff") -> Order:
+def refund(order: Order, *, actor: Actor | str, reason: str = "Refunded by staff") -> Order:
     """Return all the customer's money still captured for a paid or ready-to-ship order. The order
     becomes refunded when the refund succeeds (a job calls the gateway).
 
@@ -494,7 +494,7 @@ def can_cancel(order: Order) -> bool:
     return order.status in CANCELLABLE and not order.shipments.exists()
 
 
-def cancel_order(order: Order, *, actor: Actor | str = SYSTEM, reason: str = "Cancelled") -> Order:
+def cancel_order(order: Order, *, actor: Actor | str, reason: str = "Cancelled") -> Order:
     """Cancel a paid or ready-to-ship order before anything ships: the order is cancelled and its stock
     released at once (nothing will ship), its whole payment refunded by a job, and the customer told
     by email and the endpoints by order.cancelled.
@@ -625,7 +625,7 @@ def _record_refund_requested(refund: Refund, actor: Actor | str) -> None:
     )
 
 
-def process_refund(refund: Refund, *, actor: Actor | str = SYSTEM) -> Refund:
+def process_refund(refund: Refund, *, actor: Actor | str) -> Refund:
     """Call the gateway for a pending refund (the refund row is the idempotency key, so a retry after a
     timeout or a crash never refunds twice) and record its answer. GatewayError propagates: retry."""
     refund.refresh_from_db()
@@ -665,7 +665,7 @@ def retry_refund(refund: Refund, *, actor: Actor | str) -> Refund:
 
 
 def record_refund_result(
-    refund: Refund, status: str, *, reference: str = "", reason: str = "", actor: Actor | str = SYSTEM
+    refund: Refund, status: str, *, reference: str = "", reason: str = "", actor: Actor | str
 ) -> Refund:
     """pending -> succeeded or failed (a "pending" answer waits for the provider's webhook), once. A
     succeeded refund moves the payment's status by the sum of refunds, refunds the order when all is
@@ -713,7 +713,7 @@ def record_refund_result(
     return refund
 
 
-def capture_payment(order: Order, *, actor: Actor | str = SYSTEM) -> Payment | None:
+def capture_payment(order: Order, *, actor: Actor | str) -> Payment | None:
     """Capture the order's authorized payment (PAYMENT_CAPTURE=on_fulfilment), once; the goods ship only
     after this. Only a paid order's: a cancelled one's authorization is voided, never captured.
     GatewayError propagates: a capture the gateway refuses is for staff to look at."""
@@ -735,9 +735,7 @@ def capture_payment(order: Order, *, actor: Actor | str = SYSTEM) -> Payment | N
     return payment
 
 
-def mark_disputed(
-    order: Order, *, reason: str, amount: Decimal | None = None, actor: Actor | str = SYSTEM
-) -> bool:
+def mark_disputed(order: Order, *, reason: str, amount: Decimal | None = None, actor: Actor | str) -> bool:
     """The customer's bank opened a dispute: the order is marked, staff are told by email and the
     order.disputed event is sent, once. Returns False if it was marked already."""
     with transaction.atomic():
@@ -769,7 +767,7 @@ def purge_idempotency_keys(*, older_than: timedelta = timedelta(hours=24)) -> in
 
 
 def reconcile_pending_payments(
-    *, older_than: timedelta = timedelta(minutes=1), actor: Actor | str = SYSTEM
+    *, older_than: timedelta = timedelta(minutes=1), actor: Actor | str
 ) -> dict[str, int]:
     """Settle with the gateway every order left in pending_payment for longer than ``older_than`` (a
     crash between reserving and recording the charge), so that none holds stock or money for long.

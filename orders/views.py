@@ -117,6 +117,7 @@ def _place_order(form: CheckoutForm, cart: Cart, lease: idempotency.Lease) -> tu
             items=dict(cart.items),
             payment_token=data["payment_token"],
             lease=lease,
+            actor=CUSTOMER,
         )
     except UnknownProduct as exc:
         for sku in exc.skus:

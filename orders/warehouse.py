@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError
 
 from jobs.api import PermanentError, enqueue
 from orders import services
-from orders.events import SYSTEM, Actor
+from orders.events import Actor
 from orders.models import Order, Shipment, WarehouseEvent
 from orders.webhooks import verify_signature
 
@@ -137,7 +137,7 @@ def _check(report: ShipmentReport) -> None:
             )
 
 
-def apply_event(event: WarehouseEvent, *, actor: Actor | str = SYSTEM) -> str:
+def apply_event(event: WarehouseEvent, *, actor: Actor | str) -> str:
     """Apply a stored callback (idempotent); returns its outcome. A report the order refuses (it was
     cancelled meanwhile, staff shipped the lines) is marked refused and raises PermanentError, so staff
     find it in the dead letters with the raw report."""

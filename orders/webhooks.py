@@ -15,6 +15,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from orders.events import Actor
 from orders.http import post_json
 from orders.models import Order, OrderMessage, WebhookDelivery, WebhookEndpoint
 from orders.serializers import order_to_dict
@@ -80,7 +81,7 @@ def _fact(value: Any) -> Any:
 
 
 def deliver(
-    endpoint_id: int, event: str, order_id: int, message_id: int | None = None, *, actor="system"
+    endpoint_id: int, event: str, order_id: int, message_id: int | None = None, *, actor: Actor | str
 ) -> WebhookDelivery | None:
     """Send ``event`` about the order to the endpoint once. None if the endpoint was deleted or
     deactivated meanwhile. Raises orders.http.TransientHTTPError (retry) or PermanentHTTPError."""

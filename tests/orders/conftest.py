@@ -10,7 +10,9 @@ def place():
     """place_order with a valid customer, so a test names only what it is about."""
 
     def _place(items: dict[str, int], token: str = "tok_visa", **overrides):
-        kwargs = dict(email="ada@example.com", name="Ada Lovelace", shipping_address=ADDRESS)
+        kwargs = dict(
+            email="ada@example.com", name="Ada Lovelace", shipping_address=ADDRESS, actor="customer"
+        )
         kwargs.update(overrides)
         return place_order(items=items, payment_token=token, **kwargs)
 

@@ -194,7 +194,14 @@ def test_a_submit_whose_request_died_is_resumed_by_the_resubmit(client_with_cart
 
     token = checkout_token(client_with_cart)
     lease = idempotency.take("checkout", token, "")
-    _reserve(email="ada@example.com", name="Ada", shipping_address=ADDRESS, items={"A": 2}, lease=lease)
+    _reserve(
+        email="ada@example.com",
+        name="Ada",
+        shipping_address=ADDRESS,
+        items={"A": 2},
+        lease=lease,
+        actor="customer",
+    )
     IdempotencyKey.objects.update(
         locked_at=timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_LEASE + 1)
     )

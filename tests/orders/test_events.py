@@ -1,18 +1,23 @@
 """An order's history: every change writes exactly one OrderEvent with its actor (the customer, a staff
 user, the system, or the job that did it), in the transaction of the change (a rollback leaves none)."""
 
+import ast
+import inspect
+import pathlib
+
 import pytest
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 
+import orders
 from jobs.api import enqueue
 from jobs.models import Job
 from jobs.testing import run_jobs
 from orders import services
 from orders.events import Actor
-from orders.models import Order, OrderEvent, WebhookEndpoint
+from orders.models import Order, OrderEvent, WebhookDelivery, WebhookEndpoint
 from tests.factories import ProductFactory
 
 pytestmark = pytest.mark.django_db
@@ -51,6 +56,23 @@ def test_checkout_writes_placed_reserved_and_paid_by_the_customer(place):
         assert event.actor_kind == "customer" and event.actor == "customer"
     assert one(order, K.STOCK_RESERVED).facts == {"lines": {"A": 2}}
     assert one(order, K.PAYMENT_CAPTURED).facts == {"amount": "20.00", "currency": "EUR"}
+
+
+def test_an_authorized_payment_is_captured_by_the_fulfilment_job_one_event_each(place, settings):
+    settings.PAYMENT_CAPTURE = "on_fulfilment"
+    order = place({"A": 2})
+    assert kinds(order) == [K.PLACED, K.STOCK_RESERVED, K.PAYMENT_AUTHORIZED]
+    assert one(order, K.PAYMENT_AUTHORIZED).actor == "customer"
+    run_jobs()
+    captured = one(order, K.PAYMENT_CAPTURED)
+    assert (captured.job_id, captured.facts) == (
+        job_of(order, "fulfilled").id,
+        {"amount": "20.00", "currency": "EUR"},
+    )
+    assert kinds(order)[-2:] == [K.PAYMENT_CAPTURED, K.READY_TO_SHIP]
+    enqueue("mark_order_fulfilled", {"order_id": order.id})
+    run_jobs()
+    assert OrderEvent.objects.filter(order=order, kind=K.PAYMENT_CAPTURED).count() == 1
 
 
 def test_a_declined_card_writes_failed_and_released_once(place):
@@ -196,6 +218,118 @@ def test_admin_timeline_links_each_event_to_the_job_and_dead_letter_behind_it(
     page = client.get(f"/admin/orders/order/{order.pk}/change/").content.decode()
     assert f'href="/admin/jobs/job/{job.id}/change/"' in page
     assert f'href="/admin/jobs/deadletter/{job.dead_letter.pk}/change/"' in page
+
+
+def test_admin_timeline_links_a_delivered_webhook_to_its_delivery_and_endpoint(place, staff, http_server):
+    endpoint = WebhookEndpoint.objects.create(url=http_server().url, events=["order.paid"])
+    order = place({"A": 1})
+    run_jobs()
+    delivery = WebhookDelivery.objects.get(order=order, endpoint=endpoint)
+    assert one(order, K.WEBHOOK_DELIVERED).facts["delivery"] == delivery.pk
+    client = Client()
+    client.force_login(staff)
+    page = client.get(f"/admin/orders/order/{order.pk}/change/").content.decode()
+    assert f'href="/admin/orders/webhookdelivery/{delivery.pk}/change/"' in page
+    assert f'href="/admin/orders/webhookendpoint/{endpoint.pk}/change/"' in page
+    shown = client.get(f"/admin/orders/webhookdelivery/{delivery.pk}/change/")
+    assert shown.status_code == 200 and order.number in shown.content.decode()
+
+
+ORDERS = pathlib.Path(orders.__file__).parent
+# Modules whose functions do a change for a caller (and so are told who it is); the callers are the
+# admin and the storefront (the request's user or the customer) and the job handlers (their job).
+SERVICE_MODULES = [
+    "services",
+    "notifications",
+    "invoices",
+    "inventory",
+    "webhooks",
+    "payment_events",
+    "warehouse",
+]
+
+
+def _tree(module: str) -> ast.Module:
+    return ast.parse((ORDERS / f"{module}.py").read_text())
+
+
+@pytest.mark.django_db(False)
+def test_no_module_but_the_services_writes_an_event():
+    """``orders.events.record`` is called from orders/services.py only, and OrderEvent rows are created
+    by ``record`` only. (Migration 0006's backfill of old orders is history, not a change.)"""
+    writers = set()
+    for path in ORDERS.rglob("*.py"):
+        if "migrations" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "orders.events":
+                if any(alias.name in ("record", "*") for alias in node.names):
+                    writers.add(path.name)
+            elif (
+                isinstance(node, ast.Attribute)
+                and node.attr == "record"
+                and ast.unparse(node.value) == "events"
+            ):
+                writers.add(path.name)
+            elif isinstance(node, ast.Call) and "OrderEvent" in ast.unparse(node.func):
+                if ast.unparse(node.func).split(".")[-1] in (
+                    "OrderEvent",
+                    "create",
+                    "bulk_create",
+                    "get_or_create",
+                ):
+                    writers.add(path.name)
+    assert writers == {"services.py", "events.py"}
+
+
+def _names(node: ast.AST) -> set[str]:
+    """The names a function (or a module-level table) refers to, leaving out its own parameters and
+    variables: "record", "services.mark_paid", "_ship", "HANDLERS" ..."""
+    own = {a.arg for a in ast.walk(node) if isinstance(a, ast.arg)}
+    own |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    names = {ast.unparse(n) for n in ast.walk(node) if isinstance(n, ast.Name | ast.Attribute)}
+    return {name for name in names if name.split(".")[0] not in own}
+
+
+def _reaching(module: str, writers: set[str]) -> set[str]:
+    """The module's functions that reach one of ``writers``, directly or through each other."""
+    refs: dict[str, set[str]] = {}
+    for node in _tree(module).body:
+        if isinstance(node, ast.FunctionDef):
+            refs[node.name] = _names(node)
+        elif isinstance(node, ast.Assign):  # a dispatch table of handlers
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    refs[target.id] = _names(node)
+    found: set[str] = set()
+    while more := {name for name, named in refs.items() if named & (writers | found)} - found:
+        found |= more
+    return {name for name in found if callable(getattr(getattr(orders, module), name))}
+
+
+@pytest.mark.django_db(False)
+def test_every_operation_that_writes_an_event_requires_its_actor():
+    """A function that reaches ``record`` (in services, or through a service from the modules the jobs
+    call) takes ``actor`` as a required keyword: a caller cannot forget it and be recorded as the
+    system. The job handlers pass their job."""
+    in_services = _reaching("services", {"record"})
+    assert {"place_order", "cancel_order", "create_shipment", "add_staff_note", "refund"} <= in_services
+    via = {f"services.{name}" for name in in_services}
+    for module in SERVICE_MODULES:
+        public = sorted(n for n in _reaching(module, {"record"} | via) if not n.startswith("_"))
+        assert public, module
+        for name in public:
+            actor = inspect.signature(getattr(getattr(orders, module), name)).parameters.get("actor")
+            assert actor is not None, f"{module}.{name} takes no actor"
+            assert actor.kind is actor.KEYWORD_ONLY and actor.default is actor.empty, f"{module}.{name}"
+    actors = [
+        ast.unparse(k.value)
+        for c in ast.walk(_tree("jobs"))
+        if isinstance(c, ast.Call)
+        for k in c.keywords
+        if k.arg == "actor"
+    ]
+    assert len(actors) > 10 and set(actors) == {"Actor.job(ctx)"}
 
 
 def test_events_are_append_only(place):

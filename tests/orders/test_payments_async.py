@@ -87,7 +87,7 @@ def test_passing_three_d_secure_pays_the_order_once_whichever_of_return_and_webh
     assert Job.objects.filter(type="send_order_confirmation").count() == 1
     expiry = Job.objects.get(type="expire_unpaid_order")
     assert expiry.status == "pending"  # its time has not come; when it does, it finds the order paid
-    expire_unpaid_order(order)
+    expire_unpaid_order(order, actor="system")
     order.refresh_from_db()
     assert order.status == Order.Status.FULFILLED and stock() == 3
     # A retry of the first request answers what it became.
@@ -130,8 +130,8 @@ def test_an_unpaid_order_expires_its_payment_is_cancelled_and_its_stock_released
     WebhookEndpoint.objects.create(url="http://hooks.example/", events=["order.expired"])
     post(client, "tok_threeDSecureRequired")
     order = Order.objects.get()
-    assert expire_unpaid_order(order).status == Order.Status.EXPIRED
-    assert expire_unpaid_order(order).status == Order.Status.EXPIRED
+    assert expire_unpaid_order(order, actor="system").status == Order.Status.EXPIRED
+    assert expire_unpaid_order(order, actor="system").status == Order.Status.EXPIRED
     assert stock() == 5 and FakeGatewayCharge.objects.get().status == "canceled"
     assert order.payments.get().status == Payment.Status.CANCELED
     assert OrderMessage.objects.get(order=order).event == "order.expired"
@@ -141,14 +141,14 @@ def test_a_payment_that_succeeded_before_the_expiry_wins(client):
     action_url = post(client, "tok_threeDSecureRequired").json()["action_url"]
     reference = FakeGatewayCharge.objects.get().reference
     FakeGatewayCharge.objects.filter(reference=reference).update(status="succeeded", succeeded=True)
-    order = expire_unpaid_order(Order.objects.get())
+    order = expire_unpaid_order(Order.objects.get(), actor="system")
     assert order.status == Order.Status.PAID and stock() == 3
     assert action_url and FakeGateway().retrieve(order.number).status == "succeeded"
 
 
 def test_a_webhook_of_success_after_the_expiry_gives_the_money_back(client):
     post(client, "tok_threeDSecureRequired")
-    order = expire_unpaid_order(Order.objects.get())
+    order = expire_unpaid_order(Order.objects.get(), actor="system")
     assert order.status == Order.Status.EXPIRED and stock() == 5
     # Out of order: the bank's success arrives after the order expired (and its stock went back).
     FakeGatewayCharge.objects.update(status="succeeded", succeeded=True)

@@ -36,14 +36,16 @@ def pending_order(items):
     from orders.services import _reserve
     from tests.orders.conftest import ADDRESS
 
-    return _reserve(email="ada@example.com", name="Ada", shipping_address=ADDRESS, items=items)
+    return _reserve(
+        email="ada@example.com", name="Ada", shipping_address=ADDRESS, items=items, actor="customer"
+    )
 
 
 class LateChargeGateway(FakeGateway):
     """Charges after the order was already settled as failed (a reconcile job ran in between)."""
 
     def charge(self, amount, currency, token, idempotency_key, **options):
-        settle_pending_payment(Order.objects.get(number=idempotency_key))
+        settle_pending_payment(Order.objects.get(number=idempotency_key), actor="system")
         return super().charge(amount, currency, token, idempotency_key, **options)
 
 
@@ -141,14 +143,14 @@ def test_mark_paid_only_from_pending_payment(place):
     ProductFactory(sku="A")
     order = place({"A": 1})
     result = get_gateway().retrieve(order.number)
-    assert mark_paid(order, result) is False
+    assert mark_paid(order, result, actor="system") is False
     assert order.payments.count() == 1
 
 
 def test_mark_payment_failed_does_not_touch_a_paid_order(place):
     ProductFactory(sku="A", stock=5)
     order = place({"A": 1})
-    assert mark_payment_failed(order, "too late") is False
+    assert mark_payment_failed(order, "too late", actor="system") is False
     order.refresh_from_db()
     assert order.status == Order.Status.PAID and stock("A") == 4
 
@@ -157,7 +159,7 @@ def test_settle_without_gateway_record_fails_order_and_releases_stock(place):
     ProductFactory(sku="A", stock=5)
     order = pending_order({"A": 2})
     assert stock("A") == 3
-    settle_pending_payment(order)
+    settle_pending_payment(order, actor="system")
     assert order.status == Order.Status.PAYMENT_FAILED
     assert order.payments.get().decline_reason == "payment not completed"
     assert stock("A") == 5
@@ -167,7 +169,7 @@ def test_settle_finds_a_successful_charge_and_marks_paid(place):
     ProductFactory(sku="A", stock=5)
     order = pending_order({"A": 2})
     get_gateway().charge(order.total, order.currency, "tok_visa", idempotency_key=order.number)
-    settle_pending_payment(order)
+    settle_pending_payment(order, actor="system")
     assert order.status == Order.Status.PAID and stock("A") == 3
     assert order.payments.get().status == Payment.Status.SUCCEEDED
 
@@ -176,7 +178,7 @@ def test_settle_finds_a_declined_charge_and_releases_stock(place):
     ProductFactory(sku="A", stock=5)
     order = pending_order({"A": 2})
     get_gateway().charge(order.total, order.currency, "tok_chargeDeclined", idempotency_key=order.number)
-    settle_pending_payment(order)
+    settle_pending_payment(order, actor="system")
     assert order.status == Order.Status.PAYMENT_FAILED and stock("A") == 5
     assert order.payments.get().decline_reason == "Your card was declined."
 
@@ -184,7 +186,7 @@ def test_settle_finds_a_declined_charge_and_releases_stock(place):
 def test_settle_leaves_settled_orders_alone(place):
     ProductFactory(sku="A", stock=5)
     order = place({"A": 1})
-    settle_pending_payment(order)
+    settle_pending_payment(order, actor="system")
     assert order.status == Order.Status.PAID and order.payments.count() == 1 and stock("A") == 4
 
 
@@ -199,15 +201,15 @@ def test_charge_landing_after_order_was_failed_is_refunded(place, settings):
 def test_stock_is_released_at_most_once(place):
     ProductFactory(sku="A", stock=5)
     order = place({"A": 2}, token="tok_chargeDeclined")
-    settle_pending_payment(order)
-    mark_payment_failed(order, "again")
+    settle_pending_payment(order, actor="system")
+    mark_payment_failed(order, "again", actor="system")
     assert stock("A") == 5
 
 
 def test_refund_of_paid_order_returns_money_and_stock(place):
     ProductFactory(sku="A", stock=5)
     order = place({"A": 2})
-    refund(order)
+    refund(order, actor="staff:grace")
     run_jobs()  # the gateway's refund is a job
     order.refresh_from_db()
     assert order.status == Order.Status.REFUNDED and stock("A") == 5 and not order.stock_reserved
@@ -218,8 +220,8 @@ def test_refund_of_paid_order_returns_money_and_stock(place):
 def test_refund_of_fulfilled_order_returns_money_but_not_stock(place):
     ProductFactory(sku="A", stock=5)
     order = place({"A": 2})
-    assert mark_fulfilled(order)
-    refund(order)
+    assert mark_fulfilled(order, actor="system")
+    refund(order, actor="staff:grace")
     run_jobs()
     order.refresh_from_db()
     assert order.status == Order.Status.REFUNDED and stock("A") == 3
@@ -229,12 +231,12 @@ def test_refund_of_fulfilled_order_returns_money_but_not_stock(place):
 def test_refund_twice_is_refused(place):
     ProductFactory(sku="A", stock=5)
     order = place({"A": 2})
-    refund(order)
+    refund(order, actor="staff:grace")
     with pytest.raises(InvalidTransition):  # nothing is left to refund while the first one runs
-        refund(order)
+        refund(order, actor="staff:grace")
     run_jobs()
     with pytest.raises(InvalidTransition):
-        refund(order)
+        refund(order, actor="staff:grace")
     assert stock("A") == 5 and FakeGatewayCharge.objects.get().refunds.count() == 1
 
 
@@ -242,13 +244,13 @@ def test_refund_of_failed_order_is_refused(place):
     ProductFactory(sku="A", stock=5)
     order = place({"A": 2}, token="tok_chargeDeclined")
     with pytest.raises(InvalidTransition):
-        refund(order)
+        refund(order, actor="staff:grace")
 
 
 def test_cancel_paid_order_refunds_and_releases_stock(place):
     ProductFactory(sku="A", stock=5)
     order = place({"A": 2})
-    cancel_order(order)
+    cancel_order(order, actor="staff:grace")
     assert order.status == Order.Status.CANCELLED and stock("A") == 5  # at once: nothing will ship
     run_jobs()
     order.refresh_from_db()
@@ -264,13 +266,13 @@ def test_cancel_is_only_for_paid_or_ready_to_ship_orders(place, status):
     order = place({"A": 1})
     Order.objects.filter(pk=order.pk).update(status=status)
     with pytest.raises(InvalidTransition):
-        cancel_order(order)
+        cancel_order(order, actor="staff:grace")
 
 
 def test_mark_fulfilled_only_from_paid(place):
     ProductFactory(sku="A")
     order = place({"A": 1}, token="tok_chargeDeclined")
-    assert mark_fulfilled(order) is False
+    assert mark_fulfilled(order, actor="system") is False
     assert order.status == Order.Status.PAYMENT_FAILED
 
 

@@ -107,7 +107,7 @@ def test_a_confirm_that_never_reached_stripe_fails_the_order_truthfully_and_char
 
 def test_an_expired_three_d_secure_payment_is_cancelled_at_stripe_and_releases_the_stock(stripe):
     post("pm_card_threeDSecure2Required")
-    order = expire_unpaid_order(Order.objects.get())
+    order = expire_unpaid_order(Order.objects.get(), actor="system")
     assert order.status == Order.Status.EXPIRED and Product.objects.get(sku="A").stock == 5
     assert stripe.payment_intent(order.payments.get().gateway_reference)["status"] == "canceled"
 

@@ -16,7 +16,9 @@ def place(product):
     """place_order with a valid customer: returns the order, paid (with tok_visa) and its jobs enqueued."""
 
     def _place(items: dict[str, int] | None = None, token: str = "tok_visa", **overrides):
-        kwargs = dict(email="ada@example.com", name="Ada Lovelace", shipping_address=ADDRESS)
+        kwargs = dict(
+            email="ada@example.com", name="Ada Lovelace", shipping_address=ADDRESS, actor="customer"
+        )
         kwargs.update(overrides)
         return place_order(items=items or {product.sku: 2}, payment_token=token, **kwargs)
 

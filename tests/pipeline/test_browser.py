@@ -107,6 +107,7 @@ def test_the_customer_cancels_from_the_order_page_and_watches_the_timeline(page,
         shipping_address=ShippingAddress("1 Compiler Way", "Arlington", "22201", "US"),
         items={"LAMP": 2},
         payment_token="tok_visa",
+        actor="customer",
     )
     page.goto(order.get_absolute_url())
     assert page.locator('#timeline [data-kind="placed"]').count() == 1
@@ -143,6 +144,7 @@ def test_a_shipped_order_has_no_cancel_button_and_a_forged_post_is_refused(page)
             shipping_address=ShippingAddress("1 Compiler Way", "Arlington", "22201", "US"),
             items={"LAMP": 1},
             payment_token="tok_visa",
+            actor="customer",
         )
 
     shipped, other = new_order(), new_order()

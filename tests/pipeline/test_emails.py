@@ -1,4 +1,4 @@
-"""send_order_confirmation and send_followup_email."""
+"""The customer emails: confirmation, follow-up, and every customer email's form (HTML and text, once)."""
 
 import socket
 from email import message_from_bytes
@@ -73,7 +73,7 @@ def test_followup_is_sent_once(place, ship):
 
 def test_no_confirmation_goes_out_for_an_order_cancelled_before_it_was_sent(place):
     order = place()
-    cancel_order(order)
+    cancel_order(order, actor="staff:grace")
     job = run_confirmation(order)
     assert job.status == JobStatus.SUCCEEDED and job.result == {"sent": False}
     assert not mail.outbox
@@ -82,7 +82,7 @@ def test_no_confirmation_goes_out_for_an_order_cancelled_before_it_was_sent(plac
 @pytest.mark.parametrize("undo", [cancel_order, refund], ids=["cancelled", "refunded"])
 def test_followup_does_nothing_for_an_order_cancelled_or_refunded_meanwhile(place, undo):
     order = place()
-    undo(order)
+    undo(order, actor="staff:grace")
     job = enqueue("send_followup_email", {"order_id": order.id})
     run_jobs()
     assert Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED
@@ -129,3 +129,55 @@ def test_confirmation_goes_through_a_real_smtp_server(place, settings, smtp_serv
         if not part.is_multipart()
     }
     assert order.number in parts["text/plain"] and order.number in parts["text/html"]
+
+
+def test_every_customer_email_is_html_and_text_with_the_shop_and_no_unsubscribe_and_goes_once(
+    place, ship, settings
+):
+    """Confirmation, shipping, follow-up, cancellation and refund (credit note): each an HTML and a
+    plain-text body naming the shop and linking back to it, transactional (no List-Unsubscribe), and
+    sent once however often its job runs again."""
+    settings.SHOP_NAME = "Lovelace Teas"
+    settings.SHOP_BASE_URL = "https://teas.example"
+    shipped, cancelled = place(), place()
+    run_jobs()
+    shipment = ship(shipped)
+    followup = Job.objects.get(unique_key=f"order:{shipped.id}:followup")
+    Job.objects.filter(pk=followup.pk).update(run_at=followup.created_at)
+    cancel_order(cancelled, actor="customer")
+    run_jobs()
+    refund_row = cancelled.refunds.get()
+    for job_type, payload in [
+        ("send_order_confirmation", {"order_id": shipped.id}),
+        ("send_shipping_email", {"shipment_id": shipment.pk}),
+        ("send_followup_email", {"order_id": shipped.id}),
+        ("send_cancellation_email", {"order_id": cancelled.id}),
+        ("issue_credit_note", {"refund_id": refund_row.pk}),
+    ]:
+        enqueue(job_type, payload)
+    run_jobs()
+
+    def kind(message) -> str:
+        for words, name in [
+            ("has shipped", "shipping"),
+            ("How was", "followup"),
+            ("is cancelled", "cancellation"),
+            ("Your refund", "credit_note"),
+            ("Your order", "confirmation"),
+        ]:
+            if words in message.subject:
+                return name
+        raise AssertionError(message.subject)
+
+    sent = sorted(kind(m) for m in mail.outbox)  # both orders were confirmed when paid
+    assert sent == sorted(
+        ["confirmation", "confirmation", "shipping", "followup", "cancellation", "credit_note"]
+    )
+    for message in mail.outbox:
+        (html, mimetype), *_ = message.alternatives
+        assert mimetype == "text/html" and "<html" in html.lower(), kind(message)
+        for body in (message.body, html):
+            assert "Lovelace Teas" in body and "https://teas.example" in body, kind(message)
+        assert "</" not in message.body, kind(message)  # the plain part is not HTML
+        headers = message.message()
+        assert headers["List-Unsubscribe"] is None and "List-Unsubscribe" not in message.extra_headers

@@ -85,7 +85,7 @@ def test_declined_order_enqueues_nothing(place):
 def test_marking_an_order_paid_twice_enqueues_the_pipeline_once(place):
     order = place()
     charge = ChargeResult(True, "ch_x", order.total, order.currency)
-    assert mark_paid(order, charge) is False
+    assert mark_paid(order, charge, actor="system") is False
     assert Job.objects.filter(type="send_order_confirmation").count() == 1
     assert Job.objects.count() == 4  # confirmation, invoice, inventory, ready to ship
 
@@ -103,7 +103,7 @@ def test_pipeline_rolls_back_with_the_status_change():
     order = OrderFactory(total="10.00")
     charge = ChargeResult(True, "ch_x", order.total, order.currency)
     with pytest.raises(RuntimeError), transaction.atomic():
-        assert mark_paid(order, charge) is True
+        assert mark_paid(order, charge, actor="system") is True
         assert Job.objects.count() == 4
         raise RuntimeError("the commit failed")
     assert Order.objects.get(pk=order.pk).status == Order.Status.PENDING_PAYMENT

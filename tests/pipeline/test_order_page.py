@@ -87,7 +87,7 @@ def test_timeout_state_is_retrying_too(place, client, http_server, settings):
 def test_steps_left_undone_by_a_cancelled_order_are_skipped(place, client):
     order = place()
     run_jobs(max_jobs=1)  # the confirmation only
-    cancel_order(order)
+    cancel_order(order, actor="staff:grace")
     assert states(client, order) == {
         "confirmation": "done",
         "invoice": "skipped",

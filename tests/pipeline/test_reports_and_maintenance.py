@@ -212,7 +212,7 @@ def test_purge_job_forgets_idempotency_keys_older_than_a_day():
 
 def test_followup_of_a_cancelled_order_sends_nothing_even_when_due(place):
     order = place()
-    cancel_order(order)
+    cancel_order(order, actor="staff:grace")
     Job.objects.filter(type="send_followup_email").update(run_at=timezone.now())
     run_jobs()
     assert not any("How was" in m.subject for m in mail.outbox)
