@@ -53,14 +53,24 @@ def setup(exporter=None) -> bool:
         processors.append(SimpleSpanProcessor(_file_exporter(settings.OTEL_TRACES_FILE)))
     provider = trace.get_tracer_provider()
     if not hasattr(provider, "add_span_processor"):  # the API's no-op provider: install the SDK's
+        sampler, root = _sampler()
         provider = TracerProvider(
-            resource=Resource.create({"service.name": settings.OTEL_SERVICE_NAME}), sampler=_sampler()
+            resource=Resource.create({"service.name": settings.OTEL_SERVICE_NAME}),
+            sampler=sampler,
+            id_generator=_chosen_ids(),
         )
+        provider._shop_root = root  # job runs may decide with it before building a span
         trace.set_tracer_provider(provider)
         provider = trace.get_tracer_provider()
     for processor in processors:
         provider.add_span_processor(processor)
-    _state.update(provider=provider, processors=processors, tracer=provider.get_tracer(TRACER_NAME))
+    _state.update(
+        provider=provider,
+        processors=processors,
+        tracer=provider.get_tracer(TRACER_NAME),
+        ids=provider.id_generator,
+        root=getattr(provider, "_shop_root", None),  # None: another sampler decides, span by span
+    )
     _bind_hot_path()
     _instrument_django(provider)
     _connect()
@@ -87,13 +97,15 @@ def teardown() -> None:
 
 
 def _sampler():
-    """The standard ``OTEL_TRACES_SAMPLER`` when set (the SDK reads it: None), else every trace up to
-    TRACE_SAMPLE_PER_SECOND a second, then TRACE_SAMPLE_RATIO of the rest, parent-based."""
+    """(sampler, root sampler): the standard ``OTEL_TRACES_SAMPLER`` when set (the SDK reads it: None,
+    None), else every trace up to TRACE_SAMPLE_PER_SECOND a second, then TRACE_SAMPLE_RATIO of the rest,
+    parent-based."""
     if os.environ.get("OTEL_TRACES_SAMPLER"):
-        return None
+        return None, None
     from opentelemetry.sdk.trace.sampling import ParentBased
 
-    return ParentBased(root=reservoir_sampler(settings.TRACE_SAMPLE_PER_SECOND, settings.TRACE_SAMPLE_RATIO))
+    root = reservoir_sampler(settings.TRACE_SAMPLE_PER_SECOND, settings.TRACE_SAMPLE_RATIO)
+    return ParentBased(root=root), root
 
 
 def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic):
@@ -109,10 +121,21 @@ def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic):
             self._lock = threading.Lock()
             self._window = -1
             self._taken = 0
+            self._decided = threading.local()  # this thread's last decision, by trace id
+
+        def decide(self, trace_id: int) -> bool:
+            """Whether a new trace with this id is kept, before any span is built; a span then started
+            with this trace id is given the same decision (the reservoir counts it once)."""
+            result = self.should_sample(None, trace_id, "")
+            self._decided.trace_id, self._decided.result = trace_id, result
+            return result.decision.is_sampled()
 
         def should_sample(
             self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None
         ):
+            if getattr(self._decided, "trace_id", None) == trace_id:
+                self._decided.trace_id = None
+                return SamplingResult(self._decided.result.decision, attributes)
             window = int(clock())
             with self._lock:
                 if window != self._window:
@@ -128,6 +151,29 @@ def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic):
             return f"Reservoir{{{per_second:g}/s, then {ratio:g}}}"
 
     return ReservoirSampler()
+
+
+def _chosen_ids_class():
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class ChosenIds(RandomIdGenerator):
+        """Random ids, except a trace id chosen (and sampled) ahead by a job run in this thread."""
+
+        def __init__(self) -> None:
+            self.chosen = threading.local()
+
+        def generate_trace_id(self) -> int:
+            trace_id = getattr(self.chosen, "trace_id", None)
+            if trace_id is None:
+                return super().generate_trace_id()
+            self.chosen.trace_id = None
+            return trace_id
+
+    return ChosenIds
+
+
+def _chosen_ids():
+    return _chosen_ids_class()()
 
 
 def _file_exporter(path: str):
@@ -192,6 +238,10 @@ def _bind_hot_path() -> None:
 
     _hot.update(
         attach=otel_context.attach,
+        context=trace.SpanContext,
+        non_recording=trace.NonRecordingSpan,
+        current_span=trace.get_current_span,
+        unsampled=trace.TraceFlags(trace.TraceFlags.DEFAULT),
         in_context=trace.set_span_in_context,
         propagator=TraceContextTextMapPropagator(),
         producer=SpanKind.PRODUCER,
@@ -222,7 +272,25 @@ def on_started(sender, job, **kwargs) -> None:
     """The run's span, child of the enqueue span, current for the handler (whose context is its own:
     see jobs.execution.run, so nothing needs detaching). A run the sampler drops is still current (its
     jobs inherit the decision) but is not kept for an outcome."""
+    root = _state.get("root")
     parent = _hot["propagator"].extract(job.trace_context) if job.trace_context else None
+    if root is not None:
+        # Decided before any span is built: a run dropped by the sampler (most, under load) costs a
+        # context and no span. It stays current all the same, so that what its handler does and the
+        # jobs it enqueues follow the decision (a trace is kept or dropped whole).
+        current = _hot["current_span"](parent)  # without a stored context: the caller's, if any
+        if not current.get_span_context().is_valid:
+            ids = _state["ids"]
+            trace_id = ids.generate_trace_id()
+            if not root.decide(trace_id):
+                dropped = _hot["context"](trace_id, ids.generate_span_id(), False, _hot["unsampled"])
+                _hot["attach"](_hot["in_context"](_hot["non_recording"](dropped)))
+                return
+            ids.chosen.trace_id = trace_id  # the span below takes it, and the decision with it
+        elif not current.get_span_context().trace_flags.sampled:
+            if parent is not None:
+                _hot["attach"](parent)  # the enqueue was dropped: so is its run
+            return
     span = _state["tracer"].start_span(
         f"run {job.type}",
         context=parent,

@@ -175,3 +175,61 @@ def test_an_orders_trace_follows_every_job_it_spawned_in_a_worker_process(
     enqueued_by_job = [s for s in found if s["name"] == "enqueue deliver_webhook"]
     assert [s["parent_id"] for s in enqueued_by_job] == [fulfilled_run["context"]["span_id"]]
     assert "grace@example.com" not in span_file.read_text()
+
+
+@pytest.fixture
+def sampling(spans):
+    """Set the reservoir the job runs decide with (and the provider samples by) for one test."""
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
+    tracer = tracing._state["tracer"]  # a tracer holds the provider's sampler from its creation
+    saved = tracer.sampler, tracing._state["root"]
+    assert saved[1] is not None, "job runs decide with the shop's reservoir"
+
+    def use(per_second: float, ratio: float):
+        root = tracing.reservoir_sampler(per_second, ratio, clock=lambda: 100.0)
+        tracer.sampler, tracing._state["root"] = ParentBased(root=root), root
+
+    yield use
+    tracer.sampler, tracing._state["root"] = saved
+
+
+@pytest.mark.django_db
+def test_a_dropped_job_run_builds_no_span_yet_its_handler_and_its_jobs_follow_the_decision(spans, sampling):
+    from tests.testapp.jobs import TRACED
+
+    TRACED.clear()
+    sampling(0, 0.0)  # every new trace dropped
+    Job.objects.all().delete()
+    from jobs.api import enqueue
+
+    enqueue("test.traced", {"key": "parent"})
+    Job.objects.update(trace_context=None)  # as if enqueued by an untraced process: its run is a root
+    assert run_jobs() == 2
+    parent, child = TRACED
+    assert (parent["key"], child["key"]) == ("parent", "child")
+    # the handler ran inside the dropped trace (valid ids, not sampled) and so did the job it enqueued
+    assert parent["valid"] and not parent["sampled"]
+    assert child["trace_id"] == parent["trace_id"] and not child["sampled"]
+    assert not [s for s in spans.get_finished_spans() if s.name.startswith("run ")]
+
+
+@pytest.mark.django_db
+def test_a_kept_root_run_counts_once_against_the_reservoir_and_keeps_its_chosen_trace(spans, sampling):
+    from jobs.api import enqueue
+    from tests.testapp.jobs import TRACED
+
+    TRACED.clear()
+    sampling(1, 0.0)  # one new trace a second, none beyond
+    Job.objects.all().delete()
+    enqueue("test.traced", {"key": "first"})
+    enqueue("test.traced", {"key": "second"})
+    Job.objects.update(trace_context=None)  # enqueued by an untraced process: each run is a root
+    sampling(1, 0.0)  # a fresh reservoir (the enqueues took nothing from it)
+    assert run_jobs() == 2
+    runs = [s for s in spans.get_finished_spans() if s.name == "run test.traced"]
+    # decided once before the span was built: the reservoir's one place went to the first run only
+    assert len(runs) == 1, [s.attributes for s in runs]
+    first, second = TRACED
+    assert first["sampled"] and runs[0].context.trace_id == first["trace_id"]
+    assert second["valid"] and not second["sampled"]

@@ -217,3 +217,26 @@ def leaky(payload, ctx):
     if payload.order_number:
         log_context.bind(order_number=payload.order_number)
     raise RuntimeError(f"cannot mail {payload.email} about card tok_4242secret on attempt {ctx.attempt}")
+
+
+TRACED: list[dict] = []  # what test.traced saw of the current span, run by run (tests/ops/test_tracing.py)
+
+
+@job("test.traced", payload=Key)
+def traced(payload, ctx):
+    """Notes the span current in its handler; a "parent" enqueues a "child" from inside its run."""
+    from opentelemetry import trace
+
+    from jobs.api import enqueue
+
+    context = trace.get_current_span().get_span_context()
+    TRACED.append(
+        {
+            "key": payload.key,
+            "valid": context.is_valid,
+            "trace_id": context.trace_id,
+            "sampled": context.trace_flags.sampled,
+        }
+    )
+    if payload.key == "parent":
+        enqueue("test.traced", {"key": "child"})
