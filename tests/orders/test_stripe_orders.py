@@ -13,8 +13,8 @@ from django.utils import timezone
 from jobs.models import DeadLetter, Job
 from jobs.testing import run_jobs
 from orders.gateways import StripeGateway
-from orders.models import Order, Payment, PaymentEvent, Refund
-from orders.services import expire_unpaid_order, request_refund
+from orders.models import CreditNote, Order, Payment, PaymentEvent, Refund
+from orders.services import expire_unpaid_order, request_refund, retry_refund
 from shop.models import Product
 from tests.factories import ProductFactory
 from tests.jobs.conftest import WorkerProcesses
@@ -347,3 +347,47 @@ def test_an_event_that_keeps_failing_is_a_dead_letter_staff_see_raw_and_requeue(
     assert stripe.count("refund") == 1 and stripe.charge(reference)["amount_refunded"] == 2580
     order.refresh_from_db()
     assert order.status == Order.Status.EXPIRED and stock() == 5
+
+
+def pending_refund_at_stripe(stripe) -> tuple[Order, Refund]:
+    post("pm_card_visa")
+    order = Order.objects.get()
+    run_jobs()
+    stripe.refund_status = "pending"  # Stripe answers later, by webhook
+    refund = request_refund(order, actor="staff:ada", reason="Chipped", lines={"A": 1})
+    run_jobs()
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING and refund.gateway_reference.startswith("re_")
+    assert not CreditNote.objects.exists()
+    return order, refund
+
+
+def test_a_pending_refund_succeeds_by_refund_updated_and_charge_refunded_once(stripe):
+    order, refund = pending_refund_at_stripe(stripe)
+    stripe.settle_refund(refund.gateway_reference, succeed=True)
+    webhook(stripe, "refund.updated", refund.gateway_reference)
+    webhook(stripe, "charge.refunded", order.payments.get().gateway_reference)  # says the same again
+    run_jobs()
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.SUCCEEDED
+    assert CreditNote.objects.get().refund == refund  # one credit note for two events
+    assert order.payments.get().status == Payment.Status.PARTIALLY_REFUNDED
+    assert [e.outcome for e in PaymentEvent.objects.order_by("id")] == ["applied", "applied"]
+    assert stripe.count("refund") == 1
+
+
+def test_a_pending_refund_that_fails_later_is_failed_by_refund_failed_and_staff_retry_it(stripe):
+    order, refund = pending_refund_at_stripe(stripe)
+    stripe.settle_refund(refund.gateway_reference, succeed=False)
+    webhook(stripe, "refund.failed", refund.gateway_reference)
+    run_jobs()
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.FAILED and refund.failure_reason == "expired_or_canceled_card"
+    assert not CreditNote.objects.exists() and order.payments.get().status == Payment.Status.SUCCEEDED
+    stripe.refund_status = "succeeded"
+    again = retry_refund(refund, actor="staff:ada")
+    run_jobs()
+    again.refresh_from_db()
+    assert again.status == Refund.Status.SUCCEEDED and CreditNote.objects.get().refund == again
+    assert stripe.charge(order.payments.get().gateway_reference)["amount_refunded"] == 1290
+    assert order.payments.get().status == Payment.Status.PARTIALLY_REFUNDED
