@@ -272,6 +272,22 @@ def test_staff_refund_lines_from_admin_with_a_reason(order, admin_client):
     assert refund.actor == f"staff:{user.username}" and refund.reason == "Broken"
 
 
+def test_staff_refund_an_amount_then_the_whole_rest_from_admin(order, admin_client):
+    url = f"/admin/orders/order/{order.pk}/refund/"
+    no_reason = admin_client.post(url, {"reason": "", "amount": "3.00"})
+    assert no_reason.status_code == 400 and not Refund.objects.exists()
+    assert admin_client.post(url, {"reason": "Late delivery", "amount": "3.00"}).status_code == 302
+    assert admin_client.post(url, {"reason": "Returned everything"}).status_code == 302
+    run_jobs()
+    first, rest = Refund.objects.order_by("id")
+    assert (first.amount, first.lines, first.reason) == (Decimal("3.00"), {}, "Late delivery")
+    assert (rest.amount, rest.reason) == (Decimal("30.50"), "Returned everything")
+    assert refunded(order) == Decimal("33.50") and CreditNote.objects.count() == 2
+    order.refresh_from_db()
+    assert order.status == Order.Status.REFUNDED
+    assert order.payments.get().status == Payment.Status.REFUNDED
+
+
 def test_a_whole_refund_of_a_paid_order_gives_the_stock_back(place):
     ProductFactory(sku="A", price="10.00", stock=5)
     order = place({"A": 2})
