@@ -4,7 +4,11 @@ replay, duplicates, out of order, a worker killed mid-event), a lost answer, exp
 fulfilment, and a refund."""
 
 import json
+import re
 import time
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
 
 import pytest
 from django.test import Client
@@ -391,3 +395,39 @@ def test_a_pending_refund_that_fails_later_is_failed_by_refund_failed_and_staff_
     assert again.status == Refund.Status.SUCCEEDED and CreditNote.objects.get().refund == again
     assert stripe.charge(order.payments.get().gateway_reference)["amount_refunded"] == 1290
     assert order.payments.get().status == Payment.Status.PARTIALLY_REFUNDED
+
+
+def test_the_checkout_form_sends_the_customer_to_stripes_3d_secure_and_back_to_the_paid_order(stripe):
+    client = Client()
+    client.post("/cart/add/A/", {"quantity": 1})
+    page = client.get("/checkout/")
+    token = re.search(rb'name="checkout_token" value="([^"]+)"', page.content)[1].decode()
+    form = {
+        "email": "ada@example.com",
+        "name": "Ada",
+        "line1": "1 Street",
+        "city": "Berlin",
+        "postal_code": "10115",
+        "country": "DE",
+        "payment_token": "pm_card_threeDSecure2Required",
+        "checkout_token": token,
+    }
+    response = client.post("/orders/", form)
+    assert response.status_code == 302 and response["Location"].startswith(f"{stripe.url}/3ds/pi_")
+
+    class Stay(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None  # the customer's browser would follow; the test reads where to
+
+    try:
+        urllib.request.build_opener(Stay).open(response["Location"])  # the bank's page: passed
+        raise AssertionError("the 3-D Secure page did not send the customer back")
+    except urllib.error.HTTPError as back:
+        assert back.code == 302
+        location = urlsplit(back.headers["Location"])
+    order = Order.objects.get()
+    assert location.path == f"/orders/{order.token}/payment-return" and "payment_intent=pi_" in location.query
+    page = client.get(f"{location.path}?{location.query}", follow=True)
+    order.refresh_from_db()
+    assert order.status == Order.Status.PAID and b'<strong id="order-status">Paid</strong>' in page.content
+    assert stripe.count("confirm") == 1 and order.payments.get().status == Payment.Status.SUCCEEDED
