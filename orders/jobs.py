@@ -157,7 +157,10 @@ def mark_order_fulfilled(payload: OrderRef, ctx: JobContext) -> dict:
 
     def work() -> dict:
         order = _order(payload)
-        services.capture_payment(order, actor=Actor.job(ctx))
+        try:
+            services.capture_payment(order, actor=Actor.job(ctx))
+        except services.CaptureRefused as exc:  # a dead letter at once: no retry can capture it
+            raise PermanentError(str(exc)) from exc
         changed = services.mark_fulfilled(order, actor=Actor.job(ctx))
         return {"fulfilled": changed, "status": order.status}
 

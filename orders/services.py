@@ -73,6 +73,12 @@ class InvalidTransition(OrderError):
     pass
 
 
+class CaptureRefused(OrderError):
+    """The gateway answered that an authorized payment cannot be captured (the authorization lapsed or
+    was voided at the bank): asking again changes nothing, so staff must look, and the order does not
+    ship."""
+
+
 class PaymentGatewayError(OrderError):
     """The gateway failed during checkout. ``order`` is payment_failed if the gateway confirmed that
     nothing was charged, or still pending_payment (to be settled later) if it could not tell."""
@@ -716,14 +722,18 @@ def record_refund_result(
 def capture_payment(order: Order, *, actor: Actor | str) -> Payment | None:
     """Capture the order's authorized payment (PAYMENT_CAPTURE=on_fulfilment), once; the goods ship only
     after this. Only a paid order's: a cancelled one's authorization is voided, never captured.
-    GatewayError propagates: a capture the gateway refuses is for staff to look at."""
+    GatewayError propagates (no answer: try again); a capture the gateway refuses raises CaptureRefused,
+    for staff to look at."""
     order.refresh_from_db()
     payment = order.payments.filter(status=Payment.Status.AUTHORIZED).order_by("-id").first()
     if payment is None or order.status != Order.Status.PAID:
         return _captured(order)
     result = get_gateway().capture(payment.gateway_reference, idempotency_key=f"{order.number}-capture")
     if result.status != ChargeStatus.SUCCEEDED:
-        raise GatewayError(f"capture of {payment.gateway_reference} ended {result.status}")
+        raise CaptureRefused(
+            f"The payment {payment.gateway_reference} of order {order.number} cannot be captured: "
+            f"it is {result.status}."
+        )
     with transaction.atomic():
         if Payment.objects.filter(pk=payment.pk, status=Payment.Status.AUTHORIZED).update(
             status=Payment.Status.SUCCEEDED, updated_at=timezone.now()

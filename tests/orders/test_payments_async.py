@@ -8,12 +8,20 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs.models import Job
+from jobs.models import DeadLetter, Job
 from jobs.testing import run_jobs
 from orders.gateways import FakeGateway, fake_event, sign_fake_event
-from orders.models import FakeGatewayCharge, Order, OrderMessage, Payment, PaymentEvent, WebhookEndpoint
+from orders.models import (
+    FakeGatewayCharge,
+    Order,
+    OrderEventKind,
+    OrderMessage,
+    Payment,
+    PaymentEvent,
+    WebhookEndpoint,
+)
 from orders.payment_events import receive_event
-from orders.services import expire_unpaid_order
+from orders.services import InvalidShipment, create_shipment, expire_unpaid_order
 from shop.models import Product
 from tests.factories import ProductFactory
 
@@ -175,15 +183,22 @@ def test_capture_on_fulfilment_authorizes_at_checkout_and_captures_before_shippi
     assert FakeGatewayCharge.objects.get().status == "succeeded"
 
 
-def test_a_capture_the_gateway_refuses_stops_the_shipping_for_staff(client, settings):
+def test_a_capture_the_gateway_refuses_is_a_dead_letter_and_the_order_does_not_ship(client, settings):
     settings.PAYMENT_CAPTURE = "on_fulfilment"
     post(client, "tok_visa")
     FakeGatewayCharge.objects.update(status="canceled")  # the authorization lapsed at the bank
     run_jobs()
     order = Order.objects.get()
-    assert order.status == Order.Status.PAID
+    assert order.status == Order.Status.PAID and order.payments.get().status == Payment.Status.AUTHORIZED
     job = Job.objects.get(type="mark_order_fulfilled")
-    assert job.status == "pending" and job.errors and "cannot be captured" in job.errors[-1]["message"]
+    dead = DeadLetter.objects.get(job=job)
+    assert job.status == "dead" and job.attempts == 1  # a refusal is not retried
+    assert "cannot be captured: it is canceled" in dead.error_message
+    step = order.events.get(kind=OrderEventKind.STEP_FAILED)
+    assert step.facts["step"] == "fulfilled" and step.facts["final"] is True  # "delayed" on the order page
+    with pytest.raises(InvalidShipment):
+        create_shipment(order, lines={"A": 2}, actor="staff:ada")
+    assert not order.shipments.exists()
 
 
 def test_checkout_form_sends_the_customer_to_three_d_secure_and_back_to_the_paid_order(client):

@@ -2,6 +2,7 @@
 the gateway called by a job (a crash or a timeout never refunds twice), a failed one visible and
 retried, each succeeded one with a gap-free numbered credit note, an email and an order.refunded event."""
 
+import datetime
 import io
 import threading
 from decimal import Decimal
@@ -15,9 +16,18 @@ from pypdf import PdfReader
 
 from jobs.models import Job
 from jobs.testing import run_jobs
-from orders import services
+from orders import invoices, services
 from orders.gateways import FakeGateway, GatewayError
-from orders.models import CreditNote, FakeGatewayRefund, Order, OrderMessage, Payment, Refund, WebhookEndpoint
+from orders.models import (
+    CreditNote,
+    DocumentSequence,
+    FakeGatewayRefund,
+    Order,
+    OrderMessage,
+    Payment,
+    Refund,
+    WebhookEndpoint,
+)
 from shop.models import Product
 from tests.factories import ProductFactory
 from tests.utils import wait_for
@@ -127,6 +137,64 @@ def test_staff_racing_to_refund_never_exceed_what_was_captured(order):
     assert sum(FakeGatewayRefund.objects.values_list("amount", flat=True)) == Decimal("30.00")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_credit_notes_issued_at_once_are_numbered_without_gaps_even_when_one_rolls_back(place, monkeypatch):
+    ProductFactory(sku="A", price="10.00", stock=10)
+    refunds = []
+    for _ in range(5):
+        order = place({"A": 1})
+        refund = services.request_refund(order, actor="staff:ada", reason="Returned")
+        refunds.append(services.process_refund(refund))
+    assert {r.status for r in refunds} == {Refund.Status.SUCCEEDED}
+    render = invoices.render_credit_note
+    doomed = refunds[2]
+
+    def render_or_fail(refund, **kwargs):
+        if refund.pk == doomed.pk:  # after its number was taken, inside the same transaction
+            raise RuntimeError("the PDF could not be written")
+        return render(refund, **kwargs)
+
+    monkeypatch.setattr(invoices, "render_credit_note", render_or_fail)
+    barrier = threading.Barrier(len(refunds))
+    failed: list[int] = []
+
+    def issue(refund: Refund) -> None:
+        try:
+            barrier.wait()
+            invoices.issue_credit_note(refund, actor="system")
+        except RuntimeError:
+            failed.append(refund.pk)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=issue, args=(refund,)) for refund in refunds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    year = timezone.localdate().year
+    assert failed == [doomed.pk] and not CreditNote.objects.filter(refund=doomed).exists()
+    numbers = sorted(CreditNote.objects.values_list("number", flat=True))
+    assert numbers == [f"CN-{year}-{n:05d}" for n in range(1, 5)]  # the rolled-back number was given back
+    monkeypatch.setattr(invoices, "render_credit_note", render)
+    assert invoices.issue_credit_note(doomed).number == f"CN-{year}-00005"
+
+
+def test_credit_note_numbers_start_again_each_year(order, monkeypatch):
+    first = services.request_refund(order, actor="staff:ada", reason="Returned", lines={"A": 1})
+    run_jobs()
+    this_year = timezone.localdate().year
+    assert CreditNote.objects.get(refund=first).number == f"CN-{this_year}-00001"
+    new_year = datetime.date(this_year + 1, 1, 1)
+    monkeypatch.setattr(invoices.timezone, "localdate", lambda *args, **kwargs: new_year)
+    second = services.request_refund(order, actor="staff:ada", reason="Returned", lines={"A": 1})
+    third = services.request_refund(order, actor="staff:ada", reason="Returned", lines={"B": 1})
+    run_jobs()
+    assert CreditNote.objects.get(refund=second).number == f"CN-{this_year + 1}-00001"
+    assert CreditNote.objects.get(refund=third).number == f"CN-{this_year + 1}-00002"
+    assert DocumentSequence.objects.get(kind="credit_note", year=this_year).last == 1
+
+
 class TimeoutAfterRefundGateway(FakeGateway):
     """Refunds, then loses the answer (a timeout): the retry of the job must not refund again."""
 
@@ -202,6 +270,22 @@ def test_staff_refund_lines_from_admin_with_a_reason(order, admin_client):
     user = User.objects.get()
     assert refund.amount == Decimal("10.00") and refund.lines == {"A": 1}
     assert refund.actor == f"staff:{user.username}" and refund.reason == "Broken"
+
+
+def test_staff_refund_an_amount_then_the_whole_rest_from_admin(order, admin_client):
+    url = f"/admin/orders/order/{order.pk}/refund/"
+    no_reason = admin_client.post(url, {"reason": "", "amount": "3.00"})
+    assert no_reason.status_code == 400 and not Refund.objects.exists()
+    assert admin_client.post(url, {"reason": "Late delivery", "amount": "3.00"}).status_code == 302
+    assert admin_client.post(url, {"reason": "Returned everything"}).status_code == 302
+    run_jobs()
+    first, rest = Refund.objects.order_by("id")
+    assert (first.amount, first.lines, first.reason) == (Decimal("3.00"), {}, "Late delivery")
+    assert (rest.amount, rest.reason) == (Decimal("30.50"), "Returned everything")
+    assert refunded(order) == Decimal("33.50") and CreditNote.objects.count() == 2
+    order.refresh_from_db()
+    assert order.status == Order.Status.REFUNDED
+    assert order.payments.get().status == Payment.Status.REFUNDED
 
 
 def test_a_whole_refund_of_a_paid_order_gives_the_stock_back(place):
