@@ -75,7 +75,7 @@ def succeeded_at_the_bank_after_expiry(stripe) -> tuple[Order, str]:
     """An order expired (its PaymentIntent cancelled at Stripe, its stock back) whose payment the bank
     nevertheless reports succeeded: the late success the webhook brings."""
     assert post("pm_card_threeDSecure2Required").status_code == 202
-    order = expire_unpaid_order(Order.objects.get())
+    order = expire_unpaid_order(Order.objects.get(), actor="system")
     assert order.status == Order.Status.EXPIRED and stock() == 5
     reference = order.payments.get().gateway_reference
     with stripe.lock:
