@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from orders import services
 from orders.events import Actor
-from orders.models import CreditNote, Order, OrderEmail, SalesReport, Shipment
+from orders.models import CreditNote, Order, OrderEmail, Payment, SalesReport, Shipment
 
 # Orders a customer is told about: paid and not since cancelled or refunded.
 CONFIRMED_STATUSES = {
@@ -84,6 +84,9 @@ def send_followup(order: Order, *, actor: Actor | str) -> bool:
     order.refresh_from_db()
     if order.status not in FOLLOWUP_STATUSES:
         return False
+    payment = order.latest_payment()
+    if payment is not None and payment.status == Payment.Status.REFUNDED:
+        return False  # shipped, then returned and refunded in full: nothing to ask about
     return _send_once(
         order, OrderEmail.Kind.FOLLOWUP, "order_followup", f"How was your order {order.number}?", actor
     )

@@ -7,7 +7,7 @@ from django.urls import reverse
 from orders.events import customer_timeline, customer_view, shown_to_customer
 from orders.models import Order, Payment, Refund, Shipment
 from orders.pipeline import pipeline_steps
-from orders.services import CANCELLABLE
+from orders.services import can_cancel
 
 
 def money(amount) -> str:
@@ -66,7 +66,7 @@ def order_to_dict(order: Order) -> dict[str, Any]:
         "pipeline": pipeline,
         "events": [customer_view(event) for event in shown_to_customer(events)],
         "shipments": [shipment_to_dict(shipment) for shipment in shipments],
-        "can_cancel": order.status in CANCELLABLE and not shipments,
+        "can_cancel": can_cancel(order, shipments),
         "settled": _settled(order, pipeline, payment),
         "status_url": settings.SHOP_BASE_URL.rstrip("/") + reverse("api-order-detail", args=[order.token]),
         "page_url": settings.SHOP_BASE_URL.rstrip("/") + order.get_absolute_url(),

@@ -494,10 +494,12 @@ def refund(order: Order, *, actor: Actor | str, reason: str = "Refunded by staff
 CANCELLABLE = (Order.Status.PAID, Order.Status.FULFILLED)
 
 
-def can_cancel(order: Order) -> bool:
+def can_cancel(order: Order, shipments: list | None = None) -> bool:
     """Paid or ready to ship, and nothing shipped or packed: a shipment, even one not yet handed to the
-    carrier, means the goods are on their way out."""
-    return order.status in CANCELLABLE and not order.shipments.exists()
+    carrier, means the goods are on their way out. ``shipments``: the order's, when already read."""
+    if order.status not in CANCELLABLE:
+        return False
+    return not (shipments if shipments is not None else order.shipments.exists())
 
 
 def cancel_order(order: Order, *, actor: Actor | str, reason: str = "Cancelled") -> Order:

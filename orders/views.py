@@ -169,7 +169,7 @@ def order_detail(request: HttpRequest, token: str) -> HttpResponse:
         "steps": pipeline_steps(order, events),
         "events": [customer_view(event) for event in shown_to_customer(events)],
         "shipments": shipments,
-        "can_cancel": order.status in services.CANCELLABLE and not shipments,
+        "can_cancel": services.can_cancel(order, shipments),
         "status_labels": dict(Order.Status.choices),
     }
     return render(request, "orders/order_detail.html", context)

@@ -10,8 +10,8 @@ from django.core import mail
 from jobs.api import enqueue
 from jobs.models import Job, JobStatus
 from jobs.testing import run_jobs
-from orders.models import OrderEmail
-from orders.services import cancel_order, refund
+from orders.models import OrderEmail, Payment
+from orders.services import cancel_order, refund, request_refund
 
 pytestmark = pytest.mark.django_db
 
@@ -88,6 +88,20 @@ def test_followup_does_nothing_for_an_order_cancelled_or_refunded_meanwhile(plac
     assert Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED
     assert not any("How was" in m.subject for m in mail.outbox)
     assert not OrderEmail.objects.filter(order=order, kind="followup").exists()
+
+
+def test_no_followup_for_a_shipped_order_returned_and_refunded_in_full(place, ship):
+    order = place()
+    run_jobs()
+    ship(order)
+    run_jobs()
+    request_refund(order, actor="staff:grace", reason="Returned")
+    run_jobs()
+    assert order.latest_payment().status == Payment.Status.REFUNDED
+    job = enqueue("send_followup_email", {"order_id": order.id})
+    run_jobs()
+    assert Job.objects.get(id=job.id).result == {"sent": False}
+    assert not any("How was" in m.subject for m in mail.outbox)
 
 
 class Collector:
