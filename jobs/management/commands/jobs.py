@@ -145,6 +145,20 @@ class Command(BaseCommand):
         changed = staff.resume_queue(cli_actor(), queue)
         self.stdout.write(f"queue {queue} resumed" + ("" if changed else " (it was not paused)"))
 
+    def do_pause_type(self, job_type, **options):
+        try:
+            changed = staff.pause_type(cli_actor(), job_type)
+        except UnknownJobType as exc:
+            raise CommandError(f"{exc}; known types: {', '.join(sorted(_job_types()))}") from None
+        self.stdout.write(f"type {job_type} paused" + ("" if changed else " (it already was)"))
+
+    def do_resume_type(self, job_type, **options):
+        try:
+            changed = staff.resume_type(cli_actor(), job_type)
+        except UnknownJobType as exc:
+            raise CommandError(f"{exc}; known types: {', '.join(sorted(_job_types()))}") from None
+        self.stdout.write(f"type {job_type} resumed" + ("" if changed else " (it was not paused)"))
+
     # -- cron --------------------------------------------------------------------------------------
 
     def do_cron(self, cron_action, name=None, **options):
@@ -214,6 +228,10 @@ def add_actions(parser) -> None:
     pause.add_argument("queue")
     resume = sub.add_parser("resume", help="Let workers claim from a paused queue again.")
     resume.add_argument("queue")
+    pause_type = sub.add_parser("pause-type", help="Stop every worker claiming jobs of one type.")
+    pause_type.add_argument("job_type", metavar="TYPE")
+    resume_type = sub.add_parser("resume-type", help="Let workers claim a paused job type again.")
+    resume_type.add_argument("job_type", metavar="TYPE")
 
     cron = sub.add_parser("cron", help="List cron schedules or run one now.")
     cron_sub = cron.add_subparsers(dest="cron_action", required=True, metavar="list|run")
@@ -242,6 +260,8 @@ def stats_lines(snap: read_model.Snapshot):
             f"{q.name:20} {'paused' if q.paused else 'running':7} {q.blocked:8} {q.pending:8} {q.due:8} "
             f"{q.running:8} {q.lag_seconds:.0f}s"
         )
+    for t in snap.paused_types:
+        yield f"type {t.name} paused since {_iso(t.changed_at)} by {t.changed_by or '-'}"
     yield (
         f"last hour: {snap.finished_last_hour} finished, {snap.dead_last_hour} dead "
         f"(failure rate {snap.failure_rate_text})"
