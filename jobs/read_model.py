@@ -285,5 +285,14 @@ def snapshot(now: datetime | None = None) -> Snapshot:
     )
 
 
+def long_waiting(now: datetime, due_for: float, limit: int = 5) -> list[Job]:
+    """The pending jobs due for the longest, and for over ``due_for`` seconds: what a dashboard asks
+    "why?" about. A scan of pending rows only, as the queues' lag is."""
+    cutoff = now - timedelta(seconds=due_for)
+    return list(
+        Job.objects.filter(status=JobStatus.PENDING, run_at__lte=cutoff).order_by("run_at", "id")[:limit]
+    )
+
+
 def paused_types() -> list[JobTypeState]:
     return list(JobTypeState.objects.filter(paused=True).order_by("name"))

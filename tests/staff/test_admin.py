@@ -1,6 +1,7 @@
 """The admin for jobs, dead letters, schedules, queues and workers, through Django's test client."""
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -334,6 +335,17 @@ def test_support_role_cannot_pause_a_queue(support_client):
     support_client.get("/admin/jobs/queuestate/")
     action(support_client, "queuestate", "pause_queues", ["default"])
     assert not QueueState.objects.filter(paused=True).exists()
+
+
+def test_job_page_says_why_the_job_waits(support_client):
+    held = factories.job(type="test.record", status=JobStatus.PENDING, queue="mail")
+    QueueState.objects.update_or_create(name="mail", defaults={"paused": True})
+    page = support_client.get(f"/admin/jobs/job/{held.pk}/change/").content.decode()
+    why = re.search(r'<ul class="jobs-why">.*?</ul>', page, re.S).group(0)
+    assert re.findall(r'data-code="(\w+)"', why) == ["queue_paused", "no_worker"]
+    done = factories.job(status=JobStatus.SUCCEEDED)
+    page = support_client.get(f"/admin/jobs/job/{done.pk}/change/").content.decode()
+    assert 'data-code="finished"' in page
 
 
 def test_job_type_admin_lists_every_type_with_its_state_and_pauses_them(operator_client):

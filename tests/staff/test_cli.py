@@ -149,6 +149,24 @@ def test_pause_type_of_an_unknown_type_is_an_error(verb):
     assert not AuditEntry.objects.exists()
 
 
+def test_why_prints_the_reasons_a_job_waits_in_order():
+    held = factories.job(type="test.record", status=JobStatus.PENDING, queue="mail")
+    jobs_cli("pause-type", "test.record")
+    lines = jobs_cli("why", str(held.pk)).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["type_paused", "no_worker"]
+    assert "test.record is paused" in lines[0] and "queue mail" in lines[1]
+
+
+def test_why_of_a_finished_job_says_it_is_not_waiting():
+    done = factories.job(status=JobStatus.SUCCEEDED)
+    assert jobs_cli("why", str(done.pk)).startswith("finished: Not waiting")
+
+
+def test_why_unknown_id_is_an_error():
+    with pytest.raises(CommandError, match="no job with id 999999"):
+        jobs_cli("why", "999999")
+
+
 def test_real_process_exit_codes():
     ok = subprocess.run([*manage_py(), "jobs", "list"], env=subprocess_env(), capture_output=True, text=True)
     missing = subprocess.run(

@@ -10,7 +10,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import health, pruner, read_model, scheduler, staff
+from jobs import explain, health, pruner, read_model, scheduler, staff
 from jobs.exceptions import InvalidPayload, UnknownJobType
 from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus
 from jobs.registry import job_types
@@ -93,6 +93,14 @@ class Command(BaseCommand):
             raise CommandError(f"no job with id {job_id}") from None
         for line in job_lines(job):
             self.stdout.write(line)
+
+    def do_why(self, job_id, **options):
+        try:
+            reasons = explain.explain(job_id)
+        except Job.DoesNotExist:
+            raise CommandError(f"no job with id {job_id}") from None
+        for reason in reasons:
+            self.stdout.write(f"{reason.code}: {reason.text}")
 
     # -- acting ------------------------------------------------------------------------------------
 
@@ -208,6 +216,9 @@ def add_actions(parser) -> None:
 
     show = sub.add_parser("show", help="A job with its payload, result, errors and audit trail.")
     show.add_argument("job_id", type=int, metavar="ID")
+
+    why = sub.add_parser("why", help="Why a job is not running now: the reasons in order.")
+    why.add_argument("job_id", type=int, metavar="ID")
 
     retry = sub.add_parser("retry", help="Retry jobs now (dead: requeued), or requeue dead letters.")
     retry.add_argument("job_ids", type=int, nargs="*", metavar="ID")
