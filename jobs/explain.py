@@ -232,9 +232,8 @@ CHECKS: list[Check] = [
 def explain(job: Job | int) -> list[Reason]:
     """The reasons ``job`` (a Job or its id; Job.DoesNotExist if there is none) is not running now, in
     order; ``[Reason("due", ...)]`` when nothing holds it, a single finished/running reason when it is
-    not waiting at all."""
-    if not isinstance(job, Job):
-        job = Job.objects.get(pk=job)
+    not waiting at all. The row is read afresh: a Job in hand may be minutes old."""
+    job = Job.objects.get(pk=job.pk if isinstance(job, Job) else job)
     situation = Situation(job=job, now=db.now())
     done = not_waiting(situation)
     if done is not None:

@@ -48,3 +48,28 @@ def test_burst_exits_while_jobs_wait_only_for_a_paused_type(workers):
     assert Job.objects.get(id=ran.id).status == JobStatus.SUCCEEDED
     assert Job.objects.get(id=held.id).status == JobStatus.PENDING
     assert not WorkerProcess.objects.exists()
+
+
+def test_explain_follows_a_real_worker_from_none_to_busy_to_free(workers):
+    from jobs import explain as why
+    from jobs.api import cancel, explain
+
+    waiting = enqueue("test.noop", {"key": "waits"}, queue="slow", delay=600)
+    assert [r.code for r in explain(waiting)] == [why.NOT_DUE, why.NO_WORKER]
+    long = enqueue("test.cancellable", {"key": "long"}, queue="slow")
+    proc = workers.start("--queues", "slow", "--concurrency", "1", "--prefetch", "0")
+    wait_for(
+        lambda: Job.objects.get(id=long.id).status == JobStatus.RUNNING, timeout=60, message="long job runs"
+    )
+    Job.objects.filter(id=waiting.id).update(run_at=Job.objects.get(id=long.id).run_at)  # due now
+    assert [r.code for r in explain(waiting)] == [why.WORKERS_BUSY]
+    staff.pause_type("cli", "test.noop")  # so that it is still waiting once the thread is free
+    cancel(long.id)
+    wait_for(lambda: Job.objects.get(id=long.id).is_finished, timeout=60, message="long job ends")
+    wait_for(
+        lambda: [r.code for r in explain(waiting)] == [why.TYPE_PAUSED],
+        timeout=30,
+        message="only the pause holds it",
+    )
+    proc.send_signal(signal.SIGTERM)
+    assert workers.exit_code(proc, 30) == 0
