@@ -1,4 +1,5 @@
-"""The public API of the queue: declare job types, enqueue jobs, cancel and requeue them.
+"""The public API of the queue: declare job types, enqueue jobs, cancel and requeue them, ask why one
+waits (``explain``).
 
 from jobs.api import HIGH, PermanentError, enqueue, job
 """
@@ -17,6 +18,7 @@ from jobs import conf, db, execution, signals
 from jobs.engine import cancel, run_now
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
 from jobs.execution import JobContext
+from jobs.explain import Reason, explain
 from jobs.models import ACTIVE_STATUSES, DeadLetter, Job, JobDependency, JobStatus, Priority
 from jobs.registry import Backoff, JobType, get_job_type, job, validate_payload
 
@@ -33,10 +35,12 @@ __all__ = [
     "JobCancelled",
     "PermanentError",
     "Priority",
+    "Reason",
     "UnknownJobType",
     "cancel",
     "enqueue",
     "enqueue_many",
+    "explain",
     "job",
     "prepare",
     "requeue",

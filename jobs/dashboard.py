@@ -10,9 +10,11 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 
-from jobs import charts, read_model
+from jobs import charts, explain, read_model
 
 REFRESH_SECONDS = 5
+# A due job still pending after this long is listed with the reasons it waits (jobs.explain).
+WAITING_LISTED_AFTER = 60
 
 
 def staff_required(view):
@@ -31,8 +33,11 @@ def staff_required(view):
 
 def _context(request) -> dict:
     snap = read_model.snapshot()
+    waiting = read_model.long_waiting(snap.at, WAITING_LISTED_AFTER)
     return {
         "snap": snap,
+        "waiting": [(job, (snap.at - job.run_at).total_seconds(), explain.explain(job)) for job in waiting],
+        "waiting_after": WAITING_LISTED_AFTER,
         "minute_chart": charts.stacked_bars(
             snap.per_minute,
             title="Jobs finished per minute, last hour",

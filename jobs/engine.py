@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from jobs import db, dependencies, ratelimit, signals
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType, WorkerLost
-from jobs.models import DeadLetter, Job, JobStatus, QueueState
+from jobs.models import DeadLetter, Job, JobStatus, JobTypeState, QueueState
 from jobs.registry import get_job_type
 from jobs.signals import job_finished
 
@@ -92,9 +92,12 @@ def claim(
 
 def has_due(queues: Sequence[str] | None = None) -> bool:
     """Whether a job in these queues is due, claimable now or held back only by a rate limit or a
-    concurrency key (those wait without using an attempt); jobs of paused queues are not due."""
-    due = Job.objects.filter(status=JobStatus.PENDING, run_at__lte=timezone.now()).exclude(
-        queue__in=QueueState.objects.filter(paused=True).values("name")
+    concurrency key (those wait without using an attempt); jobs of paused queues and paused types are
+    not due (a ``--burst`` worker does not wait for staff to resume them)."""
+    due = (
+        Job.objects.filter(status=JobStatus.PENDING, run_at__lte=timezone.now())
+        .exclude(queue__in=QueueState.objects.filter(paused=True).values("name"))
+        .exclude(type__in=JobTypeState.objects.filter(paused=True).values("name"))
     )
     if queues:
         due = due.filter(queue__in=queues)

@@ -13,7 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from jobs import conf, db, read_model
-from jobs.models import DeadLetter, JobStat, WorkerProcess
+from jobs.models import DeadLetter, JobStat, JobTypeState, WorkerProcess
+from jobs.registry import job_types
 from jobs.worker_counters import BUCKETS
 
 OUTCOMES = {
@@ -50,6 +51,13 @@ class QueueCollector:
             paused.add_metric([row.name], 1 if row.paused else 0)
             stuck.add_metric([row.name], row.stuck)
         yield from (depth, due, lag, paused, stuck)
+        type_paused = GaugeMetricFamily(
+            "jobs_type_paused", "1 if staff paused the job type (0: known, running).", labels=["type"]
+        )
+        states = dict(JobTypeState.objects.values_list("name", "paused"))
+        for name in sorted(set(job_types()) | set(states)):
+            type_paused.add_metric([name], 1 if states.get(name) else 0)
+        yield type_paused
 
         counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         buckets: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))

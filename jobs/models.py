@@ -237,6 +237,22 @@ class QueueState(models.Model):
         return f"{self.name} ({'paused' if self.paused else 'running'})"
 
 
+class JobTypeState(models.Model):
+    """A job type staff paused: no worker claims its jobs, in whichever queue, until it is resumed;
+    other types in the same queues keep running."""
+
+    name = models.CharField(max_length=100, primary_key=True)
+    paused = models.BooleanField(default=False)
+    changed_at = models.DateTimeField(default=timezone.now)
+    changed_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        verbose_name = "job type"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'paused' if self.paused else 'running'})"
+
+
 class RateLimitStart(models.Model):
     """One start of a rate-limited job type: the sliding window that the limit is counted over."""
 
@@ -303,6 +319,7 @@ class AuditEntry(models.Model):
     class TargetKind(models.TextChoices):
         NONE = "", "-"
         QUEUE = "queue", "Queue"
+        TYPE = "type", "Job type"
         SCHEDULE = "schedule", "Schedule"
 
     target_kind = models.CharField(max_length=16, blank=True, default="", choices=TargetKind.choices)
@@ -310,7 +327,7 @@ class AuditEntry(models.Model):
         max_length=200,
         blank=True,
         default="",
-        help_text="The queue's or the schedule's name (see target_kind).",
+        help_text="The queue's, job type's or schedule's name (see target_kind).",
     )
     details = models.TextField(blank=True, default="")
 

@@ -8,7 +8,7 @@ the whole job table.
 """
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.db.models import Count, Min, Q
@@ -23,6 +23,7 @@ from jobs.models import (
     Job,
     JobStat,
     JobStatus,
+    JobTypeState,
     QueueState,
     WorkerProcess,
 )
@@ -74,6 +75,7 @@ class Snapshot:
     schedules: list[CronSchedule]
     workers: list[WorkerProcess]
     stale_after: float = 30.0
+    paused_types: list[JobTypeState] = field(default_factory=list)
 
     @property
     def stuck(self) -> int:
@@ -105,6 +107,10 @@ class Snapshot:
         return "-" if rate is None else f"{rate:.1%}"
 
     @property
+    def paused_type_names(self) -> list[str]:
+        return [t.name for t in self.paused_types]
+
+    @property
     def workers_alive(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w.is_alive(self.at, self.stale_after)]
 
@@ -114,6 +120,9 @@ class Snapshot:
         return {
             "at": iso(self.at),
             "queues": [asdict(q) for q in self.queues],
+            "paused_types": [
+                {"name": t.name, "since": iso(t.changed_at), "by": t.changed_by} for t in self.paused_types
+            ],
             "stuck": self.stuck,
             "finished_last_hour": self.finished_last_hour,
             "dead_last_hour": self.dead_last_hour,
@@ -272,4 +281,18 @@ def snapshot(now: datetime | None = None) -> Snapshot:
         schedules=list(CronSchedule.objects.select_related("last_job").order_by("name")),
         workers=workers,
         stale_after=stale_after,
+        paused_types=paused_types(),
     )
+
+
+def long_waiting(now: datetime, due_for: float, limit: int = 5) -> list[Job]:
+    """The pending jobs due for the longest, and for over ``due_for`` seconds: what a dashboard asks
+    "why?" about. A scan of pending rows only, as the queues' lag is."""
+    cutoff = now - timedelta(seconds=due_for)
+    return list(
+        Job.objects.filter(status=JobStatus.PENDING, run_at__lte=cutoff).order_by("run_at", "id")[:limit]
+    )
+
+
+def paused_types() -> list[JobTypeState]:
+    return list(JobTypeState.objects.filter(paused=True).order_by("name"))

@@ -30,8 +30,8 @@ from django.utils import timezone
 
 from jobs import api, engine, pruner, scheduler
 from jobs.exceptions import InvalidPayload, UnknownJobType
-from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, QueueState
-from jobs.registry import job_types
+from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, JobTypeState, QueueState
+from jobs.registry import get_job_type, job_types
 
 
 @dataclass
@@ -58,11 +58,28 @@ def _actor(actor) -> tuple[Any, str]:
 
 
 def audit(
-    actor, action: str, *, job=None, dead_letter=None, queue: str = "", schedule: str = "", details: str = ""
+    actor,
+    action: str,
+    *,
+    job=None,
+    dead_letter=None,
+    queue: str = "",
+    job_type: str = "",
+    schedule: str = "",
+    details: str = "",
 ) -> AuditEntry:
-    """The record of one staff operation: on a job or dead letter, or on a queue or schedule by name."""
+    """The record of one staff operation: on a job or dead letter, or on a queue, job type or schedule
+    by name."""
     user, name = _actor(actor)
-    kind = AuditEntry.TargetKind.QUEUE if queue else AuditEntry.TargetKind.SCHEDULE if schedule else ""
+    kind = (
+        AuditEntry.TargetKind.QUEUE
+        if queue
+        else AuditEntry.TargetKind.TYPE
+        if job_type
+        else AuditEntry.TargetKind.SCHEDULE
+        if schedule
+        else ""
+    )
     return AuditEntry.objects.create(
         user=user,
         actor=name,
@@ -70,7 +87,7 @@ def audit(
         job=job,
         dead_letter=dead_letter,
         target_kind=kind,
-        target=queue or schedule,
+        target=queue or job_type or schedule,
         details=details,
     )
 
@@ -285,6 +302,36 @@ def resume_queue(actor, name: str) -> bool:
     return _set_paused(actor, name, False)
 
 
+# -- job types -----------------------------------------------------------------------------------
+
+
+def _set_type_paused(actor, name: str, paused: bool) -> bool:
+    name = (name or "").strip()
+    by = _actor(actor)[1]
+    with transaction.atomic():
+        state = JobTypeState.objects.select_for_update().filter(name=name).first()
+        if state is None:
+            get_job_type(name)  # UnknownJobType: nothing to pause or resume, nothing audited
+            state = JobTypeState(name=name)
+        changed = state.paused != paused
+        state.paused, state.changed_at, state.changed_by = paused, timezone.now(), by
+        state.save()
+        audit(actor, "pause" if paused else "resume", job_type=name, details="" if changed else "no change")
+    return changed
+
+
+def pause_type(actor, name: str) -> bool:
+    """Stop every worker claiming jobs of type ``name``, in any queue (running ones finish; other types
+    in the same queues keep running); True if it was running. UnknownJobType for a type no code
+    declares."""
+    return _set_type_paused(actor, name, True)
+
+
+def resume_type(actor, name: str) -> bool:
+    """Let workers claim ``name`` again; its waiting jobs are due at once (they kept their attempts)."""
+    return _set_type_paused(actor, name, False)
+
+
 # -- schedules -----------------------------------------------------------------------------------
 
 
@@ -351,11 +398,13 @@ def prune(actor, older_than: timedelta, *, label: str = "") -> int:
 
 
 def register_known_queues(sender, app_config=None, **kwargs) -> None:
-    """post_migrate receiver (see jobs.apps): a row for every queue a job type names, so the admin's
-    queues list shows each one to pause without writing anything while it lists them. Not a staff
-    operation: nothing changes but the list, and nothing is audited."""
+    """post_migrate receiver (see jobs.apps): a row for every queue a job type names and for every job
+    type, so the admin's queues and job types lists show each one to pause without writing anything
+    while they list them. Not a staff operation: nothing changes but the lists, and nothing is audited."""
     if app_config is None or app_config.label != "jobs":
         return
     names = {jt.queue for jt in job_types().values()}
     missing = names - set(QueueState.objects.values_list("name", flat=True))
     QueueState.objects.bulk_create([QueueState(name=n) for n in sorted(missing)], ignore_conflicts=True)
+    missing = set(job_types()) - set(JobTypeState.objects.values_list("name", flat=True))
+    JobTypeState.objects.bulk_create([JobTypeState(name=n) for n in sorted(missing)], ignore_conflicts=True)

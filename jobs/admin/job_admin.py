@@ -6,7 +6,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
-from jobs import staff
+from jobs import explain, staff
 from jobs.admin.common import (
     EstimatedCountPaginator,
     JobActionForm,
@@ -50,7 +50,21 @@ class JobAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
     change_form_template = "admin/jobs/change_form_actions.html"
     inlines = [JobAuditInline]
     fieldsets = [
-        (None, {"fields": ["id", "type", "status", "status_reason", "queue", "priority", "progress_bar"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "id",
+                    "type",
+                    "status",
+                    "status_reason",
+                    "why_waiting",
+                    "queue",
+                    "priority",
+                    "progress_bar",
+                ]
+            },
+        ),
         ("Attempts", {"fields": ["attempts", "max_attempts", "error_history"]}),
         ("Payload and result", {"fields": ["payload_json", "payload_version", "result_json"]}),
         (
@@ -103,6 +117,18 @@ class JobAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
     @admin.display(description="age", ordering="created_at")
     def age(self, obj):
         return timesince(obj.created_at)
+
+    @admin.display(description="why waiting")
+    def why_waiting(self, obj):
+        """What holds the job now (jobs.explain), in the order it meets each hold."""
+        return format_html(
+            '<ul class="jobs-why">{}</ul>',
+            format_html_join(
+                "",
+                '<li data-code="{}"><code>{}</code> {}</li>',
+                ((r.code, r.code, r.text) for r in explain.explain(obj)),
+            ),
+        )
 
     @admin.display(description="progress")
     def progress_bar(self, obj):

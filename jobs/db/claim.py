@@ -30,6 +30,7 @@ def claim_sql(
         "j.status = 'pending'",
         "j.run_at <= %s",
         "j.queue NOT IN (SELECT q.name FROM jobs_queuestate q WHERE q.paused)",
+        "j.type NOT IN (SELECT t.name FROM jobs_jobtypestate t WHERE t.paused)",
     ]
     params: list = [dt(now)]
     if queues:

@@ -1,5 +1,6 @@
 """The job engine's rules, exercised in-process against the real database."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -357,7 +358,8 @@ def test_the_claim_walks_the_pending_jobs_index():
             plan = " ".join(str(row[-1]) for row in cursor.fetchall())
     if connection.vendor == "postgresql":
         assert "Index Scan using jobs_job_claim_idx on jobs_job j" in plan, plan
-        assert "Seq Scan on jobs_job" not in plan and "Sort" not in plan, plan
+        # the job table itself (the small state tables of paused queues and types may be scanned)
+        assert not re.search(r"Seq Scan on jobs_job\b", plan) and "Sort" not in plan, plan
     else:
         # SCAN of the partial index: it holds only pending jobs, already in claim order (no sort)
         assert "SCAN j USING INDEX jobs_job_claim_idx" in plan, plan

@@ -21,6 +21,7 @@ VIEW_PERMISSIONS = [
     "view_deadletter",
     "view_cronschedule",
     "view_queuestate",
+    "view_jobtypestate",
     "view_workerprocess",
     "view_auditentry",
 ]
@@ -57,6 +58,7 @@ def operator(username: str = "operator") -> User:
             "change_cronschedule",
             "change_queuestate",
             "add_queuestate",
+            "change_jobtypestate",
         ],
     )
 

@@ -1,6 +1,7 @@
 """The admin for jobs, dead letters, schedules, queues and workers, through Django's test client."""
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -9,7 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from jobs import scheduler
-from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, QueueState
+from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, JobTypeState, QueueState
 from tests.staff import factories
 
 pytestmark = pytest.mark.django_db
@@ -334,6 +335,41 @@ def test_support_role_cannot_pause_a_queue(support_client):
     support_client.get("/admin/jobs/queuestate/")
     action(support_client, "queuestate", "pause_queues", ["default"])
     assert not QueueState.objects.filter(paused=True).exists()
+
+
+def test_job_page_says_why_the_job_waits(support_client):
+    held = factories.job(type="test.record", status=JobStatus.PENDING, queue="mail")
+    QueueState.objects.update_or_create(name="mail", defaults={"paused": True})
+    page = support_client.get(f"/admin/jobs/job/{held.pk}/change/").content.decode()
+    why = re.search(r'<ul class="jobs-why">.*?</ul>', page, re.S).group(0)
+    assert re.findall(r'data-code="(\w+)"', why) == ["queue_paused", "no_worker"]
+    done = factories.job(status=JobStatus.SUCCEEDED)
+    page = support_client.get(f"/admin/jobs/job/{done.pk}/change/").content.decode()
+    assert 'data-code="finished"' in page
+
+
+def test_job_type_admin_lists_every_type_with_its_state_and_pauses_them(operator_client):
+    from jobs.registry import job_types
+
+    assert set(job_types()) <= set(JobTypeState.objects.values_list("name", flat=True))
+    page = operator_client.get("/admin/jobs/jobtypestate/").content.decode()
+    assert "test.record" in page and "test.noop" in page
+    action(operator_client, "jobtypestate", "pause_types", ["test.record"])
+    state = JobTypeState.objects.get(name="test.record")
+    assert state.paused and state.changed_by == "operator"
+    assert not JobTypeState.objects.get(name="test.noop").paused
+    entry = AuditEntry.objects.get(action="pause")
+    assert (entry.target_kind, entry.target) == (AuditEntry.TargetKind.TYPE, "test.record")
+    paused_only = operator_client.get("/admin/jobs/jobtypestate/?paused__exact=1").content.decode()
+    assert "test.record" in paused_only and "test.noop" not in paused_only
+    action(operator_client, "jobtypestate", "resume_types", ["test.record"])
+    assert not JobTypeState.objects.get(name="test.record").paused
+
+
+def test_support_role_cannot_pause_a_job_type(support_client):
+    assert support_client.get("/admin/jobs/jobtypestate/").status_code == 200
+    action(support_client, "jobtypestate", "pause_types", ["test.record"])
+    assert not JobTypeState.objects.filter(paused=True).exists()
 
 
 def test_worker_list_shows_heartbeat_age_and_current_jobs(support_client):

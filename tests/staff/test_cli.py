@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from jobs.models import AuditEntry, DeadLetter, Job, JobStatus, QueueState
+from jobs.models import AuditEntry, DeadLetter, Job, JobStatus, JobTypeState, QueueState
 from tests.staff import factories
 from tests.utils import manage_py, subprocess_env
 
@@ -127,6 +127,44 @@ def test_pause_and_resume_a_queue():
     jobs_cli("resume", "mail")
     assert not QueueState.objects.get(name="mail").paused
     assert list(AuditEntry.objects.order_by("at").values_list("action", flat=True)) == ["pause", "resume"]
+
+
+def test_pause_type_and_resume_type_audit_and_show_in_stats():
+    assert jobs_cli("pause-type", "test.record") == "type test.record paused\n"
+    assert "type test.record paused since" in jobs_cli("stats")
+    data = json.loads(jobs_cli("stats", "--json"))
+    assert [t["name"] for t in data["paused_types"]] == ["test.record"]
+    assert data["paused_types"][0]["by"].startswith("cli")
+    assert jobs_cli("resume-type", "test.record") == "type test.record resumed\n"
+    assert "type test.record paused" not in jobs_cli("stats")
+    entries = AuditEntry.objects.order_by("at", "id").values_list("action", "target_kind", "target")
+    assert list(entries) == [("pause", "type", "test.record"), ("resume", "type", "test.record")]
+
+
+@pytest.mark.parametrize("verb", ["pause-type", "resume-type"])
+def test_pause_type_of_an_unknown_type_is_an_error(verb):
+    with pytest.raises(CommandError, match="unknown job type 'no.such.type'.*known types: .*test.record"):
+        jobs_cli(verb, "no.such.type")
+    assert not JobTypeState.objects.filter(name="no.such.type").exists()
+    assert not AuditEntry.objects.exists()
+
+
+def test_why_prints_the_reasons_a_job_waits_in_order():
+    held = factories.job(type="test.record", status=JobStatus.PENDING, queue="mail")
+    jobs_cli("pause-type", "test.record")
+    lines = jobs_cli("why", str(held.pk)).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["type_paused", "no_worker"]
+    assert "test.record is paused" in lines[0] and "queue mail" in lines[1]
+
+
+def test_why_of_a_finished_job_says_it_is_not_waiting():
+    done = factories.job(status=JobStatus.SUCCEEDED)
+    assert jobs_cli("why", str(done.pk)).startswith("finished: Not waiting")
+
+
+def test_why_unknown_id_is_an_error():
+    with pytest.raises(CommandError, match="no job with id 999999"):
+        jobs_cli("why", "999999")
 
 
 def test_real_process_exit_codes():

@@ -60,6 +60,28 @@ def test_paused_queue_shows_as_paused(staff_client):
     assert "paused" in row
 
 
+def test_paused_type_shows_on_the_dashboard_and_in_its_json(staff_client):
+    staff.pause_type("cli", "test.record")
+    panels = staff_client.get("/staff/jobs/panels/").content.decode()
+    paused = re.search(r'<p id="paused-types">.*?</p>', panels, re.S).group(0)
+    assert 'data-type="test.record"' in paused and "test.noop" not in paused
+    data = staff_client.get("/staff/jobs/stats.json").json()
+    assert [t["name"] for t in data["paused_types"]] == ["test.record"]
+    staff.resume_type("cli", "test.record")
+    assert 'id="paused-types"' not in staff_client.get("/staff/jobs/panels/").content.decode()
+
+
+def test_jobs_due_long_ago_and_still_waiting_are_listed_with_why(staff_client):
+    long_ago = timezone.now() - timedelta(minutes=10)
+    held = factories.job(type="test.record", status=JobStatus.PENDING, run_at=long_ago)
+    factories.job(type="test.noop", status=JobStatus.PENDING)  # just due: not listed
+    staff.pause_type("cli", "test.record")
+    panels = staff_client.get("/staff/jobs/panels/").content.decode()
+    listed = re.search(r'<table id="waiting-jobs">.*?</table>', panels, re.S).group(0)
+    assert re.findall(r'data-job="(\d+)"', listed) == [str(held.pk)]
+    assert 'data-code="type_paused"' in listed and 'data-code="no_worker"' in listed
+
+
 def test_charts_are_inline_svg_with_bars_for_finished_jobs(staff_client):
     factories.finished(3, minutes_ago=2)
     factories.finished(1, minutes_ago=2, status=JobStatus.DEAD)

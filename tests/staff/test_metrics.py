@@ -63,3 +63,12 @@ def test_metrics_expose_depth_lag_counters_histogram_and_workers(client, token):
     assert 'jobs_run_seconds_count{type="send_order_confirmation"} 3.0' in body
     assert "jobs_workers_alive 1.0" in body
     assert "jobs_dead_letters_open 1.0" in body
+
+
+def test_metrics_expose_paused_job_types(client, token):
+    from jobs import staff
+
+    staff.pause_type("cli", "test.record")
+    body = client.get(URL, headers={"Authorization": f"Bearer {token}"}).content.decode()
+    assert 'jobs_type_paused{type="test.record"} 1.0' in body
+    assert 'jobs_type_paused{type="test.noop"} 0.0' in body

@@ -6,8 +6,8 @@ import pytest
 from django.utils import timezone
 
 from jobs import staff
-from jobs.exceptions import InvalidPayload
-from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, QueueState
+from jobs.exceptions import InvalidPayload, UnknownJobType
+from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus, JobTypeState, QueueState
 from jobs.testing import run_jobs
 from tests.staff import factories
 
@@ -183,3 +183,40 @@ def test_a_requeue_whose_audit_row_cannot_be_written_leaves_the_dead_letter_open
         staff.requeue("cli", [dead.pk])
     dead.refresh_from_db()
     assert dead.is_open and Job.objects.count() == 1
+
+
+def test_paused_type_is_not_claimed_until_resumed_and_other_types_run():
+    held = factories.job(type="test.record", status=JobStatus.PENDING)
+    other = factories.job(type="test.noop", status=JobStatus.PENDING)
+    assert staff.pause_type("cli", "test.record") is True
+    assert staff.pause_type("cli", "test.record") is False  # already paused: audited as no change
+    assert run_jobs() == 1
+    assert Job.objects.get(pk=other.pk).status == JobStatus.SUCCEEDED
+    assert Job.objects.get(pk=held.pk).status == JobStatus.PENDING
+    assert staff.resume_type(factories.operator("alice"), "test.record") is True
+    assert run_jobs() == 1
+    assert Job.objects.get(pk=held.pk).status == JobStatus.SUCCEEDED
+    entries = AuditEntry.objects.order_by("at", "id")
+    assert list(entries.values_list("actor", "action", "target_kind", "target", "details")) == [
+        ("cli", "pause", "type", "test.record", ""),
+        ("cli", "pause", "type", "test.record", "no change"),
+        ("alice", "resume", "type", "test.record", ""),
+    ]
+    state = JobTypeState.objects.get(name="test.record")
+    assert not state.paused and state.changed_by == "alice"
+
+
+def test_pausing_an_unknown_type_changes_nothing():
+    with pytest.raises(UnknownJobType):
+        staff.pause_type("cli", "no.such.type")
+    assert not JobTypeState.objects.filter(name="no.such.type").exists()
+    assert not AuditEntry.objects.exists()
+
+
+def test_a_type_pause_whose_audit_row_cannot_be_written_changes_nothing(monkeypatch):
+    monkeypatch.setattr(
+        AuditEntry.objects, "create", lambda **fields: (_ for _ in ()).throw(RuntimeError("full"))
+    )
+    with pytest.raises(RuntimeError):
+        staff.pause_type("cli", "test.record")
+    assert not JobTypeState.objects.filter(name="test.record", paused=True).exists()

@@ -10,7 +10,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import health, pruner, read_model, scheduler, staff
+from jobs import explain, health, pruner, read_model, scheduler, staff
 from jobs.exceptions import InvalidPayload, UnknownJobType
 from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus
 from jobs.registry import job_types
@@ -94,6 +94,14 @@ class Command(BaseCommand):
         for line in job_lines(job):
             self.stdout.write(line)
 
+    def do_why(self, job_id, **options):
+        try:
+            reasons = explain.explain(job_id)
+        except Job.DoesNotExist:
+            raise CommandError(f"no job with id {job_id}") from None
+        for reason in reasons:
+            self.stdout.write(f"{reason.code}: {reason.text}")
+
     # -- acting ------------------------------------------------------------------------------------
 
     def do_retry(self, job_ids, dead=False, job_type=None, **options):
@@ -145,6 +153,20 @@ class Command(BaseCommand):
         changed = staff.resume_queue(cli_actor(), queue)
         self.stdout.write(f"queue {queue} resumed" + ("" if changed else " (it was not paused)"))
 
+    def do_pause_type(self, job_type, **options):
+        try:
+            changed = staff.pause_type(cli_actor(), job_type)
+        except UnknownJobType as exc:
+            raise CommandError(f"{exc}; known types: {', '.join(sorted(_job_types()))}") from None
+        self.stdout.write(f"type {job_type} paused" + ("" if changed else " (it already was)"))
+
+    def do_resume_type(self, job_type, **options):
+        try:
+            changed = staff.resume_type(cli_actor(), job_type)
+        except UnknownJobType as exc:
+            raise CommandError(f"{exc}; known types: {', '.join(sorted(_job_types()))}") from None
+        self.stdout.write(f"type {job_type} resumed" + ("" if changed else " (it was not paused)"))
+
     # -- cron --------------------------------------------------------------------------------------
 
     def do_cron(self, cron_action, name=None, **options):
@@ -195,6 +217,9 @@ def add_actions(parser) -> None:
     show = sub.add_parser("show", help="A job with its payload, result, errors and audit trail.")
     show.add_argument("job_id", type=int, metavar="ID")
 
+    why = sub.add_parser("why", help="Why a job is not running now: the reasons in order.")
+    why.add_argument("job_id", type=int, metavar="ID")
+
     retry = sub.add_parser("retry", help="Retry jobs now (dead: requeued), or requeue dead letters.")
     retry.add_argument("job_ids", type=int, nargs="*", metavar="ID")
     retry.add_argument("--dead", action="store_true", help="Requeue every open dead letter.")
@@ -214,6 +239,10 @@ def add_actions(parser) -> None:
     pause.add_argument("queue")
     resume = sub.add_parser("resume", help="Let workers claim from a paused queue again.")
     resume.add_argument("queue")
+    pause_type = sub.add_parser("pause-type", help="Stop every worker claiming jobs of one type.")
+    pause_type.add_argument("job_type", metavar="TYPE")
+    resume_type = sub.add_parser("resume-type", help="Let workers claim a paused job type again.")
+    resume_type.add_argument("job_type", metavar="TYPE")
 
     cron = sub.add_parser("cron", help="List cron schedules or run one now.")
     cron_sub = cron.add_subparsers(dest="cron_action", required=True, metavar="list|run")
@@ -242,6 +271,8 @@ def stats_lines(snap: read_model.Snapshot):
             f"{q.name:20} {'paused' if q.paused else 'running':7} {q.blocked:8} {q.pending:8} {q.due:8} "
             f"{q.running:8} {q.lag_seconds:.0f}s"
         )
+    for t in snap.paused_types:
+        yield f"type {t.name} paused since {_iso(t.changed_at)} by {t.changed_by or '-'}"
     yield (
         f"last hour: {snap.finished_last_hour} finished, {snap.dead_last_hour} dead "
         f"(failure rate {snap.failure_rate_text})"
