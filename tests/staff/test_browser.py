@@ -80,3 +80,57 @@ def test_staff_retry_a_dead_job_from_the_admin(page, login):
     page.click(f"a[href='/admin/jobs/job/{dead.requeued_job_id}/change/']")
     page.wait_for_url(f"**/admin/jobs/job/{dead.requeued_job_id}/change/")
     assert DeadLetter.objects.get(pk=dead.pk).requeued_at is not None
+
+
+LONG_QUEUE = "warehouse-inventory-synchronisation-eu-central-1-primary"
+LONG_TYPE = "merchant_webhook_delivery_with_a_very_long_descriptive_name.v2"
+
+# Every element of each panel that sticks out of its panel's box, or a panel that overlaps another.
+OVERFLOWS = """() => {
+  const sections = [...document.querySelectorAll('#jobs-panels section')];
+  const found = [];
+  for (const s of sections) {
+    const box = s.getBoundingClientRect();
+    if (s.scrollWidth > s.clientWidth + 1) found.push(`${s.id} scrolls: ${s.scrollWidth} > ${s.clientWidth}`);
+    for (const e of s.querySelectorAll('*')) {
+      const r = e.getBoundingClientRect();
+      if (r.width && (r.right > box.right + 1 || r.left < box.left - 1))
+        found.push(`${s.id} ${e.tagName} '${e.textContent.trim().slice(0, 9)}' to ${r.right} > ${box.right}`);
+    }
+    for (const o of sections) {
+      const b = o.getBoundingClientRect();
+      const across = box.left < b.right - 1 && b.left < box.right - 1;
+      if (o !== s && across && box.top < b.bottom - 1 && b.top < box.bottom - 1)
+        found.push(`${s.id} overlaps ${o.id}`);
+    }
+  }
+  return found;
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 1400, 1920])
+def test_every_panel_of_the_dashboard_keeps_its_content_inside_its_box(page, login, width):
+    from jobs.models import JobStat
+
+    for queue in (LONG_QUEUE, "mail", "default"):
+        factories.job(
+            status=JobStatus.PENDING, queue=queue, type=LONG_TYPE, run_at=timezone.now() - timedelta(hours=30)
+        )
+    staff.pause_queue("cli", LONG_QUEUE)
+    factories.finished(5, minutes_ago=3, job_type=LONG_TYPE)
+    for outcome in ("started", "succeeded", "failed", "dead"):
+        JobStat.objects.create(type=LONG_TYPE, outcome=outcome, bucket="le_0.1", count=123456789, seconds=1.0)
+    factories.stale_dead_letter(
+        error_class="orders.webhooks.MerchantEndpointUnreachableError", message="x" * 300
+    )
+    factories.worker(
+        "worker-on-a-host-with-a-long-name-1234-abcdef",
+        hostname="ip-10-200-33-44.eu-central-1.compute.internal",
+        queues=[LONG_QUEUE, "mail", "default"],
+        current_jobs=list(range(1000001, 1000013)),
+    )
+    login(factories.support_user())
+    page.set_viewport_size({"width": width, "height": 1000})
+    page.goto("/staff/jobs/")
+    page.wait_for_selector(f'tr[data-queue="{LONG_QUEUE}"]')
+    assert page.evaluate(OVERFLOWS) == []
