@@ -16,6 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs import conf, db, execution, signals
+from jobs.db import tagged
 from jobs.engine import cancel, run_now
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, Snooze, UnknownJobType
 from jobs.execution import JobContext
@@ -44,6 +45,7 @@ __all__ = [
     "prepare",
     "requeue",
     "run_now",
+    "tagged",
 ]
 
 
