@@ -275,6 +275,7 @@ def snooze(job: Job, seconds: float) -> str | None:
         announce_finished([job])
         return JobStatus.CANCELLED
     if updated:
+        signals.send(signals.job_snoozed, job, seconds=seconds)
         return SNOOZED
     log.warning("job %s %s: claim lost before its snooze was recorded", job.id, job.type)
     return None
