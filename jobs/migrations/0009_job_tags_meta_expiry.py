@@ -2,6 +2,16 @@
 
 from django.db import migrations, models
 
+from jobs.db import tags
+
+
+def create_tag_index(apps, schema_editor):
+    tags.create_tag_index(schema_editor)
+
+
+def drop_tag_index(apps, schema_editor):
+    tags.drop_tag_index(schema_editor)
+
 
 class Migration(migrations.Migration):
 
@@ -30,4 +40,5 @@ class Migration(migrations.Migration):
             name='tags',
             field=models.JSONField(blank=True, default=list),
         ),
+        migrations.RunPython(create_tag_index, drop_tag_index),
     ]

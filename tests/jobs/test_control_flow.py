@@ -142,6 +142,20 @@ def test_tagged_finds_the_jobs_carrying_a_tag_exactly():
     assert list(Job.objects.filter(db.tagged("order:42")).values_list("id", flat=True)) == [a.id]
 
 
+@pytest.mark.django_db
+def test_the_tag_filter_reads_the_tag_index_on_postgresql():
+    from django.db import connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no index over a JSON array's members")
+    sql, params = Job.objects.filter(db.tagged("order:42")).query.sql_with_params()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a tiny table would be scanned anyway
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = " ".join(row[0] for row in cursor.fetchall())
+    assert "jobs_job_tags_idx" in plan, plan
+
+
 # -- real worker processes ----------------------------------------------------------------------------
 
 
