@@ -205,9 +205,10 @@ def _fill_sql(
     finished, attempts = (now, 1) if status == "succeeded" else ("NULL", 0)
     return (
         "INSERT INTO jobs_job (type, queue, payload, payload_version, status, status_reason, priority,"
-        " run_at, attempts, max_attempts, errors, created_at, finished_at, waiting_on, cancel_requested)"
+        " run_at, attempts, max_attempts, errors, created_at, finished_at, waiting_on, cancel_requested,"
+        " tags, meta, snoozes)"
         f" SELECT '{job_type}', 'bench', '{payload}', 1, '{status}', '', {priority}, {now}, {attempts}, 3,"
-        f" '[]', {now}, {finished}, 0, false FROM {series} AS g"
+        f" '[]', {now}, {finished}, 0, false, '[]', '{{}}', 0 FROM {series} AS g"
     )
 
 

@@ -4,23 +4,26 @@ waits (``explain``).
 from jobs.api import HIGH, PermanentError, enqueue, job
 """
 
+import json
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from jobs import conf, db, execution, signals
+from jobs.db import tagged
 from jobs.engine import cancel, run_now
-from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
+from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, Snooze, UnknownJobType
 from jobs.execution import JobContext
 from jobs.explain import Reason, explain
 from jobs.models import ACTIVE_STATUSES, DeadLetter, Job, JobDependency, JobStatus, Priority
-from jobs.registry import Backoff, JobType, get_job_type, job, validate_payload
+from jobs.registry import Backoff, JobType, as_duration, get_job_type, job, validate_payload
 
 LOW, NORMAL, HIGH, CRITICAL = Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.CRITICAL
 
@@ -36,6 +39,7 @@ __all__ = [
     "PermanentError",
     "Priority",
     "Reason",
+    "Snooze",
     "UnknownJobType",
     "cancel",
     "enqueue",
@@ -45,6 +49,7 @@ __all__ = [
     "prepare",
     "requeue",
     "run_now",
+    "tagged",
 ]
 
 
@@ -63,6 +68,26 @@ def _run_at(delay: timedelta | float | None, run_at: datetime | None) -> datetim
     return now + delay
 
 
+def _tags(tags: Iterable[str] | None) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        raise TypeError("tags must be a list of strings, not a string")
+    cleaned = list(dict.fromkeys(tags))  # in order, once each
+    for tag in cleaned:
+        if not isinstance(tag, str) or not tag or len(tag) > 200:
+            raise ValueError(f"a tag must be a non-empty string of at most 200 characters, not {tag!r}")
+    return cleaned
+
+
+def _meta(meta: dict | None) -> dict:
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, not {type(meta).__name__}")
+    return json.loads(json.dumps(meta, cls=DjangoJSONEncoder))  # what is stored is what readers get
+
+
 def _build(
     job_type: JobType,
     payload: Any,
@@ -74,6 +99,9 @@ def _build(
     unique_key=None,
     max_attempts=None,
     payload_version=None,
+    tags=None,
+    meta=None,
+    expires_in=None,
 ) -> Job:
     if payload_version is not None and payload_version < job_type.payload_version:
         payload_version, payload = job_type.payload_version, job_type.upgrade(dict(payload), payload_version)
@@ -81,13 +109,18 @@ def _build(
     concurrency_key = None
     if job_type.concurrency_key is not None:
         concurrency_key = str(job_type.concurrency_key(job_type.payload.model_validate(data)))
+    due = _run_at(delay, run_at)
+    expires = as_duration(expires_in, "expires_in") or job_type.expires
     built = Job(
         type=job_type.name,
         queue=queue or job_type.queue,
         payload=data,
         payload_version=job_type.payload_version,
         priority=job_type.priority if priority is None else int(priority),
-        run_at=_run_at(delay, run_at),
+        run_at=due,
+        expires_at=due + expires if expires is not None else None,
+        tags=_tags(tags),
+        meta=_meta(meta),
         max_attempts=max_attempts or job_type.max_attempts,
         unique_key=unique_key,
         concurrency_key=concurrency_key,
@@ -107,6 +140,9 @@ def enqueue(
     queue: str | None = None,
     unique_key: str | None = None,
     max_attempts: int | None = None,
+    tags: Iterable[str] | None = None,
+    meta: dict | None = None,
+    expires_in: timedelta | float | None = None,
     then: Sequence[Job] | Job | None = None,
     depends_on: Iterable[Job | int] | None = None,
     _payload_version: int | None = None,
@@ -117,6 +153,9 @@ def enqueue(
     ``then``: jobs built with :func:`prepare` that run after this one succeeds (fan-out); a job passed
     in several parents' ``then`` waits for all of them (fan-in). ``depends_on``: existing jobs this one
     waits for. ``unique_key``: while an unfinished job holds the key, the existing job is returned.
+    ``tags`` (strings staff filter and search by) and ``meta`` (a JSON object) are stored on the job.
+    ``expires_in``: a job not claimed within that long of being due (``run_at``) is cancelled with
+    the reason ``expired``, never run late (default: the type's ``expires``).
     Raises UnknownJobType or InvalidPayload (nothing stored).
     """
     jt = get_job_type(job_type)
@@ -130,6 +169,9 @@ def enqueue(
         unique_key=unique_key,
         max_attempts=max_attempts,
         payload_version=_payload_version,
+        tags=tags,
+        meta=meta,
+        expires_in=expires_in,
     )
     new.requeued_from = _requeued_from
     parents = list(depends_on or ())
@@ -221,7 +263,17 @@ def _insert(job: Job, parents: list[Job | int]) -> bool:
 
 def prepare(job_type: str, payload: Any = None, **options) -> Job:
     """An unsaved job for ``then=``: validated now, stored (blocked) with its parent."""
-    allowed = {"delay", "run_at", "priority", "queue", "unique_key", "max_attempts"}
+    allowed = {
+        "delay",
+        "run_at",
+        "priority",
+        "queue",
+        "unique_key",
+        "max_attempts",
+        "tags",
+        "meta",
+        "expires_in",
+    }
     unknown = set(options) - allowed
     if unknown:
         raise TypeError(f"prepare() got unexpected options {sorted(unknown)}")
@@ -247,13 +299,27 @@ def enqueue_many(
     run_at: datetime | None = None,
     priority: int | None = None,
     queue: str | None = None,
+    tags: Iterable[str] | None = None,
+    meta: dict | None = None,
+    expires_in: timedelta | float | None = None,
 ) -> list[Job]:
-    """Validate every payload first, then insert all jobs in one statement (one NOTIFY)."""
+    """Validate every payload first, then insert all jobs in one statement (one NOTIFY). The options
+    (``tags`` and ``meta`` included) are the same for every job."""
     jt = get_job_type(job_type)
     payloads = list(payloads)
     if not payloads:
         return []
-    template = _build(jt, payloads[0], delay=delay, run_at=run_at, priority=priority, queue=queue)
+    template = _build(
+        jt,
+        payloads[0],
+        delay=delay,
+        run_at=run_at,
+        priority=priority,
+        queue=queue,
+        tags=tags,
+        meta=meta,
+        expires_in=expires_in,
+    )
     # Positional construction from the first job's values: Django's fast path, no per-field defaults.
     names = [f.attname for f in Job._meta.concrete_fields]
     values = [getattr(template, name) for name in names]
@@ -298,6 +364,8 @@ def requeue(dead_letter_id: int, payload: dict | None = None) -> Job | None:
             dead.payload,
             priority=dead.priority,
             queue=dead.queue,
+            tags=dead.job.tags if dead.job is not None else None,  # staff still find it by its tags
+            meta=dead.job.meta if dead.job is not None else None,
             _payload_version=dead.payload_version,
             _requeued_from=dead,
         )

@@ -17,7 +17,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from jobs import db, dependencies, ratelimit, signals
-from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType, WorkerLost
+from jobs.exceptions import (
+    InvalidPayload,
+    JobCancelled,
+    PermanentError,
+    SnoozeLimitExceeded,
+    UnknownJobType,
+    WorkerLost,
+)
 from jobs.models import DeadLetter, Job, JobStatus, JobTypeState, QueueState
 from jobs.registry import get_job_type
 from jobs.signals import job_finished
@@ -63,20 +70,33 @@ def claim(
     ``above_priority``, only jobs of a higher priority than that.
 
     One short transaction: one claim statement in the common case; concurrency-keyed and rate-limited
-    types take their own, locked passes so that their limits hold across workers.
+    types take their own, locked passes so that their limits hold across workers. A job found past its
+    ``expires_at`` is cancelled (reason "expired") by the claim statement itself, never run late; the
+    claim is then tried again for the places it took.
     """
+    claimed: list[Job] = []
+    while len(claimed) < limit:
+        jobs, expired = _claim(worker_id, limit - len(claimed), queues, types, above_priority)
+        claimed += jobs
+        if not expired:
+            break  # else claim again: expired jobs took places in this claim that due ones may fill
+    return sorted(claimed, key=lambda j: (-j.priority, j.run_at, j.id))
 
-    if limit <= 0:
-        return []
+
+def _claim(worker_id, limit, queues, types, above_priority) -> tuple[list[Job], list[Job]]:
+    """One claim transaction: the jobs claimed, and the expired ones it cancelled instead."""
     limited = ratelimit.limited_types(types)
+    expired_ids: list[int] = []
     with transaction.atomic():
         now = db.prepare_claim()  # the database's clock decides what is due and stamps the claim
         common = dict(
             worker_id=worker_id, token=new_token(), now=now, queues=queues, above_priority=above_priority
         )
         if not limited and not ratelimit.has_keyed_jobs():
-            jobs = db.claim_jobs(limit=limit, types=types, **common)
+            jobs, expired = db.claim_jobs(limit=limit, types=types, **common)
+            expired_ids = [job.id for job in expired]
         else:
+            common["expired"] = expired_ids
             ids = db.claim_ids(limit=limit, types=types, exclude_types=limited, **common)
             if len(ids) < limit and ratelimit.has_keyed_jobs():
                 ids += db.claim_keyed_ids(
@@ -87,7 +107,14 @@ def claim(
                     break
                 ids += ratelimit.claim_limited(job_type, limit - len(ids), **common)
             jobs = list(Job.objects.filter(id__in=ids)) if ids else []
-    return sorted(jobs, key=lambda j: (-j.priority, j.run_at, j.id))
+            expired = list(Job.objects.filter(id__in=expired_ids)) if expired_ids else []
+        if expired_ids:
+            for job_id in expired_ids:
+                dependencies.cancel_descendants([job_id], f"parent job #{job_id} expired")
+    if expired:
+        log.info("job(s) %s: expired before they could start; cancelled", sorted(expired_ids))
+        announce_finished(expired)
+    return jobs, expired
 
 
 def has_due(queues: Sequence[str] | None = None) -> bool:
@@ -208,6 +235,53 @@ def _record_failure(job: Job, exc: BaseException, *, traceback: str | None, perm
         row.run_at = db.now() + delay  # due by the clock the claim reads
         row.save(update_fields=["errors", "status", "run_at", *unclaim(row)])
         return JobStatus.PENDING
+
+
+SNOOZED = "snoozed"  # the outcome of an attempt that snoozed; the job itself is pending
+
+
+def snooze(job: Job, seconds: float) -> str | None:
+    """The handler asked to run again in ``seconds`` (Snooze): back to pending without using an attempt
+    (the claim counted one; it is given back). Past its type's ``max_snoozes`` the snooze is a failed
+    attempt instead (SnoozeLimitExceeded: retried with backoff, or dead).
+
+    Returns "snoozed", or the status :func:`fail` returns, or cancelled (cancellation was requested
+    meanwhile), or None when the claim was lost (nothing changed).
+    """
+    try:
+        allowed = get_job_type(job.type).max_snoozes
+    except UnknownJobType:
+        allowed = 0
+    if job.snoozes >= allowed:
+        exc = SnoozeLimitExceeded(
+            f"the handler asked to run later ({seconds:g}s) after {job.snoozes} snooze(s), the most its"
+            f" job type allows (max_snoozes={allowed}): this attempt counts as failed"
+        )
+        return fail(job, exc, traceback="")
+    with transaction.atomic():
+        updated = (
+            held(job)
+            .filter(cancel_requested=False)
+            .update(
+                status=JobStatus.PENDING,
+                run_at=db.now() + timedelta(seconds=seconds),  # due by the clock the claim reads
+                attempts=F("attempts") - 1,
+                snoozes=F("snoozes") + 1,
+                status_reason=f"snoozed for {seconds:g}s",
+                **UNCLAIMED,
+            )
+        )
+        cancelled = not updated and _finish_cancelled(job, timezone.now())
+        if updated and seconds < 1:
+            db.notify({job.queue})
+    if cancelled:
+        announce_finished([job])
+        return JobStatus.CANCELLED
+    if updated:
+        signals.send(signals.job_snoozed, job, seconds=seconds)
+        return SNOOZED
+    log.warning("job %s %s: claim lost before its snooze was recorded", job.id, job.type)
+    return None
 
 
 def is_permanent(exc: BaseException) -> bool:

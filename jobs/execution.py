@@ -17,7 +17,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import InterfaceError, OperationalError, connection
 
 from jobs import engine, retry, signals
-from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
+from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, Snooze, UnknownJobType
 from jobs.models import Job
 from jobs.registry import get_job_type, load_payload
 
@@ -74,10 +74,13 @@ def _jsonable(result: Any) -> Any:
 
 
 def call_handler(job: Job, ctx: JobContext) -> Any:
-    """The handler's return value; raises what it raised, or PermanentError/InvalidPayload/UnknownJobType."""
+    """The handler's return value; raises what it raised, or PermanentError/InvalidPayload/UnknownJobType.
+    A Snooze the handler returned is raised, as if it had raised it."""
     job_type = get_job_type(job.type)
     payload = load_payload(job_type, job)
     result = job_type.handler(payload, ctx)
+    if isinstance(result, Snooze):
+        raise result
     try:
         return _jsonable(result)
     except (TypeError, ValueError) as exc:
@@ -134,8 +137,11 @@ def _run(job: Job, *, cancel_event, abandoned, defer_success) -> Outcome:
     )
     started = time.monotonic()
     error: BaseException | None = None
+    snoozed: Snooze | None = None
     try:
         result = call_handler(job, ctx)
+    except Snooze as exc:
+        snoozed = exc
     except BaseException as exc:
         # PermanentError & co. go to the dead letters, the rest is retried. BaseException too: a
         # handler's SystemExit (a library calling sys.exit()) or KeyboardInterrupt is its failure, not
@@ -147,6 +153,8 @@ def _run(job: Job, *, cancel_event, abandoned, defer_success) -> Outcome:
         # Timed out: the worker already recorded the attempt as failed; this late outcome is ignored.
         log.warning("job %s %s: finished after its timeout; outcome ignored", job.id, job.type)
         return Outcome("lost", duration, error)
+    if snoozed is not None:
+        return _snoozed(job, snoozed, duration)
     if error is None and defer_success is not None:
         defer_success(job, result, duration)
         return Outcome("completing", duration)
@@ -156,6 +164,15 @@ def _run(job: Job, *, cancel_event, abandoned, defer_success) -> Outcome:
         status = _record(engine.fail, job, error, traceback=tb) or "lost"
     log_outcome(job, status, duration, error)
     return Outcome(status, duration, error)
+
+
+def _snoozed(job: Job, snooze: Snooze, duration: float) -> Outcome:
+    status = _record(engine.snooze, job, snooze.seconds) or "lost"
+    if status == engine.SNOOZED:
+        log.info("job %s %s attempt %s: snoozed for %gs", job.id, job.type, job.attempts, snooze.seconds)
+        return Outcome(status, duration)
+    log_outcome(job, status, duration, snooze)  # past max_snoozes: a failed attempt, or cancelled
+    return Outcome(status, duration, snooze)
 
 
 def log_outcome(job: Job, status: str, duration: float, error: BaseException | None = None) -> None:
@@ -269,7 +286,9 @@ def _run_batch(jobs: list[Job], *, cancel_event, abandoned) -> list[tuple[Job, O
         result = results.get(job_id, _MISSING)
         if result is _MISSING:
             result = RuntimeError(f"batch handler returned no outcome for job {job_id}")
-        if isinstance(result, BaseException):
+        if isinstance(result, Snooze):
+            outcomes.append((job, _snoozed(job, result, duration)))
+        elif isinstance(result, BaseException):
             tb = getattr(result, "__traceback_text__", None) or "".join(
                 traceback.format_exception(type(result), result, result.__traceback__)
             )

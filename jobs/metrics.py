@@ -23,6 +23,7 @@ OUTCOMES = {
     "failed": "Failed attempts that will be retried, by type.",
     "dead": "Jobs moved to the dead letters by type.",
     "cancelled": "Jobs cancelled while running, by type.",
+    "snoozed": "Attempts whose handler asked to run later (Snooze, no attempt used), by type.",
     "lost": "Jobs whose worker was lost while running, by type.",
 }
 

@@ -58,6 +58,13 @@ class Job(models.Model):
     # Where the job was enqueued from, for tracing (W3C trace context headers), set by a job_enqueuing
     # receiver; empty unless tracing is on.
     trace_context = models.JSONField(null=True, blank=True)
+    # Labels staff filter and search by ("order:ORD-2026-000042"), and free-form facts for them.
+    tags = models.JSONField(default=list, blank=True)
+    meta = models.JSONField(default=dict, blank=True)
+    # A job not claimed by then is cancelled (reason "expired") by the claim that finds it, never run late.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Times the handler asked to run later (Snooze) without using an attempt; bounded by max_snoozes.
+    snoozes = models.PositiveIntegerField(default=0)
     requeued_from = models.ForeignKey(
         "DeadLetter", null=True, blank=True, on_delete=models.SET_NULL, related_name="requeued_jobs"
     )

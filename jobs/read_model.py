@@ -93,7 +93,7 @@ class Snapshot:
         ended = failed = 0
         for outcomes in self.counters.values():
             failed += outcomes.get("failed", 0) + outcomes.get("dead", 0) + outcomes.get("lost", 0)
-            ended += sum(n for o, n in outcomes.items() if o != "started")
+            ended += sum(n for o, n in outcomes.items() if o not in ("started", "snoozed"))  # no attempt
         return failed / ended if ended else None
 
     @property

@@ -64,11 +64,24 @@ class JobType:
     payload_version: int = 1
     upgrade: Callable[[dict, int], dict] | None = None
     batch_size: int = 1
+    max_snoozes: int = 10
+    expires: timedelta | None = None  # from the job's due time (run_at) to when it is cancelled unrun
     rate: Rate | None = field(init=False, default=None)  # rate_limit parsed, once
 
     def __post_init__(self) -> None:
         if self.rate_limit:
             object.__setattr__(self, "rate", parse_rate(self.rate_limit))
+
+
+def as_duration(value: timedelta | float | None, name: str) -> timedelta | None:
+    """Seconds or a timedelta as a timedelta (None stays None); a duration must be positive."""
+    if value is None:
+        return None
+    if not isinstance(value, timedelta):
+        value = timedelta(seconds=float(value))
+    if value <= timedelta(0):
+        raise ValueError(f"{name} must be a positive duration, not {value}")
+    return value
 
 
 _registry: dict[str, JobType] = {}
@@ -90,15 +103,23 @@ def job(
     payload_version: int = 1,
     upgrade: Callable[[dict, int], dict] | None = None,
     batch_size: int = 1,
+    max_snoozes: int = 10,
+    expires: timedelta | float | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated function as the handler of job type ``name``.
 
     The handler is called as ``handler(payload, ctx)`` with the validated payload model and a
     ``JobContext``; with ``batch_size > 1`` it is called as ``handler(items, ctx)`` with a list of
     ``(job_id, payload)`` pairs and returns a dict ``{job_id: result or exception}``.
+
+    ``max_snoozes``: how often a handler may ask to run later (``Snooze``) without using an attempt.
+    ``expires``: a job not claimed within that long of being due is cancelled (reason ``expired``).
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
+    if max_snoozes < 0:
+        raise ValueError("max_snoozes must be 0 or more")
+    expires = as_duration(expires, "expires")
     if rate_limit is not None:
         parse_rate(rate_limit)  # fail at import time, not at claim time
 
@@ -121,6 +142,8 @@ def job(
             payload_version=payload_version,
             upgrade=upgrade,
             batch_size=batch_size,
+            max_snoozes=max_snoozes,
+            expires=expires,
         )
         func.job_type = name
         return func

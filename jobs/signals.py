@@ -13,6 +13,8 @@ Every signal is sent with ``sender=Job`` and ``job`` (the row as the engine hold
 - ``job_succeeded`` (``result``): the success was recorded.
 - ``job_failed`` (``error``, ``will_retry=True``): an attempt failed and the job waits for its retry.
 - ``job_dead`` (``error``): the job was moved to the dead letters (after its transaction committed).
+- ``job_snoozed`` (``seconds``): the handler asked to run later (Snooze) and the job waits, its attempt
+  given back.
 
 Receivers run in the worker; one that raises is logged and does not disturb the job.
 """
@@ -31,6 +33,7 @@ job_started = Signal(use_caching=True)
 job_succeeded = Signal(use_caching=True)
 job_failed = Signal(use_caching=True)
 job_dead = Signal(use_caching=True)
+job_snoozed = Signal(use_caching=True)
 
 
 def send(signal: Signal, job, **kwargs) -> None:

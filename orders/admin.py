@@ -1,4 +1,5 @@
 from decimal import Decimal
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
@@ -30,6 +31,7 @@ from orders.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
+from orders.pipeline import order_tags
 from orders.views import invoice_response
 
 
@@ -208,6 +210,7 @@ class OrderAdmin(admin.ModelAdmin):
         "updated_at",
         "paid_at",
         "invoice_link",
+        "jobs_link",
     ]
     fields = [
         "number",
@@ -226,8 +229,16 @@ class OrderAdmin(admin.ModelAdmin):
         "updated_at",
         "token",
         "invoice_link",
+        "jobs_link",
     ]
     actions = ["refund_orders", "cancel_orders", "settle_pending_payments"]
+
+    @admin.display(description="Jobs")
+    def jobs_link(self, obj: Order) -> str:
+        """Every job of the order, by the tag the pipeline gives them."""
+        (tag,) = order_tags(obj)
+        url = f"{reverse('admin:jobs_job_changelist')}?{urlencode({'tag': tag})}"
+        return format_html('<a href="{}">Jobs tagged {}</a>', url, tag)
 
     @admin.display(description="Invoice")
     def invoice_link(self, obj: Order) -> str:

@@ -14,7 +14,7 @@ from django.conf import settings
 from pydantic import BaseModel, Field
 
 from jobs import scheduler
-from jobs.api import HIGH, Backoff, JobContext, PermanentError, job
+from jobs.api import HIGH, Backoff, JobContext, PermanentError, Snooze, job
 from orders import (
     inventory,
     invoices,
@@ -26,7 +26,7 @@ from orders import (
     webhooks,
 )
 from orders.events import Actor
-from orders.http import PermanentHTTPError
+from orders.http import PermanentHTTPError, RetryLater
 from orders.models import Order, PaymentEvent, Refund, Shipment, WarehouseEvent, WebhookEvent
 from shop import logging as log_context
 
@@ -96,6 +96,8 @@ def _step(step: str, payload: OrderRef, ctx: JobContext, work: Callable[[], dict
     order page reads events, not job rows): "being retried", or "delayed" when none is left."""
     try:
         return work()
+    except Snooze:  # asked to wait, not a failure: nothing for the order's history
+        raise
     except Exception as exc:
         final = isinstance(exc, PermanentError) or ctx.attempt >= ctx.max_attempts
         try:
@@ -143,6 +145,8 @@ def sync_inventory(payload: OrderRef, ctx: JobContext) -> dict:
     def work() -> dict:
         try:
             sync = inventory.sync_inventory(_order(payload), actor=Actor.job(ctx))
+        except RetryLater as exc:
+            raise Snooze(exc.seconds) from exc
         except PermanentHTTPError as exc:
             raise PermanentError(str(exc)) from exc
         return {"target": sync.target, "status": sync.response_status}
@@ -167,7 +171,14 @@ def mark_order_fulfilled(payload: OrderRef, ctx: JobContext) -> dict:
     return _step("fulfilled", payload, ctx, work)
 
 
-@job("send_followup_email", payload=OrderRef, max_attempts=8, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
+@job(
+    "send_followup_email",
+    payload=OrderRef,
+    max_attempts=8,
+    backoff=_backoff(),
+    timeout=_NETWORK_TIMEOUT,
+    expires=timedelta(days=2),  # "how was your order?" days late (workers down, retries) is noise
+)
 def send_followup_email(payload: OrderRef, ctx: JobContext) -> dict:
     return {"sent": notifications.send_followup(_order(payload), actor=Actor.job(ctx))}
 
@@ -199,6 +210,8 @@ def deliver_webhook(payload: WebhookDeliveryRef, ctx: JobContext) -> dict:
         delivery = webhooks.deliver(
             payload.endpoint_id, payload.event, payload.order_id, payload.message_id, actor=Actor.job(ctx)
         )
+    except RetryLater as exc:  # the endpoint is busy: ask again when it says, without using an attempt
+        raise Snooze(exc.seconds) from exc
     except PermanentHTTPError as exc:
         services.record_webhook_refused(
             payload.order_id, payload.endpoint_id, payload.event, str(exc), actor=Actor.job(ctx)

@@ -1,7 +1,8 @@
 """The order pipeline: which jobs an order's status changes enqueue, and how far they have got.
 
 Every job carries a unique key per order and step (``order:<id>:<step>``), so calling these twice
-enqueues nothing more, and the order page finds a step's job by its key.
+enqueues nothing more, and the order page finds a step's job by its key. Every job about an order is
+tagged ``order:<number>`` (``order_tags``), so staff find all of an order's jobs in the admin.
 """
 
 from collections.abc import Iterable
@@ -48,6 +49,12 @@ def job_key(order_id: int, step: str) -> str:
     return f"order:{order_id}:{step}"
 
 
+def order_tags(order: Order | str) -> list[str]:
+    """The tags of every job about this order (or order number): staff filter and search the admin's
+    job list by ``order:<number>``."""
+    return [f"order:{order if isinstance(order, str) else order.number}"]
+
+
 def webhook_key(endpoint_id: int, event: str, order_id: int, message_id: int | None = None) -> str:
     key = f"webhook:{endpoint_id}:{event}:order:{order_id}"
     return key if message_id is None else f"{key}:{message_id}"
@@ -61,14 +68,15 @@ def on_order_paid(order: Order) -> None:
     succeeds; mark_order_fulfilled (ready to ship) waits for both. The follow-up email is enqueued when
     the order has shipped (``services.create_shipment``), not here.
     """
-    ref = {"order_id": order.id}
-    invoice = prepare("generate_invoice", ref, unique_key=job_key(order.id, "invoice"))
-    inventory = prepare("sync_inventory", ref, unique_key=job_key(order.id, "inventory"))
+    ref, tags = {"order_id": order.id}, order_tags(order)
+    invoice = prepare("generate_invoice", ref, unique_key=job_key(order.id, "invoice"), tags=tags)
+    inventory = prepare("sync_inventory", ref, unique_key=job_key(order.id, "inventory"), tags=tags)
     enqueue(
         "send_order_confirmation",
         ref,
         priority=HIGH,
         unique_key=job_key(order.id, "confirmation"),
+        tags=tags,
         then=[invoice, inventory],
     )
     if invoice.pk is not None:  # else the pipeline was enqueued before and is still running
@@ -77,6 +85,7 @@ def on_order_paid(order: Order) -> None:
             ref,
             depends_on=[invoice, inventory],
             unique_key=job_key(order.id, "fulfilled"),
+            tags=tags,
         )
     enqueue_webhooks(order, WebhookEvent.ORDER_PAID)
 
@@ -111,6 +120,7 @@ def enqueue_webhooks(order: Order, event: str, **facts: Any) -> list[Job]:
             "deliver_webhook",
             {"endpoint_id": endpoint.id, "event": str(event), "order_id": order.id, "message_id": message.id},
             unique_key=webhook_key(endpoint.id, event, order.id, None if first else message.id),
+            tags=order_tags(order),
         )
         for endpoint in endpoints
     ]

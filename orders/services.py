@@ -35,7 +35,7 @@ from orders.models import (
     ShipmentLine,
     WebhookEvent,
 )
-from orders.pipeline import job_key, on_order_event, on_order_fulfilled, on_order_paid
+from orders.pipeline import job_key, on_order_event, on_order_fulfilled, on_order_paid, order_tags
 from shop import logging as log_context
 from shop.cart import MAX_QUANTITY
 from shop.models import Product
@@ -339,6 +339,7 @@ def mark_payment_waiting(order: Order, charge_result: ChargeResult, *, actor: Ac
             {"order_id": order.id},
             delay=timedelta(seconds=settings.PAYMENT_RESERVATION_TTL),
             unique_key=job_key(order.id, "expiry"),
+            tags=order_tags(order),
         )
     order.refresh_from_db()
     return True
@@ -527,7 +528,10 @@ def cancel_order(order: Order, *, actor: Actor | str, reason: str = "Cancelled")
             request_refund(order, actor=actor, reason=reason)
         on_order_event(order, WebhookEvent.ORDER_CANCELLED)
         enqueue(
-            "send_cancellation_email", {"order_id": order.id}, unique_key=job_key(order.id, "cancellation")
+            "send_cancellation_email",
+            {"order_id": order.id},
+            unique_key=job_key(order.id, "cancellation"),
+            tags=order_tags(order),
         )
     _void_authorization(order, actor)
     order.refresh_from_db()
@@ -616,7 +620,12 @@ def request_refund(
             restock=restock,
         )
         _record_refund_requested(refund, actor)
-        enqueue("process_refund", {"refund_id": refund.id}, unique_key=f"refund:{refund.id}")
+        enqueue(
+            "process_refund",
+            {"refund_id": refund.id},
+            unique_key=f"refund:{refund.id}",
+            tags=order_tags(locked),
+        )
     return refund
 
 
@@ -668,7 +677,12 @@ def retry_refund(refund: Refund, *, actor: Actor | str) -> Refund:
             restock=refund.restock,
         )
         _record_refund_requested(attempt, actor)
-        enqueue("process_refund", {"refund_id": attempt.id}, unique_key=f"refund:{attempt.id}")
+        enqueue(
+            "process_refund",
+            {"refund_id": attempt.id},
+            unique_key=f"refund:{attempt.id}",
+            tags=order_tags(locked),
+        )
     return attempt
 
 
@@ -714,7 +728,12 @@ def record_refund_result(
             _release_stock(locked, actor)
         if whole and locked.status in (Order.Status.PAID, Order.Status.FULFILLED):
             Order.objects.filter(pk=locked.pk).update(status=Order.Status.REFUNDED, updated_at=timezone.now())
-        enqueue("issue_credit_note", {"refund_id": refund.id}, unique_key=f"refund:{refund.id}:credit-note")
+        enqueue(
+            "issue_credit_note",
+            {"refund_id": refund.id},
+            unique_key=f"refund:{refund.id}:credit-note",
+            tags=order_tags(locked),
+        )
         locked.refresh_from_db()
         on_order_event(locked, WebhookEvent.ORDER_REFUNDED, refund=refund)
     refund.refresh_from_db()
@@ -757,7 +776,12 @@ def mark_disputed(order: Order, *, reason: str, amount: Decimal | None = None, a
         order.refresh_from_db()
         record(order, Kind.DISPUTED, actor, reason=reason[:255])
         on_order_event(order, WebhookEvent.ORDER_DISPUTED, dispute={"reason": reason})
-        enqueue("notify_staff_of_dispute", {"order_id": order.id}, unique_key=job_key(order.id, "dispute"))
+        enqueue(
+            "notify_staff_of_dispute",
+            {"order_id": order.id},
+            unique_key=job_key(order.id, "dispute"),
+            tags=order_tags(order),
+        )
     return True
 
 
@@ -939,13 +963,19 @@ def _ship(order: Order, shipment: Shipment, actor: Actor | str) -> None:
     )
     order.refresh_from_db()
     on_order_event(order, WebhookEvent.ORDER_SHIPPED, shipment=_shipment_fact(shipment))
-    enqueue("send_shipping_email", {"shipment_id": shipment.pk}, unique_key=f"shipment:{shipment.pk}:email")
+    enqueue(
+        "send_shipping_email",
+        {"shipment_id": shipment.pk},
+        unique_key=f"shipment:{shipment.pk}:email",
+        tags=order_tags(order),
+    )
     if status == Order.Status.SHIPPED:
         enqueue(
             "send_followup_email",
             {"order_id": order.id},
             delay=timedelta(seconds=settings.FOLLOWUP_DELAY),
             unique_key=job_key(order.id, "followup"),
+            tags=order_tags(order),
         )
 
 

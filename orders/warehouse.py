@@ -22,6 +22,7 @@ from jobs.api import PermanentError, enqueue
 from orders import services
 from orders.events import Actor
 from orders.models import Order, Shipment, WarehouseEvent
+from orders.pipeline import order_tags
 from orders.webhooks import verify_signature
 
 TOLERANCE = 300  # seconds: a captured callback cannot be replayed later than this
@@ -98,7 +99,12 @@ def receive(body: bytes, signature: str) -> Received:
             stored = WarehouseEvent.objects.create(
                 event_id=event_id, type=f"shipment.{report.status}", payload=report.model_dump(mode="json")
             )
-            enqueue("apply_warehouse_event", {"event_id": event_id}, unique_key=f"warehouse-event:{event_id}")
+            enqueue(
+                "apply_warehouse_event",
+                {"event_id": event_id},
+                unique_key=f"warehouse-event:{event_id}",
+                tags=order_tags(report.order),
+            )
     except IntegrityError:
         return Received(WarehouseEvent.objects.get(event_id=event_id), duplicate=True)
     return Received(stored, duplicate=False)

@@ -335,10 +335,15 @@ def on_dead(sender, job, error=None, **kwargs) -> None:
     _finish(job, error, **{"job.outcome": "dead"})
 
 
+def on_snoozed(sender, job, seconds=None, **kwargs) -> None:
+    _finish(job, **{"job.outcome": "snoozed", "job.snooze_seconds": seconds})
+
+
 _RECEIVERS = {
     "job_enqueuing": on_enqueuing,
     "job_started": on_started,
     "job_succeeded": on_succeeded,
     "job_failed": on_failed,
     "job_dead": on_dead,
+    "job_snoozed": on_snoozed,
 }

@@ -1,12 +1,15 @@
 """Jobs in the admin: read-only, with retry, run now, cancel and priority through jobs.staff."""
 
+from urllib.parse import urlencode
+
 from django.contrib import admin, messages
 from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
-from jobs import explain, staff
+from jobs import db, explain, staff
 from jobs.admin.common import (
     EstimatedCountPaginator,
     JobActionForm,
@@ -15,6 +18,7 @@ from jobs.admin.common import (
     ObjectActionsMixin,
     QueueFilter,
     ReadOnlyAdmin,
+    TagFilter,
     TypeFilter,
     bulk_action,
     dead_letter_link,
@@ -30,9 +34,9 @@ from jobs.models import DeadLetter, Job
 class JobAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
     list_display = ["id", "type", "status", "queue", "priority", "attempts_of", "run_at", "age"]
     list_display_links = ["id", "type"]
-    list_filter = ["status", QueueFilter, TypeFilter, "created_at"]
+    list_filter = ["status", QueueFilter, TypeFilter, TagFilter, "created_at"]
     search_fields = ["=type", "=unique_key"]
-    search_help_text = "A job id, a job type or a unique key (exact)."
+    search_help_text = "A job id, a job type, a unique key or a tag such as order:ORD-2026-000042 (exact)."
     ordering = ["-id"]
     list_per_page = 50
     show_full_result_count = False
@@ -86,6 +90,12 @@ class JobAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
                 ]
             },
         ),
+        (
+            "Tags, metadata, expiry",
+            {
+                "fields": ["tag_links", "meta_json", "expires_at", "snoozes"],
+            },
+        ),
     ]
     readonly_fields = [f for _, opts in fieldsets for f in opts["fields"]]
 
@@ -99,7 +109,10 @@ class JobAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
         term = search_term.strip().lstrip("#")
         if term.isdigit():
             return queryset.filter(Q(pk=int(term)) | Q(unique_key=term)), False
-        return super().get_search_results(request, queryset, search_term)
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if term:
+            found = found | queryset.filter(db.tagged(term))
+        return found, duplicates
 
     def action_applies(self, name, obj) -> bool:
         # The staff operations' own rules; the page leaves out what would change nothing (a job already
@@ -139,6 +152,19 @@ class JobAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
     @admin.display(description="result")
     def result_json(self, obj):
         return pretty_json(obj.result) if obj.result is not None else "-"
+
+    @admin.display(description="meta")
+    def meta_json(self, obj):
+        return pretty_json(obj.meta) if obj.meta else "-"
+
+    @admin.display(description="tags")
+    def tag_links(self, obj):
+        """Each tag links to the job list filtered by it: every job of the same order, say."""
+        if not obj.tags:
+            return "-"
+        url = reverse("admin:jobs_job_changelist")
+        links = ((url, urlencode({"tag": tag}), tag) for tag in obj.tags)
+        return format_html_join(", ", '<a href="{}?{}">{}</a>', links)
 
     @admin.display(description="worker")
     def worker(self, obj):

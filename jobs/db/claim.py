@@ -51,17 +51,29 @@ def claim_sql(
     else:
         where.append("j.concurrency_key IS NULL")
     condition = " AND ".join(where)
+    # A job found past its expires_at is cancelled by this same statement instead of run late (no
+    # second statement per claim); the caller tells the two apart by the status returned. Every SET
+    # expression reads the row as it was, so "expired" means the same in each.
+    expired = "expires_at IS NOT NULL AND expires_at <= %s"
     set_running = (
-        "status = 'running', attempts = attempts + 1, locked_by = %s, lock_token = %s,"
-        " started_at = %s, heartbeat_at = %s, progress = NULL"
+        f"status = CASE WHEN {expired} THEN 'cancelled' ELSE 'running' END,"
+        f" status_reason = CASE WHEN {expired} THEN 'expired' ELSE status_reason END,"
+        f" finished_at = CASE WHEN {expired} THEN %s ELSE finished_at END,"
+        f" attempts = CASE WHEN {expired} THEN attempts ELSE attempts + 1 END,"
+        f" locked_by = CASE WHEN {expired} THEN NULL ELSE %s END,"
+        f" lock_token = CASE WHEN {expired} THEN NULL ELSE %s END,"
+        f" started_at = CASE WHEN {expired} THEN started_at ELSE %s END,"
+        f" heartbeat_at = CASE WHEN {expired} THEN NULL ELSE %s END, progress = NULL"
     )
-    set_params = [worker_id, token, dt(now), dt(now)]
+    at = dt(now)
+    set_params = [at, at, at, at, at, at, worker_id, at, token, at, at, at, at]
     if is_postgres():
+        columns = ", ".join(f"jobs_job.{c}" for c in returning.split(", "))
         sql = (
             f"WITH locked AS (SELECT j.id FROM jobs_job j WHERE {condition}"
             " ORDER BY j.priority DESC, j.run_at, j.id LIMIT %s FOR UPDATE SKIP LOCKED)"
             f" UPDATE jobs_job SET {set_running} FROM locked"
-            f" WHERE jobs_job.id = locked.id RETURNING jobs_job.{returning}"
+            f" WHERE jobs_job.id = locked.id RETURNING {columns}"
         )
         return sql, params + [limit] + set_params
     # Without statistics SQLite would rather sort every pending row found through (status, finished_at);
@@ -74,22 +86,29 @@ def claim_sql(
     return sql, set_params + params + [limit]
 
 
-def claim_ids(**options) -> list[int]:
+def claim_ids(*, expired: list[int] | None = None, **options) -> list[int]:
     """Mark up to ``limit`` due pending jobs running for ``worker_id`` and return their ids.
 
     Runs inside the caller's transaction. Order: priority desc, run_at, id. ``keyed`` selects jobs
     with a concurrency key (see claim_keyed_ids); otherwise only jobs without one are considered.
+    Jobs found past their ``expires_at`` are cancelled instead, their ids added to ``expired``.
     """
-    sql, params = claim_sql(**options)
+    sql, params = claim_sql(returning="id, status", **options)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return [row[0] for row in cursor.fetchall()]
+        rows = cursor.fetchall()
+    if expired is not None:
+        expired += [row[0] for row in rows if row[1] != "running"]
+    return [row[0] for row in rows if row[1] == "running"]
 
 
-def claim_jobs(**options) -> list:
-    """The common claim as one statement returning whole rows (inside the caller's transaction)."""
+def claim_jobs(**options) -> tuple[list, list]:
+    """The common claim as one statement returning whole rows (inside the caller's transaction): the
+    jobs claimed, and those it cancelled as expired."""
+    options.pop("expired", None)
     sql, params = claim_sql(returning="*", **options)
-    return list(Job.objects.raw(sql, params))
+    rows = list(Job.objects.raw(sql, params))
+    return [j for j in rows if j.status == "running"], [j for j in rows if j.status != "running"]
 
 
 def prepare_claim() -> datetime:
@@ -136,9 +155,11 @@ def claim_keyed_ids(*, limit: int, **options) -> list[int]:
     if not lock_keyed_claims():
         return []
     ids: list[int] = []
+    expired = options.setdefault("expired", [])
     while len(ids) < limit:
+        before = len(expired)
         got = claim_ids(limit=1, keyed=True, **options)
-        if not got:
+        if not got and len(expired) == before:
             break
         ids += got
     return ids

@@ -73,6 +73,9 @@ _BULK_COLUMNS = {
     "concurrency_key": "text",
     "concurrency_limit": "int",
     "trace_context": "jsonb",
+    "tags": "jsonb",
+    "meta": "jsonb",
+    "expires_at": "timestamptz",
 }
 
 
@@ -88,14 +91,17 @@ def bulk_insert_jobs(jobs: list) -> list[int]:
     values = {}
     for name in _BULK_COLUMNS:
         column = [getattr(j, name) for j in jobs]
-        if not postgres and name in ("run_at", "created_at"):
+        if not postgres and name in ("run_at", "created_at", "expires_at"):
             column = [dt(v) for v in column]
         values[name] = column
-    # A dict (a trace context) cannot be one parameter: it travels in the document like the payload.
+    # A dict or a list (a trace context, tags) cannot be one parameter: it travels in the document
+    # like the payload.
     varying = [
         n
         for n in _BULK_COLUMNS
-        if n == "payload" or isinstance(values[n][0], dict) or any(v != values[n][0] for v in values[n])
+        if n == "payload"
+        or isinstance(values[n][0], dict | list)
+        or any(v != values[n][0] for v in values[n])
     ]
     # default=: a varying datetime (PostgreSQL; SQLite's are text already) as ISO 8601, with its offset
     rows = json.dumps([[values[n][i] for n in varying] for i in range(len(jobs))], default=_iso)
@@ -114,13 +120,13 @@ def bulk_insert_jobs(jobs: list) -> list[int]:
             params.append(values[name][0])
     if postgres:
         source = "jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(value, n) ORDER BY r.n"
-        defaults = "'', 0, '[]'::jsonb, 0, false"
+        defaults = "'', 0, '[]'::jsonb, 0, false, 0"
     else:
         source = "json_each(%s) AS r ORDER BY r.key"
-        defaults = "'', 0, '[]', 0, 0"
+        defaults = "'', 0, '[]', 0, 0, 0"
     sql = (
         f"INSERT INTO jobs_job ({', '.join(_BULK_COLUMNS)}, status_reason, attempts, errors, waiting_on,"
-        f" cancel_requested) SELECT {', '.join(select)}, {defaults} FROM {source} RETURNING id"
+        f" cancel_requested, snoozes) SELECT {', '.join(select)}, {defaults} FROM {source} RETURNING id"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, rows])
@@ -131,7 +137,7 @@ def bulk_insert_jobs(jobs: list) -> list[int]:
     return ids
 
 
-_JSON_COLUMNS = ("payload", "trace_context")
+_JSON_COLUMNS = ("payload", "trace_context", "tags", "meta")
 
 
 def _iso(value):

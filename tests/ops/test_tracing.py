@@ -103,6 +103,17 @@ def test_an_enqueue_stores_its_span_context_on_the_job_and_the_run_is_its_child(
     assert "grace@example.com" not in json.dumps([as_record(s) for s in by_id.values()])
 
 
+@pytest.mark.django_db
+def test_a_snoozed_run_ends_its_span_with_the_outcome_snoozed(spans):
+    from jobs.api import enqueue
+
+    job = enqueue("test.snoozy", {"key": "traced", "times": 1, "seconds": 30})
+    run_jobs()
+    (run,) = [s for s in spans.get_finished_spans() if s.name == "run test.snoozy"]
+    assert run.attributes["job.id"] == job.id
+    assert (run.attributes["job.outcome"], run.attributes["job.snooze_seconds"]) == ("snoozed", 30.0)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_an_orders_trace_follows_every_job_it_spawned_in_a_worker_process(
     spans, tmp_path, http_server, settings

@@ -35,6 +35,7 @@ class _Handler(BaseHTTPRequestHandler):
         if answer == HANG:
             server.stopped.wait(30)
             return
+        answer, extra_headers = answer if isinstance(answer, tuple) else (answer, {})
         if server.secret is not None and not verify_signature(
             received.headers.get("X-Shop-Signature", ""), body, server.secret
         ):
@@ -46,6 +47,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(answer)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        for name, value in extra_headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
 
@@ -54,7 +57,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class LocalServer:
-    """``script``: the status codes (or HANG) of the first requests, then ``default`` for the rest.
+    """``script``: the status codes (or HANG, or ``(status, {header: value})``) of the first requests,
+    then ``default`` for the rest.
     With ``secret``, a request whose X-Shop-Signature does not verify is answered 401."""
 
     def __init__(self, script=(), default: int = 200, secret: str | None = None):

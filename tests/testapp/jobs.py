@@ -7,7 +7,7 @@ import time
 from django.utils import timezone
 from pydantic import BaseModel
 
-from jobs.api import Backoff, PermanentError, job
+from jobs.api import Backoff, PermanentError, Snooze, job
 from tests.testapp.models import Run
 
 
@@ -240,3 +240,26 @@ def traced(payload, ctx):
     )
     if payload.key == "parent":
         enqueue("test.traced", {"key": "child"})
+
+
+class Snoozy(BaseModel):
+    key: str = ""
+    times: int  # snooze on the first so many runs, then succeed
+    seconds: float = 0.5
+    returned: bool = False  # return the Snooze instead of raising it
+
+
+@job(
+    "test.snoozy",
+    payload=Snoozy,
+    max_attempts=2,
+    max_snoozes=3,
+    backoff=Backoff(base=0.01, cap=0.05, jitter=0),
+)
+def snoozy(payload, ctx):
+    record(payload, ctx)
+    if Run.objects.filter(job_id=ctx.job_id).count() <= payload.times:
+        if payload.returned:
+            return Snooze(payload.seconds)
+        raise Snooze(payload.seconds)
+    return {"attempt": ctx.attempt}
