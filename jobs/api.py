@@ -19,7 +19,16 @@ from jobs.engine import cancel, run_now
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, UnknownJobType
 from jobs.execution import JobContext
 from jobs.explain import Reason, explain
-from jobs.models import ACTIVE_STATUSES, DeadLetter, Job, JobDependency, JobStatus, Priority
+from jobs.models import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    DeadLetter,
+    DependsWhen,
+    Job,
+    JobDependency,
+    JobStatus,
+    Priority,
+)
 from jobs.registry import Backoff, JobType, get_job_type, job, validate_payload
 
 LOW, NORMAL, HIGH, CRITICAL = Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.CRITICAL
@@ -109,6 +118,7 @@ def enqueue(
     max_attempts: int | None = None,
     then: Sequence[Job] | Job | None = None,
     depends_on: Iterable[Job | int] | None = None,
+    when: str = DependsWhen.SUCCEEDED,
     _payload_version: int | None = None,
     _requeued_from: DeadLetter | None = None,
 ) -> Job:
@@ -116,9 +126,13 @@ def enqueue(
 
     ``then``: jobs built with :func:`prepare` that run after this one succeeds (fan-out); a job passed
     in several parents' ``then`` waits for all of them (fan-in). ``depends_on``: existing jobs this one
-    waits for. ``unique_key``: while an unfinished job holds the key, the existing job is returned.
-    Raises UnknownJobType or InvalidPayload (nothing stored).
+    waits for: until each succeeded (``when="succeeded"``, a dead or cancelled parent cancels this job),
+    or until each finished whatever its outcome (``when="finished"``).
+
+    ``unique_key``: while an unfinished job holds the key, the existing job is returned.
+    Raises UnknownJobType or InvalidPayload (nothing stored), ValueError for a bad option.
     """
+    _check_options(depends_on, when)
     jt = get_job_type(job_type)
     new = _build(
         jt,
@@ -140,7 +154,7 @@ def enqueue(
         return _refreshed(new)
     with transaction.atomic():
         for _ in range(3):
-            if _insert(new, parents):
+            if _insert(new, parents, when):
                 break
             # An unfinished job holds the key (the unique index decides, races included): it stands.
             existing = Job.objects.filter(unique_key=unique_key, status__in=ACTIVE_STATUSES).first()
@@ -193,7 +207,14 @@ def _refreshed(job: Job) -> Job:
     return job
 
 
-def _insert(job: Job, parents: list[Job | int]) -> bool:
+def _check_options(depends_on, when) -> None:
+    if when not in DependsWhen.values:
+        raise ValueError(f"when must be one of {DependsWhen.values}, not {when!r}")
+    if when != DependsWhen.SUCCEEDED and not depends_on:
+        raise ValueError("when= qualifies depends_on: pass the jobs this one depends on")
+
+
+def _insert(job: Job, parents: list[Job | int], when: str = DependsWhen.SUCCEEDED) -> bool:
     """Store ``job`` waiting on ``parents``; False (nothing stored) if an unfinished job holds its key."""
     parent_ids = [p.pk if isinstance(p, Job) else int(p) for p in parents]
     waiting = 0
@@ -203,9 +224,10 @@ def _insert(job: Job, parents: list[Job | int]) -> bool:
         missing = set(parent_ids) - set(states)
         if missing:
             raise ValueError(f"depends_on names unknown job(s): {sorted(missing)}")
-        waiting = sum(1 for s in states.values() if s != JobStatus.SUCCEEDED)
+        done = (JobStatus.SUCCEEDED,) if when == DependsWhen.SUCCEEDED else FINISHED_STATUSES
+        waiting = sum(1 for s in states.values() if s not in done)
         dead = [pid for pid, s in states.items() if s in (JobStatus.DEAD, JobStatus.CANCELLED)]
-        if dead:
+        if dead and when == DependsWhen.SUCCEEDED:
             job.status = JobStatus.CANCELLED
             job.status_reason = f"parent job #{dead[0]} did not succeed"
             job.finished_at = timezone.now()
@@ -215,7 +237,9 @@ def _insert(job: Job, parents: list[Job | int]) -> bool:
     if not db.insert_job(job, unless_key_taken=job.unique_key is not None):  # NOTIFY included
         return False
     if parent_ids:
-        JobDependency.objects.bulk_create([JobDependency(parent_id=p, child=job) for p in parent_ids])
+        JobDependency.objects.bulk_create(
+            [JobDependency(parent_id=p, child=job, when=when) for p in parent_ids]
+        )
     return True
 
 

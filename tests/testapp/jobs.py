@@ -240,3 +240,9 @@ def traced(payload, ctx):
     )
     if payload.key == "parent":
         enqueue("test.traced", {"key": "child"})
+
+
+@job("test.parents", payload=Key)
+def parent_results(payload, ctx):
+    """Returns what it read of its parents, as ``[[parent id, result], ...]`` (JSON has no int keys)."""
+    return {"parents": [[parent_id, result] for parent_id, result in ctx.parent_results.items()]}
