@@ -119,6 +119,8 @@ def enqueue(
     then: Sequence[Job] | Job | None = None,
     depends_on: Iterable[Job | int] | None = None,
     when: str = DependsWhen.SUCCEEDED,
+    on_conflict: str = "keep",
+    max_wait: timedelta | float | None = None,
     _payload_version: int | None = None,
     _requeued_from: DeadLetter | None = None,
 ) -> Job:
@@ -129,10 +131,14 @@ def enqueue(
     waits for: until each succeeded (``when="succeeded"``, a dead or cancelled parent cancels this job),
     or until each finished whatever its outcome (``when="finished"``).
 
-    ``unique_key``: while an unfinished job holds the key, the existing job is returned.
+    ``unique_key``: while an unfinished job holds the key, the existing job is returned. With
+    ``on_conflict="replace"`` (debounce) an existing job not started yet (pending or blocked) takes
+    this call's payload and run_at, never later than ``max_wait`` after that job was first enqueued
+    (its created_at); a running job, or another type's job, holding the key is returned unchanged
+    (the unique key covers running jobs too, so no second job is queued behind it).
     Raises UnknownJobType or InvalidPayload (nothing stored), ValueError for a bad option.
     """
-    _check_options(depends_on, when)
+    _check_options(unique_key, depends_on, when, on_conflict, max_wait)
     jt = get_job_type(job_type)
     new = _build(
         jt,
@@ -157,7 +163,10 @@ def enqueue(
             if _insert(new, parents, when):
                 break
             # An unfinished job holds the key (the unique index decides, races included): it stands.
-            existing = Job.objects.filter(unique_key=unique_key, status__in=ACTIVE_STATUSES).first()
+            if on_conflict == "replace":
+                existing = _replace(new, max_wait)
+            else:
+                existing = Job.objects.filter(unique_key=unique_key, status__in=ACTIVE_STATUSES).first()
             if existing is not None:
                 return existing
             # It finished between the insert and this look: the key is free again, try once more.
@@ -207,11 +216,48 @@ def _refreshed(job: Job) -> Job:
     return job
 
 
-def _check_options(depends_on, when) -> None:
+def _check_options(unique_key, depends_on, when, on_conflict, max_wait) -> None:
+    if on_conflict not in ("keep", "replace"):
+        raise ValueError(f"on_conflict must be 'keep' or 'replace', not {on_conflict!r}")
+    if on_conflict == "replace" and unique_key is None:
+        raise ValueError("on_conflict='replace' needs a unique_key: it replaces the job holding that key")
+    if max_wait is not None and on_conflict != "replace":
+        raise ValueError("max_wait bounds a debounce: pass it with on_conflict='replace'")
     if when not in DependsWhen.values:
         raise ValueError(f"when must be one of {DependsWhen.values}, not {when!r}")
     if when != DependsWhen.SUCCEEDED and not depends_on:
         raise ValueError("when= qualifies depends_on: pass the jobs this one depends on")
+
+
+def _replace(new: Job, max_wait: timedelta | float | None) -> Job | None:
+    """Debounce: the unfinished job holding ``new``'s key, locked; if it has not started, it takes
+    ``new``'s payload and run_at, capped at ``max_wait`` after its first enqueue. None if the key was
+    freed meanwhile.
+
+    The row lock (PostgreSQL) or the write lock every SQLite transaction takes (BEGIN IMMEDIATE)
+    serialises concurrent replaces of one key, and a worker's claim skips a locked row, so a replace
+    either changes a job before it is claimed or finds it running and leaves it alone.
+    """
+    existing = (
+        Job.objects.select_for_update().filter(unique_key=new.unique_key, status__in=ACTIVE_STATUSES).first()
+    )
+    if existing is None or existing.status == JobStatus.RUNNING or existing.type != new.type:
+        return existing  # started, or another type's job holding the key: it stands as it is
+    run_at = new.run_at
+    if max_wait is not None:
+        if not isinstance(max_wait, timedelta):
+            max_wait = timedelta(seconds=float(max_wait))
+        run_at = min(run_at, existing.created_at + max_wait)
+    changes = {
+        "payload": new.payload,
+        "payload_version": new.payload_version,
+        "concurrency_key": new.concurrency_key,
+        "run_at": run_at,
+    }
+    Job.objects.filter(id=existing.id).update(**changes)
+    for name, value in changes.items():
+        setattr(existing, name, value)
+    return existing
 
 
 def _insert(job: Job, parents: list[Job | int], when: str = DependsWhen.SUCCEEDED) -> bool:
