@@ -47,6 +47,15 @@ def test_keep_is_the_default_and_leaves_the_waiting_job_unchanged():
         assert (job.payload, job.run_at) == ({"key": "v1"}, first.run_at)
 
 
+def test_replace_updates_a_job_still_blocked_on_its_parents_which_keeps_waiting():
+    parent = enqueue("test.record", {"key": "parent"}, delay=3600)
+    first = enqueue("test.record", {"key": "v1"}, unique_key="k", on_conflict="replace", depends_on=[parent])
+    again = enqueue("test.record", {"key": "v2"}, unique_key="k", on_conflict="replace", depends_on=[parent])
+    job = Job.objects.get(id=first.id)
+    assert again.id == first.id and Job.objects.count() == 2
+    assert (job.status, job.waiting_on, job.payload) == (JobStatus.BLOCKED, 1, {"key": "v2"})
+
+
 def test_replace_leaves_a_running_job_alone_and_returns_it():
     first = enqueue("test.record", {"key": "v1"}, unique_key="k", on_conflict="replace")
     (claimed,) = engine.claim("w", 1)
