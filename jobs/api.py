@@ -22,7 +22,16 @@ from jobs.engine import cancel, run_now
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, Snooze, UnknownJobType
 from jobs.execution import JobContext
 from jobs.explain import Reason, explain
-from jobs.models import ACTIVE_STATUSES, DeadLetter, Job, JobDependency, JobStatus, Priority
+from jobs.models import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    DeadLetter,
+    DependsWhen,
+    Job,
+    JobDependency,
+    JobStatus,
+    Priority,
+)
 from jobs.registry import Backoff, JobType, as_duration, get_job_type, job, validate_payload
 
 LOW, NORMAL, HIGH, CRITICAL = Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.CRITICAL
@@ -145,6 +154,9 @@ def enqueue(
     expires_in: timedelta | float | None = None,
     then: Sequence[Job] | Job | None = None,
     depends_on: Iterable[Job | int] | None = None,
+    when: str = DependsWhen.SUCCEEDED,
+    on_conflict: str = "keep",
+    max_wait: timedelta | float | None = None,
     _payload_version: int | None = None,
     _requeued_from: DeadLetter | None = None,
 ) -> Job:
@@ -152,12 +164,20 @@ def enqueue(
 
     ``then``: jobs built with :func:`prepare` that run after this one succeeds (fan-out); a job passed
     in several parents' ``then`` waits for all of them (fan-in). ``depends_on``: existing jobs this one
-    waits for. ``unique_key``: while an unfinished job holds the key, the existing job is returned.
+    waits for: until each succeeded (``when="succeeded"``, a dead or cancelled parent cancels this job),
+    or until each finished whatever its outcome (``when="finished"``).
+
+    ``unique_key``: while an unfinished job holds the key, the existing job is returned. With
+    ``on_conflict="replace"`` (debounce) an existing job not started yet (pending or blocked) takes
+    this call's payload and run_at, never later than ``max_wait`` after that job was first enqueued
+    (its created_at); a running job, or another type's job, holding the key is returned unchanged
+    (the unique key covers running jobs too, so no second job is queued behind it).
     ``tags`` (strings staff filter and search by) and ``meta`` (a JSON object) are stored on the job.
     ``expires_in``: a job not claimed within that long of being due (``run_at``) is cancelled with
     the reason ``expired``, never run late (default: the type's ``expires``).
-    Raises UnknownJobType or InvalidPayload (nothing stored).
+    Raises UnknownJobType or InvalidPayload (nothing stored), ValueError for a bad option.
     """
+    _check_options(unique_key, depends_on, when, on_conflict, max_wait)
     jt = get_job_type(job_type)
     new = _build(
         jt,
@@ -182,10 +202,13 @@ def enqueue(
         return _refreshed(new)
     with transaction.atomic():
         for _ in range(3):
-            if _insert(new, parents):
+            if _insert(new, parents, when):
                 break
             # An unfinished job holds the key (the unique index decides, races included): it stands.
-            existing = Job.objects.filter(unique_key=unique_key, status__in=ACTIVE_STATUSES).first()
+            if on_conflict == "replace":
+                existing = _replace(new, max_wait)
+            else:
+                existing = Job.objects.filter(unique_key=unique_key, status__in=ACTIVE_STATUSES).first()
             if existing is not None:
                 return existing
             # It finished between the insert and this look: the key is free again, try once more.
@@ -235,7 +258,51 @@ def _refreshed(job: Job) -> Job:
     return job
 
 
-def _insert(job: Job, parents: list[Job | int]) -> bool:
+def _check_options(unique_key, depends_on, when, on_conflict, max_wait) -> None:
+    if on_conflict not in ("keep", "replace"):
+        raise ValueError(f"on_conflict must be 'keep' or 'replace', not {on_conflict!r}")
+    if on_conflict == "replace" and unique_key is None:
+        raise ValueError("on_conflict='replace' needs a unique_key: it replaces the job holding that key")
+    if max_wait is not None and on_conflict != "replace":
+        raise ValueError("max_wait bounds a debounce: pass it with on_conflict='replace'")
+    if when not in DependsWhen.values:
+        raise ValueError(f"when must be one of {DependsWhen.values}, not {when!r}")
+    if when != DependsWhen.SUCCEEDED and not depends_on:
+        raise ValueError("when= qualifies depends_on: pass the jobs this one depends on")
+
+
+def _replace(new: Job, max_wait: timedelta | float | None) -> Job | None:
+    """Debounce: the unfinished job holding ``new``'s key, locked; if it has not started, it takes
+    ``new``'s payload and run_at, capped at ``max_wait`` after its first enqueue. None if the key was
+    freed meanwhile.
+
+    The row lock (PostgreSQL) or the write lock every SQLite transaction takes (BEGIN IMMEDIATE)
+    serialises concurrent replaces of one key, and a worker's claim skips a locked row, so a replace
+    either changes a job before it is claimed or finds it running and leaves it alone.
+    """
+    existing = (
+        Job.objects.select_for_update().filter(unique_key=new.unique_key, status__in=ACTIVE_STATUSES).first()
+    )
+    if existing is None or existing.status == JobStatus.RUNNING or existing.type != new.type:
+        return existing  # started, or another type's job holding the key: it stands as it is
+    run_at = new.run_at
+    if max_wait is not None:
+        if not isinstance(max_wait, timedelta):
+            max_wait = timedelta(seconds=float(max_wait))
+        run_at = min(run_at, existing.created_at + max_wait)
+    changes = {
+        "payload": new.payload,
+        "payload_version": new.payload_version,
+        "concurrency_key": new.concurrency_key,
+        "run_at": run_at,
+    }
+    Job.objects.filter(id=existing.id).update(**changes)
+    for name, value in changes.items():
+        setattr(existing, name, value)
+    return existing
+
+
+def _insert(job: Job, parents: list[Job | int], when: str = DependsWhen.SUCCEEDED) -> bool:
     """Store ``job`` waiting on ``parents``; False (nothing stored) if an unfinished job holds its key."""
     parent_ids = [p.pk if isinstance(p, Job) else int(p) for p in parents]
     waiting = 0
@@ -245,9 +312,10 @@ def _insert(job: Job, parents: list[Job | int]) -> bool:
         missing = set(parent_ids) - set(states)
         if missing:
             raise ValueError(f"depends_on names unknown job(s): {sorted(missing)}")
-        waiting = sum(1 for s in states.values() if s != JobStatus.SUCCEEDED)
+        done = (JobStatus.SUCCEEDED,) if when == DependsWhen.SUCCEEDED else FINISHED_STATUSES
+        waiting = sum(1 for s in states.values() if s not in done)
         dead = [pid for pid, s in states.items() if s in (JobStatus.DEAD, JobStatus.CANCELLED)]
-        if dead:
+        if dead and when == DependsWhen.SUCCEEDED:
             job.status = JobStatus.CANCELLED
             job.status_reason = f"parent job #{dead[0]} did not succeed"
             job.finished_at = timezone.now()
@@ -257,7 +325,9 @@ def _insert(job: Job, parents: list[Job | int]) -> bool:
     if not db.insert_job(job, unless_key_taken=job.unique_key is not None):  # NOTIFY included
         return False
     if parent_ids:
-        JobDependency.objects.bulk_create([JobDependency(parent_id=p, child=job) for p in parent_ids])
+        JobDependency.objects.bulk_create(
+            [JobDependency(parent_id=p, child=job, when=when) for p in parent_ids]
+        )
     return True
 
 

@@ -11,6 +11,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -18,7 +19,7 @@ from django.db import InterfaceError, OperationalError, connection
 
 from jobs import engine, retry, signals
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, Snooze, UnknownJobType
-from jobs.models import Job
+from jobs.models import Job, JobDependency
 from jobs.registry import get_job_type, load_payload
 
 log = logging.getLogger("jobs")
@@ -27,7 +28,7 @@ log = logging.getLogger("jobs")
 @dataclass
 class JobContext:
     """What a handler knows of its job: ``ctx.job_id``, ``ctx.attempt``, ``ctx.logger``,
-    ``ctx.progress(percent)`` and ``ctx.cancelled``."""
+    ``ctx.progress(percent)``, ``ctx.cancelled`` and ``ctx.parent_results``."""
 
     job: Job
     logger: logging.Logger
@@ -53,6 +54,15 @@ class JobContext:
     def raise_if_cancelled(self) -> None:
         if self.cancelled:
             raise JobCancelled(f"job {self.job.id} was cancelled")
+
+    @cached_property
+    def parent_results(self) -> dict[int, Any]:
+        """``{parent job id: its result}`` for the jobs this one depended on (``then=``/``depends_on``),
+        in ascending id order; None for a parent that returned nothing, died or was cancelled before it
+        returned (a ``when="finished"`` child sees those). Read on first use, so a job that never asks,
+        or has no parents, costs no query; a batch handler's ``ctx`` is its first job's."""
+        links = JobDependency.objects.filter(child_id=self.job.id).order_by("parent_id")
+        return dict(links.values_list("parent_id", "parent__result"))
 
     def progress(self, percent: float) -> None:
         percent = max(0, min(100, int(percent)))

@@ -147,9 +147,15 @@ class Job(models.Model):
         return self.errors[-1] if self.errors else None
 
 
+class DependsWhen(models.TextChoices):
+    SUCCEEDED = "succeeded", "After the parent succeeded (a dead or cancelled parent cancels the child)"
+    FINISHED = "finished", "After the parent finished, whatever its outcome"
+
+
 class JobDependency(models.Model):
     parent = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="child_links")
     child = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="parent_links")
+    when = models.CharField(max_length=16, choices=DependsWhen.choices, default=DependsWhen.SUCCEEDED)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["parent", "child"], name="jobs_dependency_unique")]

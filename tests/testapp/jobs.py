@@ -263,3 +263,9 @@ def snoozy(payload, ctx):
             return Snooze(payload.seconds)
         raise Snooze(payload.seconds)
     return {"attempt": ctx.attempt}
+
+
+@job("test.parents", payload=Key)
+def parent_results(payload, ctx):
+    """Returns what it read of its parents, as ``[[parent id, result], ...]`` (JSON has no int keys)."""
+    return {"parents": [[parent_id, result] for parent_id, result in ctx.parent_results.items()]}
