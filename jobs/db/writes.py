@@ -73,6 +73,7 @@ _BULK_COLUMNS = {
     "concurrency_key": "text",
     "concurrency_limit": "int",
     "trace_context": "jsonb",
+    "requeued_from_id": "bigint",  # a dead letter's id (api.requeue_many)
 }
 
 
