@@ -405,6 +405,7 @@ def bulk_candidates(action: str, flt: BulkFilter) -> QuerySet:
             Q(status=JobStatus.PENDING, run_at__gt=timezone.now())
             | Q(
                 status=JobStatus.DEAD,
+                dead_letter__isnull=False,
                 dead_letter__requeued_at__isnull=True,
                 dead_letter__discarded_at__isnull=True,
             )

@@ -172,6 +172,7 @@ def test_each_batch_commits_with_an_audit_row_carrying_the_filter_and_counts():
     assert DeadLetter.objects.open().filter(error_class="app.Refused").count() == 3
 
 
+@pytest.mark.django_db(transaction=True)  # real commits: the first batch stays when the second fails
 def test_a_bulk_action_run_again_after_a_crash_finishes_only_the_rest(monkeypatch):
     dead_letters(30)
     flt = BulkFilter(type="test.noop")
