@@ -29,6 +29,8 @@ DEFAULTS = {
     # Seconds a worker thread keeps its database connection across jobs when CONN_MAX_AGE is 0 (which
     # would open a connection per job); broken connections are replaced at once (health checks).
     "JOBS_WORKER_CONN_MAX_AGE": 300,
+    # Rows per transaction of a bulk action by filter (jobs.staff.bulk), each batch with its audit row.
+    "JOBS_BULK_BATCH_SIZE": 1000,
     # Bearer token for the Prometheus endpoint; empty: only a staff session can read it.
     "JOBS_METRICS_TOKEN": "",
 }

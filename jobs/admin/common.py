@@ -10,12 +10,13 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince
 
-from jobs import db, staff
+from jobs import conf, db, staff
 from jobs.models import AuditEntry, Job
 from jobs.registry import job_types
 
@@ -247,3 +248,108 @@ class ObjectActionsMixin:
 
     def action_applies(self, name: str, obj) -> bool:
         return True
+
+
+class BulkByFilterMixin:
+    """ "… all matching the current filter": a link on the changelist per permitted bulk action, to a
+    page that shows how many rows the changelist's filters take now and, once confirmed, runs
+    ``jobs.staff.bulk`` with them (batched, audited with the filter). Only filters the staff operation
+    can carry over are accepted; a search or an unknown parameter is refused rather than ignored."""
+
+    # action -> (link label, the single-row permission it needs: has_<name>_permission)
+    bulk_actions: dict[str, tuple[str, str]] = {}
+    bulk_noun = "row"
+    # changelist parameter -> BulkFilter field; anything else but ordering and paging is refused
+    bulk_params = {
+        "type": "type",
+        "queue": "queue",
+        "queue__exact": "queue",
+        "created_at__gte": "since",
+        "created_at__lt": "until",
+    }
+    ignored_params = ("o", "p", "_changelist_filters")
+
+    def get_urls(self):
+        extra = [
+            path(
+                # A suffix of its own: a dead letter's "<path:object_id>/discard/" would take "bulk/discard/".
+                "bulk/<str:action>/confirm/",
+                self.admin_site.admin_view(self.bulk_view),
+                name=f"{self.opts.app_label}_{self.opts.model_name}_bulk",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def _bulk_permitted(self, request, action: str) -> bool:
+        return action in self.bulk_actions and getattr(
+            self, f"has_{self.bulk_actions[action][1]}_permission"
+        )(request)
+
+    def changelist_view(self, request, extra_context=None):
+        query = request.GET.urlencode()
+        links = [
+            (label, reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_bulk", args=[action]))
+            for action, (label, _) in self.bulk_actions.items()
+            if self._bulk_permitted(request, action)
+        ]
+        extra_context = {
+            **(extra_context or {}),
+            "bulk_links": [(label, f"{url}?{query}" if query else url) for label, url in links],
+        }
+        return super().changelist_view(request, extra_context)
+
+    def bulk_filter(self, params) -> staff.BulkFilter:
+        """The changelist's filters as a BulkFilter; ValueError for one it cannot carry over."""
+        fields: dict = {}
+        for name, value in params.items():
+            if name in self.ignored_params:
+                continue
+            if name == "q":
+                if value:
+                    raise ValueError("a search cannot be carried over to a bulk action: use the filters")
+                continue
+            if name not in self.bulk_params:
+                raise ValueError(f"the filter {name!r} cannot be carried over to a bulk action")
+            field = self.bulk_params[name]
+            if field is None:
+                continue
+            fields[field] = staff.parse_moment(value) if field in ("since", "until") else value
+        return staff.BulkFilter(everything=True, **fields)
+
+    def bulk_view(self, request, action):
+        if not self._bulk_permitted(request, action):
+            raise PermissionDenied
+        changelist = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
+        query = request.GET.urlencode()
+        back = f"{changelist}?{query}" if query else changelist
+        try:
+            flt = self.bulk_filter(request.GET)
+            count = staff.bulk_count(action, flt)
+        except ValueError as exc:
+            messages.error(request, f"Not run: {exc}.")
+            return HttpResponseRedirect(back)
+        needs_reason = action == "discard"
+        reason = request.POST.get("reason", "").strip()
+        if request.method == "POST" and request.POST.get("confirm") and (reason or not needs_reason):
+            counts = staff.bulk(request.user, action, flt, reason=reason)
+            messages.add_message(
+                request,
+                messages.WARNING if counts.skipped else messages.SUCCESS,
+                f"{self.bulk_actions[action][0]}: done {counts.done}, skipped {counts.skipped} "
+                f"in {counts.batches} batch(es).",
+            )
+            return HttpResponseRedirect(back)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": self.bulk_actions[action][0],
+            "opts": self.opts,
+            "action": action,
+            "count": count,
+            "noun": self.bulk_noun,
+            "filter_json": json.dumps(flt.as_dict(), sort_keys=True),
+            "batch_size": conf.get("JOBS_BULK_BATCH_SIZE"),
+            "needs_reason": needs_reason,
+            "reason_missing": request.method == "POST" and needs_reason and not reason,
+            "back": back,
+        }
+        return TemplateResponse(request, "admin/jobs/bulk_confirm.html", context)

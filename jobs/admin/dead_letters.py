@@ -14,6 +14,7 @@ from django.urls import path, reverse
 
 from jobs import staff
 from jobs.admin.common import (
+    BulkByFilterMixin,
     DeadLetterAuditInline,
     JobFieldsMixin,
     ObjectActionsMixin,
@@ -89,7 +90,7 @@ class PayloadForm(forms.Form):
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
+class DeadLetterAdmin(BulkByFilterMixin, ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
     list_display = [
         "id",
         "type",
@@ -110,6 +111,14 @@ class DeadLetterAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
     object_actions = ("requeue_selected",)
     object_action_labels = {"requeue_selected": "Requeue"}
     change_form_template = "admin/jobs/deadletter/change_form.html"
+    change_list_template = "admin/jobs/change_list_bulk.html"
+    bulk_actions = {
+        "requeue": ("Requeue all matching the current filter", "requeue"),
+        "discard": ("Discard all matching the current filter", "discard"),
+    }
+    bulk_noun = "dead letter"
+    # Bulk requeue and discard take open dead letters: the state filter may say so, or say nothing.
+    bulk_params = {**BulkByFilterMixin.bulk_params, "error_class": "error_class", "state": None}
     inlines = [DeadLetterAuditInline]
     fieldsets = [
         (None, {"fields": ["id", "type", "queue", "state", "original_job", "requeued_job_link"]}),
@@ -121,6 +130,11 @@ class DeadLetterAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
         ),
     ]
     readonly_fields = [f for _, opts in fieldsets for f in opts["fields"]]
+
+    def bulk_filter(self, params) -> staff.BulkFilter:
+        if params.get("state", "open") != "open":
+            raise ValueError("bulk requeue and discard take open dead letters: filter by state Open or none")
+        return super().bulk_filter(params)
 
     def has_requeue_permission(self, request) -> bool:
         return request.user.has_perm("jobs.requeue_deadletter")

@@ -11,6 +11,7 @@ from django.utils.timesince import timesince
 
 from jobs import db, explain, staff
 from jobs.admin.common import (
+    BulkByFilterMixin,
     EstimatedCountPaginator,
     JobActionForm,
     JobAuditInline,
@@ -31,7 +32,7 @@ from jobs.models import DeadLetter, Job
 
 
 @admin.register(Job)
-class JobAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
+class JobAdmin(BulkByFilterMixin, ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
     list_display = ["id", "type", "status", "queue", "priority", "attempts_of", "run_at", "age"]
     list_display_links = ["id", "type"]
     list_filter = ["status", QueueFilter, TypeFilter, TagFilter, "created_at"]
@@ -52,6 +53,18 @@ class JobAdmin(ObjectActionsMixin, JobFieldsMixin, ReadOnlyAdmin):
         "change_priority": "Set priority",
     }
     change_form_template = "admin/jobs/change_form_actions.html"
+    change_list_template = "admin/jobs/change_list_bulk.html"
+    bulk_actions = {
+        "retry": ("Retry all matching the current filter", "retry"),
+        "cancel": ("Cancel all matching the current filter", "cancel"),
+    }
+    bulk_noun = "job"
+    bulk_params = {
+        **BulkByFilterMixin.bulk_params,
+        "status__exact": "status",
+        "status": "status",
+        "tag": "tag",
+    }
     inlines = [JobAuditInline]
     fieldsets = [
         (

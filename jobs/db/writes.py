@@ -76,6 +76,7 @@ _BULK_COLUMNS = {
     "tags": "jsonb",
     "meta": "jsonb",
     "expires_at": "timestamptz",
+    "requeued_from_id": "bigint",  # a dead letter's id (api.requeue_many)
 }
 
 

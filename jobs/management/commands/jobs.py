@@ -7,6 +7,7 @@ requeued ...), each reported on stderr.
 
 import getpass
 import json
+from datetime import datetime
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -126,6 +127,46 @@ class Command(BaseCommand):
     def do_cancel(self, job_ids, reason="", **options):
         self._report(staff.cancel(cli_actor(), self._existing_jobs(job_ids), reason), "Cancelled")
 
+    def do_bulk(
+        self,
+        bulk_action,
+        job_type="",
+        queue="",
+        status="",
+        error_class="",
+        tag="",
+        since=None,
+        until=None,
+        by="created",
+        everything=False,
+        dry_run=False,
+        reason="",
+        batch_size=None,
+        **options,
+    ):
+        flt = staff.BulkFilter(
+            type=job_type or "",
+            queue=queue or "",
+            status=status or "",
+            error_class=error_class or "",
+            tag=tag or "",
+            since=_moment(since, "--since"),
+            until=_moment(until, "--until"),
+            time_field=by,
+            everything=everything,
+        )
+        try:
+            if dry_run:
+                count = staff.bulk_count(bulk_action, flt)
+                self.stdout.write(f"would {bulk_action} {count} (dry run, nothing changed)")
+                return
+            counts = staff.bulk(cli_actor(), bulk_action, flt, reason=reason, batch_size=batch_size)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(
+            f"{bulk_action}: done {counts.done}, skipped {counts.skipped} in {counts.batches} batch(es)"
+        )
+
     def do_enqueue(self, job_type, payload, delay=None, priority=None, **options):
         try:
             data = json.loads(payload)
@@ -229,6 +270,27 @@ def add_actions(parser) -> None:
     cancel.add_argument("job_ids", type=int, nargs="+", metavar="ID")
     cancel.add_argument("--reason", default="")
 
+    bulk = sub.add_parser(
+        "bulk",
+        help="Retry or cancel every job, or requeue or discard every open dead letter, matching a filter "
+        "(in batches, each audited with the filter).",
+    )
+    bulk.add_argument("bulk_action", metavar="retry|cancel|requeue|discard")
+    bulk.add_argument("--type", dest="job_type", default="")
+    bulk.add_argument("--queue", default="")
+    bulk.add_argument("--status", default="", help="Jobs only (retry, cancel).")
+    bulk.add_argument("--error-class", default="", help="Dead letters only (requeue, discard).")
+    bulk.add_argument("--tag", default="", help="Jobs carrying this tag (dead letters: their job's).")
+    bulk.add_argument("--since", help="From this ISO date or datetime (inclusive).")
+    bulk.add_argument("--until", help="Before this ISO date or datetime.")
+    bulk.add_argument(
+        "--by", default="created", choices=["created", "finished"], help="The time --since/--until bound."
+    )
+    bulk.add_argument("--all", dest="everything", action="store_true", help="An empty filter: every row.")
+    bulk.add_argument("--dry-run", action="store_true", help="Print how many rows match; change nothing.")
+    bulk.add_argument("--reason", default="", help="Why (required to discard; a cancelled job's reason).")
+    bulk.add_argument("--batch-size", type=int, help="Rows per transaction (default JOBS_BULK_BATCH_SIZE).")
+
     enqueue = sub.add_parser("enqueue", help="Enqueue a job; the payload is validated.")
     enqueue.add_argument("job_type", metavar="TYPE")
     enqueue.add_argument("--payload", default="{}", help="A JSON object (default {}).")
@@ -260,6 +322,13 @@ def add_actions(parser) -> None:
     )
     prune = sub.add_parser("prune", help="Delete finished jobs (succeeded, cancelled) older than an age.")
     prune.add_argument("--older-than", default="7d", help="Age such as 7d, 12h, 30m (default 7d).")
+
+
+def _moment(value: str | None, option: str) -> datetime | None:
+    try:
+        return staff.parse_moment(value)
+    except ValueError as exc:
+        raise CommandError(f"{option}: {exc}") from None
 
 
 def stats_lines(snap: read_model.Snapshot):
