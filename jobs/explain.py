@@ -5,7 +5,7 @@ the same rows the claim reads (it changes nothing).
 at all (finished, running), not due yet, waiting on parents, held by staff (queue or type paused), held
 by a limit (rate, concurrency key), no worker to take it (none alive for its queue, all busy); and
 "due and claimable" when nothing holds it. Each check is a function of a :class:`Situation` in
-``CHECKS``; a new hold (a circuit breaker, an expiry) is one more function in that list, at its place.
+``CHECKS``; a new hold (a circuit breaker) is one more function in that list, at its place.
 """
 
 from collections.abc import Callable
@@ -42,6 +42,7 @@ class Reason:
 # The codes, one per check; tests and callers compare against these.
 FINISHED = "finished"
 RUNNING = "running"
+EXPIRED = "expired"
 NOT_DUE = "not_due"
 BLOCKED = "blocked"
 QUEUE_PAUSED = "queue_paused"
@@ -107,6 +108,16 @@ def not_waiting(s: Situation) -> Reason | None:
             f"Not waiting: it is running on worker {job.locked_by or '?'}{since} (attempt {job.attempts}).",
         )
     return None
+
+
+def expired(s: Situation) -> Reason | None:
+    if s.job.expires_at is None or s.job.expires_at > s.now:
+        return None
+    return Reason(
+        EXPIRED,
+        f"Expired at {_at(s.job.expires_at)}: it will never run; the next claim cancels it"
+        " with the reason 'expired'.",
+    )
 
 
 def not_due(s: Situation) -> Reason | None:
@@ -218,6 +229,7 @@ def workers_busy(s: Situation) -> Reason | None:
 Check = Callable[[Situation], Reason | None]
 
 CHECKS: list[Check] = [
+    expired,
     not_due,
     blocked,
     queue_paused,

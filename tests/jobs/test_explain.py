@@ -55,6 +55,15 @@ def test_a_running_job_is_not_waiting_and_names_its_worker():
     assert reason.code == why.RUNNING and "w-1" in reason.text
 
 
+def test_an_expired_job_says_it_will_never_run_before_anything_else(idle_worker):
+    stale = enqueue("test.noop", {"key": "k"}, expires_in=60)
+    Job.objects.filter(pk=stale.pk).update(expires_at=timezone.now() - timedelta(seconds=5))
+    reasons = explain(stale)
+    assert [r.code for r in reasons] == [why.EXPIRED] and "never run" in reasons[0].text
+    fresh = enqueue("test.noop", {"key": "k2"}, expires_in=3600)
+    assert codes(fresh) == [why.DUE]
+
+
 def test_a_job_due_later_names_its_run_at(idle_worker):
     later = enqueue("test.noop", {"key": "k"}, delay=3600)
     (reason,) = explain(later)
