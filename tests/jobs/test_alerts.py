@@ -203,3 +203,13 @@ def test_lag_slo_format(text, parsed):
 def test_a_bad_lag_slo_is_refused(text):
     with pytest.raises(ValueError, match="JOBS_LAG_SLO"):
         parse_lag_slo(text)
+
+
+def test_staff_read_incidents_in_the_admin_and_cannot_edit_them(admin_client):
+    due("mail", 120)
+    alerts.evaluate()
+    page = admin_client.get("/admin/jobs/alert/?closed_at__isempty=1").content.decode()
+    assert "queue mail is stalled" in page
+    alert = Alert.objects.get()
+    assert admin_client.get(f"/admin/jobs/alert/{alert.pk}/change/").status_code == 200
+    assert admin_client.get("/admin/jobs/alert/add/").status_code == 403
