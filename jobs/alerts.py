@@ -153,8 +153,11 @@ def evaluate(now: datetime | None = None) -> Changes:
     """Open an incident for each new condition and close those that are over, emailing each change
     once across all evaluators. Call it outside a transaction: each claim commits before its email."""
     now = now or db.now()
-    current = {c.key: c for c in conditions(now)}
+    # The open incidents first, then the conditions: read the other way round, an evaluator could take
+    # a stall it saw before another closed the incident for a new one (an alert email after the
+    # recovery email).
     open_alerts = {(a.kind, a.subject): a for a in Alert.objects.filter(closed_at__isnull=True)}
+    current = {c.key: c for c in conditions(now)}
     changes = Changes([], [])
     for key, condition in current.items():
         if key in open_alerts:
