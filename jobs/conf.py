@@ -59,13 +59,13 @@ def parse_lag_slo(text: str) -> tuple[float | None, dict[str, float]]:
     for item in (part.strip() for part in (text or "").split(",")):
         if not item:
             continue
-        name, _, seconds = item.rpartition("=")
+        name, equals, seconds = item.rpartition("=")
         name = name.strip()
         try:
             value = float(seconds)
         except ValueError:
             value = -1.0
-        if value <= 0 or (_ and not name):
+        if value <= 0 or (equals and not name):
             raise ValueError(
                 f"JOBS_LAG_SLO item {item!r} is not seconds or queue=seconds (a positive number), "
                 "e.g. '300,mail=60'"
