@@ -10,7 +10,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 
-from jobs import charts, explain, read_model
+from jobs import alerts, charts, explain, read_model
 
 REFRESH_SECONDS = 5
 # A due job still pending after this long is listed with the reasons it waits (jobs.explain).
@@ -34,8 +34,12 @@ def staff_required(view):
 def _context(request) -> dict:
     snap = read_model.snapshot()
     waiting = read_model.long_waiting(snap.at, WAITING_LISTED_AFTER)
+    wrong = alerts.conditions(snap.at, snap.queues)
     return {
         "snap": snap,
+        "alerts": wrong,
+        "stalled": {c.subject for c in wrong if c.kind == "stalled"},
+        "over_slo": {c.subject for c in wrong if c.kind == "lag"},
         "waiting": [(job, (snap.at - job.run_at).total_seconds(), explain.explain(job)) for job in waiting],
         "waiting_after": WAITING_LISTED_AFTER,
         "minute_chart": charts.stacked_bars(

@@ -12,8 +12,8 @@ from django.views.decorators.cache import never_cache
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from jobs import conf, db, read_model
-from jobs.models import DeadLetter, JobStat, JobTypeState, WorkerProcess
+from jobs import alerts, conf, db, read_model
+from jobs.models import Alert, DeadLetter, JobStat, JobTypeState, WorkerProcess
 from jobs.registry import job_types
 from jobs.worker_counters import BUCKETS
 
@@ -44,14 +44,37 @@ class QueueCollector:
             "Running jobs whose heartbeat is older than JOBS_STALE_AFTER (no live worker).",
             labels=["queue"],
         )
-        for row in read_model.queue_rows(now):
+        stalled = GaugeMetricFamily(
+            "jobs_queue_stalled",
+            "1 if the queue has due jobs and none finished for JOBS_STALL_AFTER seconds.",
+            labels=["queue"],
+        )
+        over_slo = GaugeMetricFamily(
+            "jobs_queue_lag_over_slo", "1 if the queue's lag exceeds its JOBS_LAG_SLO.", labels=["queue"]
+        )
+        rows = read_model.queue_rows(now)
+        wrong = alerts.conditions(now, rows)
+        flagged = {c.key for c in wrong}
+        for row in rows:
+            stalled.add_metric([row.name], 1 if (Alert.Kind.STALLED, row.name) in flagged else 0)
+            over_slo.add_metric([row.name], 1 if (Alert.Kind.LAG, row.name) in flagged else 0)
             for status in ("blocked", "pending", "running"):
                 depth.add_metric([row.name, status], getattr(row, status))
             due.add_metric([row.name], row.due)
             lag.add_metric([row.name], row.lag_seconds)
             paused.add_metric([row.name], 1 if row.paused else 0)
             stuck.add_metric([row.name], row.stuck)
-        yield from (depth, due, lag, paused, stuck)
+        yield from (depth, due, lag, paused, stuck, stalled, over_slo)
+        yield GaugeMetricFamily(
+            "jobs_dead_workers_holding_jobs",
+            "Workers silent past JOBS_STALE_AFTER whose jobs still run under their id.",
+            value=sum(1 for c in wrong if c.kind == Alert.Kind.DEAD_WORKER),
+        )
+        yield GaugeMetricFamily(
+            "jobs_dead_letter_burst",
+            "1 if at least JOBS_DEAD_LETTER_BURST dead letters came within JOBS_DEAD_LETTER_WINDOW seconds.",
+            value=sum(1 for c in wrong if c.kind == Alert.Kind.DEAD_LETTERS),
+        )
         type_paused = GaugeMetricFamily(
             "jobs_type_paused", "1 if staff paused the job type (0: known, running).", labels=["type"]
         )

@@ -370,3 +370,36 @@ class JobStat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.outcome} {self.bucket}: {self.count}"
+
+
+class Alert(models.Model):
+    """One incident (a stalled queue, a lag over its SLO, a dead worker holding jobs, a burst of dead
+    letters), shared by every worker: the evaluator that inserts the open row (the constraint below
+    lets one in per kind and subject) sends the alert email, and the one whose update closes it sends
+    the recovery email, so each is sent once however many workers evaluate."""
+
+    class Kind(models.TextChoices):
+        STALLED = "stalled", "Queue stalled"
+        LAG = "lag", "Lag over SLO"
+        DEAD_WORKER = "dead_worker", "Dead worker holding jobs"
+        DEAD_LETTERS = "dead_letters", "Burst of dead letters"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    subject = models.CharField(max_length=200, blank=True, default="", help_text="Queue or worker id.")
+    text = models.TextField(blank=True, default="", help_text="What is wrong, as the email said.")
+    since = models.DateTimeField(help_text="When the condition began, as far as the rows tell.")
+    opened_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "subject"],
+                name="jobs_alert_one_open",
+                condition=models.Q(closed_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.subject}".strip()

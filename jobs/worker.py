@@ -1,6 +1,6 @@
 """The worker loop: claim up to free capacity, run jobs on a pool of threads, heartbeat, stop gracefully.
 
-The main thread owns claiming, heartbeats, timeouts and the plugins (reaper, scheduler); handler
+The main thread owns claiming, heartbeats, timeouts and the plugins (reaper, scheduler, alerts); handler
 threads only run jobs and record their outcomes. Each thread has its own database connection. The
 parts: the unit table (jobs.units), the pool of handler threads (jobs.pool), the batched completer
 (jobs.completer), the heartbeat and the worker's row (jobs.presence), outages and connections
@@ -21,6 +21,7 @@ from django.db import connection
 
 from jobs import conf, db, engine, execution, retry, systemd, worker_counters
 from jobs import prefetch as prefetch_module
+from jobs.alerts import Alerts
 from jobs.completer import Completer
 from jobs.listener import Listener
 from jobs.models import Job
@@ -40,8 +41,8 @@ def default_worker_id() -> str:
 
 class Plugin(Protocol):
     """Work the claim loop does beside claiming, every ``interval`` seconds, in the loop's thread (so a
-    stuck plugin stops the watchdog's pings): the reaper and the scheduler. ``tick`` raising a database
-    error counts as the loop's."""
+    stuck plugin stops the watchdog's pings): the reaper, the scheduler and the alerts. ``tick`` raising a
+    database error counts as the loop's."""
 
     interval: float
 
@@ -58,7 +59,7 @@ class Pass(enum.Enum):
 
 class Worker:
     """Composes the claim loop, a pool of handler threads, a batched completer, the heartbeat, and the
-    plugins (reaper, scheduler) that run beside the loop."""
+    plugins (reaper, scheduler, alerts) that run beside the loop."""
 
     # While the buffer is full, a NOTIFY (something was enqueued) makes the loop claim the jobs that
     # outrank the buffer's lowest priority at once, at most this often, instead of at the next refill.
@@ -91,7 +92,9 @@ class Worker:
         self.grace_period = grace_period if grace_period is not None else conf.get("JOBS_GRACE_PERIOD")
         stale_after = stale_after if stale_after is not None else conf.get("JOBS_STALE_AFTER")
         self.id = worker_id or default_worker_id()
-        self.plugins: list[Plugin] = plugins if plugins is not None else [Reaper(stale_after), Scheduler()]
+        self.plugins: list[Plugin] = (
+            plugins if plugins is not None else [Reaper(stale_after), Scheduler(), Alerts()]
+        )
         self._next_plugin: dict[int, float] = {}
         self.stopping = threading.Event()
         self.wakeup = threading.Event()

@@ -9,6 +9,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from jobs.conf import DEFAULTS as jobs_defaults
+from jobs.conf import parse_lag_slo
 from shop.logging import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -264,6 +265,12 @@ if JOBS_LISTEN_NOTIFY and DATABASE_POOLER:
     raise ImproperlyConfigured("JOBS_LISTEN_NOTIFY cannot work through PgBouncer's transaction pooling.")
 if JOBS_PREFETCH is not None and JOBS_PREFETCH < 0:  # noqa: F821 (set above)
     raise ImproperlyConfigured(f"JOBS_PREFETCH must be zero or more, not {JOBS_PREFETCH}.")  # noqa: F821
+try:
+    parse_lag_slo(JOBS_LAG_SLO)  # noqa: F821 (set above)
+except ValueError as _exc:
+    raise ImproperlyConfigured(str(_exc)) from None
+# Alert emails link to the dashboard under the shop's base URL unless told otherwise.
+JOBS_BASE_URL = env.str("JOBS_BASE_URL", default=SHOP_BASE_URL)
 
 # Order pipeline (orders/jobs.py)
 # Timeout in seconds of every outgoing call: warehouse, webhooks, SMTP.

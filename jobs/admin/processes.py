@@ -1,13 +1,14 @@
-"""Queues and job types (pause, resume), worker processes and the audit trail in the admin."""
+"""Queues and job types (pause, resume), worker processes, alerts and the audit trail in the admin."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import F
 from django.db.models.functions import Now
 from django.utils.html import format_html_join
 
 from jobs import conf, staff
 from jobs.admin.common import ReadOnlyAdmin, dead_letter_link, job_link
-from jobs.models import AuditEntry, JobTypeState, QueueState, WorkerProcess
+from jobs.models import Alert, AuditEntry, JobTypeState, QueueState, WorkerProcess
 
 # -- queues, workers, audit ----------------------------------------------------------------------
 
@@ -173,3 +174,17 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     @admin.display(description="dead letter")
     def dead_letter_ref(self, obj):
         return dead_letter_link(obj.dead_letter_id)
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    """Incidents the workers opened and closed (jobs.alerts); open ones first."""
+
+    list_display = ["kind", "subject", "text", "since", "opened_at", "closed_at"]
+    list_filter = ["kind", ("closed_at", admin.EmptyFieldListFilter), "opened_at"]
+    search_fields = ["subject", "text"]
+    readonly_fields = list_display
+    fields = readonly_fields
+
+    def get_ordering(self, request):
+        return [F("closed_at").desc(nulls_first=True), "-opened_at"]

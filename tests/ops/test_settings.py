@@ -24,6 +24,11 @@ from tests.utils import manage_py, subprocess_env
         ("TRACE_SAMPLE_RATIO", "1.5", "TRACE_SAMPLE_RATIO must be between 0 and 1, not 1.5."),
         ("TRACE_SAMPLE_PER_SECOND", "-1", "TRACE_SAMPLE_PER_SECOND must be zero or more, not -1."),
         (
+            "JOBS_LAG_SLO",
+            "mail=soon",
+            "JOBS_LAG_SLO item 'mail=soon' is not seconds or queue=seconds (a positive number)",
+        ),
+        (
             "SENTRY_DSN",
             "ftp://key@sentry.example.com/1",
             "SENTRY_DSN is not a valid DSN: Unsupported scheme 'ftp'.",
@@ -52,10 +57,14 @@ def test_every_jobs_setting_the_readme_names_is_read_from_the_environment():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     names = sorted(set(re.findall(r"\bJOBS_[A-Z_]+[A-Z]\b", readme)))
     assert "JOBS_PREFETCH" in names and set(names) <= set(DEFAULTS), set(names) - set(DEFAULTS)
+    # Settings with a format of their own get a value in that format.
+    examples = {"JOBS_LAG_SLO": "45,mail=90"}
     wanted = {}
     for name in names:
         default = DEFAULTS[name]
-        if isinstance(default, bool):
+        if name in examples:
+            wanted[name] = examples[name]
+        elif isinstance(default, bool):
             wanted[name] = not default
         elif isinstance(default, (int, float)) or default is None:
             wanted[name] = 7 if default is None or isinstance(default, int) else 2.5

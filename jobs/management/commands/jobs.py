@@ -11,7 +11,7 @@ from datetime import datetime
 
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs import explain, health, pruner, read_model, scheduler, staff
+from jobs import alerts, explain, health, pruner, read_model, scheduler, staff
 from jobs.exceptions import InvalidPayload, UnknownJobType
 from jobs.models import AuditEntry, CronSchedule, DeadLetter, Job, JobStatus
 from jobs.registry import job_types
@@ -94,6 +94,19 @@ class Command(BaseCommand):
             raise CommandError(f"no job with id {job_id}") from None
         for line in job_lines(job):
             self.stdout.write(line)
+
+    def do_alerts(self, check=False, **options):
+        if check:
+            changes = alerts.evaluate()
+            for alert in changes.opened:
+                self.stdout.write(f"opened: {alert.text}")
+            for alert in changes.closed:
+                self.stdout.write(f"closed: {alert.text}")
+        open_alerts = alerts.open_alerts()
+        if not open_alerts:
+            self.stdout.write("no open alerts")
+        for alert in open_alerts:
+            self.stdout.write(f"{alert.kind} {alert.subject or '-'} since {_iso(alert.since)}: {alert.text}")
 
     def do_why(self, job_id, **options):
         try:
@@ -260,6 +273,11 @@ def add_actions(parser) -> None:
 
     why = sub.add_parser("why", help="Why a job is not running now: the reasons in order.")
     why.add_argument("job_id", type=int, metavar="ID")
+
+    alerts_ = sub.add_parser("alerts", help="Open incidents: stalled queues, lag over SLO, dead workers ...")
+    alerts_.add_argument(
+        "--check", action="store_true", help="Evaluate the alerts once first (emails what opened or closed)."
+    )
 
     retry = sub.add_parser("retry", help="Retry jobs now (dead: requeued), or requeue dead letters.")
     retry.add_argument("job_ids", type=int, nargs="*", metavar="ID")
