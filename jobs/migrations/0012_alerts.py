@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0009_job_type_pause'),
+        ('jobs', '0011_dependency_when'),
     ]
 
     operations = [
