@@ -97,6 +97,15 @@ def kill_own_connection() -> None:
         assert admin.execute("SELECT pg_terminate_backend(%s, 5000)", [pid]).fetchone()[0]
 
 
+def skip_without_a_server_session_of_its_own(settings) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("pg_terminate_backend is PostgreSQL's")
+    if settings.DATABASE_POOLER == "pgbouncer":
+        # In transaction pooling the client's backend pid is PgBouncer's own, and a server session
+        # killed under it is replaced unseen: the fault is run in the direct PostgreSQL pass.
+        pytest.skip("behind PgBouncer the request holds no server session of its own to kill")
+
+
 def after_commit(function, predicate=lambda *args, **kwargs: True):
     """``function`` wrapped so that, when ``predicate`` holds for its call, the connection is killed
     once the call has returned and what it did has committed."""
@@ -158,8 +167,7 @@ def paid_then_killed(monkeypatch):
     ids=["started", "reserved", "charge_attempted", "charged", "paid"],
 )
 def test_a_connection_killed_at_each_recovery_point_is_resumed_by_the_retry(fault, monkeypatch, settings):
-    if connection.vendor != "postgresql":
-        pytest.skip("pg_terminate_backend is PostgreSQL's")
+    skip_without_a_server_session_of_its_own(settings)
     settings.IDEMPOTENCY_LEASE = 0.5
     hook = fault(monkeypatch)
     first = post("key-1")
@@ -254,8 +262,7 @@ def test_a_checkout_that_failed_on_an_operational_error_is_resumed_by_the_resubm
 def test_a_checkout_whose_connection_was_killed_at_each_recovery_point_is_resumed_by_the_resubmit(
     fault, shopper, monkeypatch, settings
 ):
-    if connection.vendor != "postgresql":
-        pytest.skip("pg_terminate_backend is PostgreSQL's")
+    skip_without_a_server_session_of_its_own(settings)
     settings.IDEMPOTENCY_LEASE = 0.5
     client, form = shopper
     hook = fault(monkeypatch)
