@@ -95,15 +95,7 @@ def bulk_insert_jobs(jobs: list) -> list[int]:
         if not postgres and name in ("run_at", "created_at", "expires_at"):
             column = [dt(v) for v in column]
         values[name] = column
-    # A dict or a list (a trace context, tags) cannot be one parameter: it travels in the document
-    # like the payload.
-    varying = [
-        n
-        for n in _BULK_COLUMNS
-        if n == "payload"
-        or isinstance(values[n][0], dict | list)
-        or any(v != values[n][0] for v in values[n])
-    ]
+    varying = [n for n in _BULK_COLUMNS if n == "payload" or any(v != values[n][0] for v in values[n])]
     # default=: a varying datetime (PostgreSQL; SQLite's are text already) as ISO 8601, with its offset
     rows = json.dumps([[values[n][i] for n in varying] for i in range(len(jobs))], default=_iso)
     select, params = [], []
@@ -117,8 +109,13 @@ def bulk_insert_jobs(jobs: list) -> list[int]:
                 item = f"json({item})" if name in _JSON_COLUMNS else item
             select.append(item)
         else:
-            select.append(f"%s::{kind}" if postgres else "%s")
-            params.append(values[name][0])
+            value = values[name][0]
+            if isinstance(value, dict | list):  # the same trace context or tags for all: one JSON text
+                select.append("%s::jsonb" if postgres else "json(%s)")
+                params.append(json.dumps(value))
+            else:
+                select.append(f"%s::{kind}" if postgres else "%s")
+                params.append(value)
     if postgres:
         source = "jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(value, n) ORDER BY r.n"
         defaults = "'', 0, '[]'::jsonb, 0, false, 0"
