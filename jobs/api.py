@@ -4,19 +4,17 @@ waits (``explain``).
 from jobs.api import HIGH, PermanentError, enqueue, job
 """
 
-import json
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
-from jobs import conf, db, execution, signals
+from jobs import conf, db, execution, rows, signals
 from jobs.db import tagged
 from jobs.engine import cancel, run_now
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, Snooze, UnknownJobType
@@ -32,7 +30,7 @@ from jobs.models import (
     JobStatus,
     Priority,
 )
-from jobs.registry import Backoff, JobType, as_duration, get_job_type, job, validate_payload
+from jobs.registry import Backoff, get_job_type, job, validate_payload
 
 LOW, NORMAL, HIGH, CRITICAL = Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.CRITICAL
 
@@ -60,83 +58,6 @@ __all__ = [
     "run_now",
     "tagged",
 ]
-
-
-def _run_at(delay: timedelta | float | None, run_at: datetime | None) -> datetime:
-    if delay is not None and run_at is not None:
-        raise ValueError("pass delay or run_at, not both")
-    if run_at is not None:
-        if timezone.is_naive(run_at):
-            raise ValueError("run_at must be timezone-aware")
-        return run_at
-    now = timezone.now()
-    if delay is None:
-        return now
-    if not isinstance(delay, timedelta):
-        delay = timedelta(seconds=float(delay))
-    return now + delay
-
-
-def _tags(tags: Iterable[str] | None) -> list[str]:
-    if tags is None:
-        return []
-    if isinstance(tags, str):
-        raise TypeError("tags must be a list of strings, not a string")
-    cleaned = list(dict.fromkeys(tags))  # in order, once each
-    for tag in cleaned:
-        if not isinstance(tag, str) or not tag or len(tag) > 200:
-            raise ValueError(f"a tag must be a non-empty string of at most 200 characters, not {tag!r}")
-    return cleaned
-
-
-def _meta(meta: dict | None) -> dict:
-    if meta is None:
-        return {}
-    if not isinstance(meta, dict):
-        raise TypeError(f"meta must be a dict, not {type(meta).__name__}")
-    return json.loads(json.dumps(meta, cls=DjangoJSONEncoder))  # what is stored is what readers get
-
-
-def _build(
-    job_type: JobType,
-    payload: Any,
-    *,
-    delay=None,
-    run_at=None,
-    priority=None,
-    queue=None,
-    unique_key=None,
-    max_attempts=None,
-    payload_version=None,
-    tags=None,
-    meta=None,
-    expires_in=None,
-) -> Job:
-    if payload_version is not None and payload_version < job_type.payload_version:
-        payload_version, payload = job_type.payload_version, job_type.upgrade(dict(payload), payload_version)
-    data = validate_payload(job_type, payload)
-    concurrency_key = None
-    if job_type.concurrency_key is not None:
-        concurrency_key = str(job_type.concurrency_key(job_type.payload.model_validate(data)))
-    due = _run_at(delay, run_at)
-    expires = as_duration(expires_in, "expires_in") or job_type.expires
-    built = Job(
-        type=job_type.name,
-        queue=queue or job_type.queue,
-        payload=data,
-        payload_version=job_type.payload_version,
-        priority=job_type.priority if priority is None else int(priority),
-        run_at=due,
-        expires_at=due + expires if expires is not None else None,
-        tags=_tags(tags),
-        meta=_meta(meta),
-        max_attempts=max_attempts or job_type.max_attempts,
-        unique_key=unique_key,
-        concurrency_key=concurrency_key,
-        concurrency_limit=job_type.concurrency_limit if concurrency_key is not None else None,
-    )
-    signals.send(signals.job_enqueuing, built)
-    return built
 
 
 def enqueue(
@@ -177,9 +98,9 @@ def enqueue(
     the reason ``expired``, never run late (default: the type's ``expires``).
     Raises UnknownJobType or InvalidPayload (nothing stored), ValueError for a bad option.
     """
-    _check_options(unique_key, depends_on, when, on_conflict, max_wait)
+    rows.check_options(unique_key, depends_on, when, on_conflict, max_wait)
     jt = get_job_type(job_type)
-    new = _build(
+    new = rows.build(
         jt,
         {} if payload is None else payload,
         delay=delay,
@@ -206,7 +127,7 @@ def enqueue(
                 break
             # An unfinished job holds the key (the unique index decides, races included): it stands.
             if on_conflict == "replace":
-                existing = _replace(new, max_wait)
+                existing = rows.replace(new, max_wait)
             else:
                 existing = Job.objects.filter(unique_key=unique_key, status__in=ACTIVE_STATUSES).first()
             if existing is not None:
@@ -258,50 +179,6 @@ def _refreshed(job: Job) -> Job:
     return job
 
 
-def _check_options(unique_key, depends_on, when, on_conflict, max_wait) -> None:
-    if on_conflict not in ("keep", "replace"):
-        raise ValueError(f"on_conflict must be 'keep' or 'replace', not {on_conflict!r}")
-    if on_conflict == "replace" and unique_key is None:
-        raise ValueError("on_conflict='replace' needs a unique_key: it replaces the job holding that key")
-    if max_wait is not None and on_conflict != "replace":
-        raise ValueError("max_wait bounds a debounce: pass it with on_conflict='replace'")
-    if when not in DependsWhen.values:
-        raise ValueError(f"when must be one of {DependsWhen.values}, not {when!r}")
-    if when != DependsWhen.SUCCEEDED and not depends_on:
-        raise ValueError("when= qualifies depends_on: pass the jobs this one depends on")
-
-
-def _replace(new: Job, max_wait: timedelta | float | None) -> Job | None:
-    """Debounce: the unfinished job holding ``new``'s key, locked; if it has not started, it takes
-    ``new``'s payload and run_at, capped at ``max_wait`` after its first enqueue. None if the key was
-    freed meanwhile.
-
-    The row lock (PostgreSQL) or the write lock every SQLite transaction takes (BEGIN IMMEDIATE)
-    serialises concurrent replaces of one key, and a worker's claim skips a locked row, so a replace
-    either changes a job before it is claimed or finds it running and leaves it alone.
-    """
-    existing = (
-        Job.objects.select_for_update().filter(unique_key=new.unique_key, status__in=ACTIVE_STATUSES).first()
-    )
-    if existing is None or existing.status == JobStatus.RUNNING or existing.type != new.type:
-        return existing  # started, or another type's job holding the key: it stands as it is
-    run_at = new.run_at
-    if max_wait is not None:
-        if not isinstance(max_wait, timedelta):
-            max_wait = timedelta(seconds=float(max_wait))
-        run_at = min(run_at, existing.created_at + max_wait)
-    changes = {
-        "payload": new.payload,
-        "payload_version": new.payload_version,
-        "concurrency_key": new.concurrency_key,
-        "run_at": run_at,
-    }
-    Job.objects.filter(id=existing.id).update(**changes)
-    for name, value in changes.items():
-        setattr(existing, name, value)
-    return existing
-
-
 def _insert(job: Job, parents: list[Job | int], when: str = DependsWhen.SUCCEEDED) -> bool:
     """Store ``job`` waiting on ``parents``; False (nothing stored) if an unfinished job holds its key."""
     parent_ids = [p.pk if isinstance(p, Job) else int(p) for p in parents]
@@ -347,7 +224,7 @@ def prepare(job_type: str, payload: Any = None, **options) -> Job:
     unknown = set(options) - allowed
     if unknown:
         raise TypeError(f"prepare() got unexpected options {sorted(unknown)}")
-    return _build(get_job_type(job_type), {} if payload is None else payload, **options)
+    return rows.build(get_job_type(job_type), {} if payload is None else payload, **options)
 
 
 def _attach_child(parent: Job, child: Job) -> None:
@@ -379,7 +256,7 @@ def enqueue_many(
     payloads = list(payloads)
     if not payloads:
         return []
-    template = _build(
+    template = rows.build(
         jt,
         payloads[0],
         delay=delay,
@@ -433,7 +310,7 @@ def requeue_many(dead_letter_ids: Iterable[int]) -> list[Job]:
         jobs = []
         for letter in sorted(dead, key=lambda d: d.pk):
             try:
-                new = _build(
+                new = rows.build(
                     get_job_type(letter.type),
                     letter.payload,
                     priority=letter.priority,

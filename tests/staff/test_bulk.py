@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from jobs import staff
 from jobs.models import AuditEntry, DeadLetter, Job, JobStatus
-from jobs.staff import BulkFilter
+from jobs.staff import BulkFilter, by_filter
 from tests.staff import factories
 
 pytestmark = pytest.mark.django_db
@@ -199,7 +199,7 @@ def test_each_batch_commits_with_an_audit_row_carrying_the_filter_and_counts():
 def test_a_bulk_action_run_again_after_a_crash_finishes_only_the_rest(monkeypatch):
     dead_letters(30)
     flt = BulkFilter(type="test.noop")
-    real = staff._requeue_batch
+    real = by_filter._requeue_batch
     calls = []
 
     def crash_on_second_batch(actor, ids, reason):
@@ -209,10 +209,10 @@ def test_a_bulk_action_run_again_after_a_crash_finishes_only_the_rest(monkeypatc
             raise RuntimeError("worker host lost")
         return done
 
-    monkeypatch.setattr(staff, "_requeue_batch", crash_on_second_batch)
+    monkeypatch.setattr(by_filter, "_requeue_batch", crash_on_second_batch)
     with pytest.raises(RuntimeError):
         staff.bulk("cli", "requeue", flt, batch_size=10)
-    monkeypatch.setattr(staff, "_requeue_batch", real)
+    monkeypatch.setattr(by_filter, "_requeue_batch", real)
     # The first batch committed with its audit row; the second rolled back with its own.
     assert DeadLetter.objects.filter(requeued_at__isnull=False).count() == 10
     assert len(audit_details("bulk_requeue")) == 1
