@@ -21,7 +21,6 @@ from jobs.exceptions import (
     InvalidPayload,
     JobCancelled,
     PermanentError,
-    SnoozeLimitExceeded,
     UnknownJobType,
     WorkerLost,
 )
@@ -235,53 +234,6 @@ def _record_failure(job: Job, exc: BaseException, *, traceback: str | None, perm
         row.run_at = db.now() + delay  # due by the clock the claim reads
         row.save(update_fields=["errors", "status", "run_at", *unclaim(row)])
         return JobStatus.PENDING
-
-
-SNOOZED = "snoozed"  # the outcome of an attempt that snoozed; the job itself is pending
-
-
-def snooze(job: Job, seconds: float) -> str | None:
-    """The handler asked to run again in ``seconds`` (Snooze): back to pending without using an attempt
-    (the claim counted one; it is given back). Past its type's ``max_snoozes`` the snooze is a failed
-    attempt instead (SnoozeLimitExceeded: retried with backoff, or dead).
-
-    Returns "snoozed", or the status :func:`fail` returns, or cancelled (cancellation was requested
-    meanwhile), or None when the claim was lost (nothing changed).
-    """
-    try:
-        allowed = get_job_type(job.type).max_snoozes
-    except UnknownJobType:
-        allowed = 0
-    if job.snoozes >= allowed:
-        exc = SnoozeLimitExceeded(
-            f"the handler asked to run later ({seconds:g}s) after {job.snoozes} snooze(s), the most its"
-            f" job type allows (max_snoozes={allowed}): this attempt counts as failed"
-        )
-        return fail(job, exc, traceback="")
-    with transaction.atomic():
-        updated = (
-            held(job)
-            .filter(cancel_requested=False)
-            .update(
-                status=JobStatus.PENDING,
-                run_at=db.now() + timedelta(seconds=seconds),  # due by the clock the claim reads
-                attempts=F("attempts") - 1,
-                snoozes=F("snoozes") + 1,
-                status_reason=f"snoozed for {seconds:g}s",
-                **UNCLAIMED,
-            )
-        )
-        cancelled = not updated and _finish_cancelled(job, timezone.now())
-        if updated and seconds < 1:
-            db.notify({job.queue})
-    if cancelled:
-        announce_finished([job])
-        return JobStatus.CANCELLED
-    if updated:
-        signals.send(signals.job_snoozed, job, seconds=seconds)
-        return SNOOZED
-    log.warning("job %s %s: claim lost before its snooze was recorded", job.id, job.type)
-    return None
 
 
 def is_permanent(exc: BaseException) -> bool:

@@ -18,6 +18,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import InterfaceError, OperationalError, connection
 
 from jobs import engine, retry, signals
+from jobs import snooze as snoozing
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, Snooze, UnknownJobType
 from jobs.models import Job, JobDependency
 from jobs.registry import get_job_type, load_payload
@@ -176,13 +177,13 @@ def _run(job: Job, *, cancel_event, abandoned, defer_success) -> Outcome:
     return Outcome(status, duration, error)
 
 
-def _snoozed(job: Job, snooze: Snooze, duration: float) -> Outcome:
-    status = _record(engine.snooze, job, snooze.seconds) or "lost"
-    if status == engine.SNOOZED:
-        log.info("job %s %s attempt %s: snoozed for %gs", job.id, job.type, job.attempts, snooze.seconds)
+def _snoozed(job: Job, asked: Snooze, duration: float) -> Outcome:
+    status = _record(snoozing.snooze, job, asked.seconds) or "lost"
+    if status == snoozing.SNOOZED:
+        log.info("job %s %s attempt %s: snoozed for %gs", job.id, job.type, job.attempts, asked.seconds)
         return Outcome(status, duration)
-    log_outcome(job, status, duration, snooze)  # past max_snoozes: a failed attempt, or cancelled
-    return Outcome(status, duration, snooze)
+    log_outcome(job, status, duration, asked)  # past max_snoozes: a failed attempt, or cancelled
+    return Outcome(status, duration, asked)
 
 
 def log_outcome(job: Job, status: str, duration: float, error: BaseException | None = None) -> None:
