@@ -118,6 +118,11 @@ class PaymentGateway(Protocol):
         """Return ``amount`` (default: all) of a successful charge; repeating a key changes nothing."""
         ...
 
+    def refund_status(self, reference: str) -> tuple[str, str]:
+        """(succeeded, pending or failed; the failure reason) of a refund made earlier, as the gateway
+        knows it now; GatewayError when it cannot tell."""
+        ...
+
     def verify_webhook(self, payload: bytes, signature: str) -> dict:
         """The event of a payment-provider webhook, after verifying its signature header on the raw body;
         raises InvalidSignature."""
@@ -232,6 +237,14 @@ class FakeGateway:
         type(charge).objects.filter(pk=charge.pk, status__in=waiting).update(status=ChargeStatus.CANCELED)
         charge.refresh_from_db()
         return self._result(charge)
+
+    def refund_status(self, reference: str) -> tuple[str, str]:
+        from orders.models import FakeGatewayRefund
+
+        done = FakeGatewayRefund.objects.filter(reference=reference).first()
+        if done is None:
+            raise GatewayError(f"No refund {reference}.")
+        return done.status, done.failure_reason
 
     def refund(self, reference: str, idempotency_key: str, amount: Decimal | None = None) -> RefundResult:
         from orders.models import FakeGatewayCharge, FakeGatewayRefund

@@ -139,10 +139,25 @@ def _refund(obj: dict, actor: Actor | str) -> str:
 
 
 def _charge_refunded(obj: dict, actor: Actor | str) -> str:
-    """charge.refunded: every refund listed on the charge settles as the charge says."""
-    refunds = ((obj.get("refunds") or {}).get("data")) or []
-    notes = [_refund(item, actor) for item in refunds if isinstance(item, dict)]
-    return "; ".join(notes) or "no refunds listed"
+    """charge.refunded: every refund listed on the charge settles as the charge says. Stripe's API
+    versions since 2022-11-15 no longer list a charge's refunds: then each pending refund of ours for
+    this payment is asked of the gateway (GatewayError: the job retries)."""
+    if isinstance(obj.get("refunds"), dict):
+        refunds = obj["refunds"].get("data") or []
+        return (
+            "; ".join(_refund(item, actor) for item in refunds if isinstance(item, dict))
+            or "no refunds listed"
+        )
+    reference = obj.get("payment_intent") or obj.get("id") or "-"
+    pending = Refund.objects.filter(
+        payment__gateway_reference=reference, status=Refund.Status.PENDING
+    ).exclude(gateway_reference="")
+    notes = []
+    for refund in pending.order_by("id"):
+        status, reason = get_gateway().refund_status(refund.gateway_reference)
+        services.record_refund_result(refund, status, reason=reason, actor=actor)
+        notes.append(f"refund {refund.pk} is {status}")
+    return "; ".join(notes) or "no pending refund of ours"
 
 
 def _dispute(obj: dict, actor: Actor | str) -> str:

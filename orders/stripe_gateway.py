@@ -181,6 +181,13 @@ class StripeGateway:
             failure_reason=getattr(refund, "failure_reason", None) or "",
         )
 
+    def refund_status(self, reference: str) -> tuple[str, str]:
+        refund = self._call(self.client.v1.refunds.retrieve, reference)
+        return (
+            _REFUND_STATUSES.get(refund.status or "", "pending"),
+            getattr(refund, "failure_reason", None) or "",
+        )
+
     # -- webhooks -----------------------------------------------------------------------------------
 
     def verify_webhook(self, payload: bytes, signature: str) -> dict:

@@ -380,6 +380,24 @@ def test_a_pending_refund_succeeds_by_refund_updated_and_charge_refunded_once(st
     assert stripe.count("refund") == 1
 
 
+@pytest.mark.parametrize("succeed", [True, False], ids=["succeeded", "failed"])
+def test_charge_refunded_without_its_refunds_list_asks_stripe_for_each_pending_refund(stripe, succeed):
+    """Stripe's charge no longer lists its refunds (API versions since 2022-11-15; the published schema
+    has no such field): the event settles our pending refunds by retrieving them."""
+    order, refund = pending_refund_at_stripe(stripe)
+    stripe.settle_refund(refund.gateway_reference, succeed=succeed)
+    event = stripe.event("charge.refunded", order.payments.get().gateway_reference)
+    event["data"]["object"].pop("refunds", None)
+    assert "refunds" not in event["data"]["object"]
+    assert webhook(stripe, event).status_code == 200
+    run_jobs()
+    refund.refresh_from_db()
+    assert refund.status == (Refund.Status.SUCCEEDED if succeed else Refund.Status.FAILED)
+    assert CreditNote.objects.filter(refund=refund).exists() == succeed
+    assert PaymentEvent.objects.get().outcome == "applied"
+    assert stripe.count("refund") == 1  # settled by asking, never by refunding again
+
+
 def test_a_pending_refund_that_fails_later_is_failed_by_refund_failed_and_staff_retry_it(stripe):
     order, refund = pending_refund_at_stripe(stripe)
     stripe.settle_refund(refund.gateway_reference, succeed=False)
