@@ -110,16 +110,33 @@ class Worker:
         self._signals = 0
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the worker gracefully; a second one exits at once.
+
+        A Python signal handler runs in the main thread between two of its bytecodes, possibly while
+        that thread holds a lock the handler would take: the lock inside ``wakeup.wait()`` (an Event's
+        set takes it too) or a logging handler's. So the handler only writes the signal's number to a
+        pipe; a thread of its own logs it and stops the loop. (Setting the Event from the handler left a
+        worker deadlocked after SIGTERM, once in a few thousand signals, with the log line written.)"""
+        read_fd, self._signal_pipe = os.pipe()
+        os.set_blocking(self._signal_pipe, False)
+        threading.Thread(target=self._relay_signals, args=(read_fd,), daemon=True).start()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         self._signals += 1
         if self._signals > 1:
-            log.warning("worker %s: second signal, exiting at once", self.id)
+            os.write(2, f"worker {self.id}: second signal, exiting at once\n".encode())
             os._exit(1)
-        log.info("worker %s: %s received, stopping", self.id, signal.Signals(signum).name)
-        self.shutdown()
+        try:
+            os.write(self._signal_pipe, bytes([signum]))
+        except BlockingIOError:  # the pipe is full of signals not relayed yet: this one changes nothing
+            pass
+
+    def _relay_signals(self, read_fd: int) -> None:
+        while data := os.read(read_fd, 1):
+            log.info("worker %s: %s received, stopping", self.id, signal.Signals(data[0]).name)
+            self.shutdown()
 
     def shutdown(self) -> None:
         self.stopping.set()

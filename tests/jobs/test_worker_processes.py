@@ -3,6 +3,7 @@
 import collections
 import re
 import signal
+import subprocess
 import time
 from datetime import timedelta
 
@@ -13,7 +14,7 @@ from django.utils import timezone
 from jobs.api import enqueue, enqueue_many
 from jobs.models import DeadLetter, Job, JobStatus, Priority, WorkerProcess
 from tests.testapp.models import Run
-from tests.utils import wait_for
+from tests.utils import manage_py, subprocess_env, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -113,6 +114,34 @@ def test_second_signal_exits_at_once_and_recovery_picks_up_the_job(workers):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(10) != 0
     assert Job.objects.get(id=job.id).status == JobStatus.RUNNING  # left for crash recovery
+
+
+SIGNAL_WHILE_LOCKED = """
+import os, signal
+from jobs.worker import Worker
+worker = Worker(plugins=[])
+worker.install_signal_handlers()
+with worker.wakeup._cond:  # where the claim loop is for an instant inside wakeup.wait()
+    os.kill(os.getpid(), signal.SIGTERM)  # its handler runs here, in this thread, with the lock held
+    sum(range(1000))
+print("handler returned", flush=True)
+print("stopping" if worker.stopping.wait(10) else "not stopping", flush=True)
+"""
+
+
+def test_sigterm_while_the_loop_holds_its_wakeup_lock_still_stops_the_worker():
+    # The signal handler runs between two bytecodes of the main thread. One that set the wakeup Event
+    # itself deadlocked when that thread was inside the Event's wait (a worker that logged "SIGTERM
+    # received, stopping" and never stopped).
+    done = subprocess.run(
+        [*manage_py(), "shell", "--no-imports", "-c", SIGNAL_WHILE_LOCKED],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.split() == ["handler", "returned", "stopping"], done.stdout + done.stderr
+    assert "SIGTERM received, stopping" in done.stderr
 
 
 def test_healthy_long_job_is_never_claimed_by_a_second_worker(workers):
