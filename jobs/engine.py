@@ -311,7 +311,7 @@ def release(jobs: Iterable[Job], reason: str) -> int:
     released = 0
     queues = set()
     with transaction.atomic():
-        for job in jobs:
+        for job in sorted(jobs, key=lambda job: job.id):  # in the order the heartbeat locks them
             n = held(job).update(
                 status=JobStatus.PENDING, attempts=F("attempts") - 1, status_reason=reason, **UNCLAIMED
             )

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.db.models import F
 
 from jobs import db, engine
 from jobs.api import enqueue, enqueue_many
@@ -164,3 +165,50 @@ def test_a_host_whose_clock_runs_ahead_reaps_no_healthy_job_and_fires_cron_on_ti
     for proc in (healthy, ahead):
         proc.send_signal(signal.SIGTERM)
         assert workers.exit_code(proc, 20) == 0
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: PostgreSQL")
+@pytest.mark.parametrize("statement", ["complete", "heartbeat"])
+def test_completions_and_heartbeats_lock_a_workers_jobs_in_the_order_of_their_ids(workers, statement):
+    # The completer's batch and the claim loop's heartbeat update the same running jobs from two
+    # connections: locking them in two orders deadlocked (seen in a 1,000,000-job run). Each now waits
+    # for the lowest id first, holding no other row meanwhile.
+    import threading
+
+    import psycopg
+
+    enqueue_many("test.record", [{"key": "low"}, {"key": "high"}])
+    low, high = sorted(engine.claim("w", 2), key=lambda job: job.id)
+    # The lower id's row version (and its index entries: priority is indexed, so this update is not HOT)
+    # after the higher one's, so that neither the list's order nor the table's puts it first.
+    Job.objects.filter(id=low.id).update(priority=F("priority") + 1)
+    outcome = {}
+
+    def run():  # the higher id first, as a batch or the unit table may list them
+        try:
+            if statement == "complete":
+                outcome["done"] = engine.complete_many([(high, "h"), (low, "l")])
+            else:
+                outcome["done"] = engine.heartbeat([high, low])[0]
+        finally:
+            connection.close()
+
+    with psycopg.connect(**db.listen_conninfo()) as holder:
+        with holder.transaction():
+            holder.execute("SELECT id FROM jobs_job WHERE id = %s FOR UPDATE", [low.id])
+            thread = threading.Thread(target=run)
+            thread.start()
+            wait_for(
+                lambda: holder.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+                ).fetchone()[0],
+                message=f"the {statement} waiting for the lower id's row",
+            )
+            with psycopg.connect(**db.listen_conninfo()) as other:
+                # The higher id's row is free: nothing holds it while waiting for the lower one.
+                assert other.execute(
+                    "SELECT id FROM jobs_job WHERE id = %s FOR UPDATE NOWAIT", [high.id]
+                ).fetchone() == (high.id,)
+        thread.join(30)
+    assert not thread.is_alive()
+    assert set(outcome["done"]) == {low.id, high.id}
