@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint browser hosts-tools bench bench-peers clean
+.PHONY: run test install lint browser hosts-tools bench bench-peers bench-memory clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ bench: $(STAMP)
 
 bench-peers: $(STAMP)
 	$(PY) bench/peers.py $(BENCH_ARGS)
+
+bench-memory: $(STAMP)
+	$(PY) bench/memory.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

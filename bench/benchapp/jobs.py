@@ -2,7 +2,7 @@ import time
 
 from pydantic import BaseModel
 
-from jobs.api import job
+from jobs.api import Backoff, job
 
 
 class Item(BaseModel):
@@ -28,3 +28,29 @@ class Nap(BaseModel):
 def nap(payload, ctx):
     """A job that takes a little time (a few milliseconds of I/O wait), for backlog scenarios."""
     time.sleep(payload.ms / 1000)
+
+
+class Line(BaseModel):
+    sku: str
+    name: str
+    quantity: int
+    unit_price: str
+
+
+class Shipment(BaseModel):
+    """About 2 KB as JSON: an order's lines and address, as the pipeline's jobs carry."""
+
+    order: str
+    email: str
+    address: dict[str, str]
+    lines: list[Line]
+    fail_first: bool = False
+
+
+@job("bench.pipeline", payload=Shipment, queue="bench", max_attempts=3, backoff=Backoff(base=0.01, cap=0.05))
+def pipeline(payload, ctx):
+    """Pipeline-like work: reads its payload, fails its first attempt when asked (so that it is retried,
+    with its error recorded), and returns a result."""
+    if payload.fail_first and ctx.attempt == 1:
+        raise RuntimeError(f"warehouse unavailable for {payload.order}")
+    return {"order": payload.order, "units": sum(line.quantity for line in payload.lines), "sync": "ok"}
