@@ -6,6 +6,7 @@ Scenarios (each prints one line per database):
   latency  enqueue commit -> handler start, p50/p95/p99 over 1,000 jobs at a steady rate, idle worker
   depth    drain rate with 1,000,000 finished and 100,000 pending jobs in the table, vs an empty table
   orders   POST /api/orders, 8 concurrent clients for 30 s against gunicorn with a worker running
+  orders32 the same with 32 concurrent clients (where the order path saturates)
   observability  drain and orders with tracing (to a local OTLP sink) and JSON logs at INFO, beside off
 
 Scale scenarios (PostgreSQL only; run when named or with --scale, ~40 minutes together):
@@ -15,7 +16,8 @@ Scale scenarios (PostgreSQL only; run when named or with --scale, ~40 minutes to
   pgbouncer    8 worker processes x 16 threads through PgBouncer with 10 server connections
 
 Every scenario starts from a fresh database: PostgreSQL `bench_shop` on 127.0.0.1 (BENCH_PG_DB names
-another), SQLite in /tmp.
+another), SQLite in /tmp (BENCH_SQLITE_PATH names another file); the orders scenarios' gunicorn listens
+on 127.0.0.1:8765 (BENCH_WEB_PORT). Two sittings on one machine set all three apart.
 """
 
 import argparse
@@ -29,10 +31,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SQLITE_PATH = "/tmp/bench_shop.sqlite3"
-PG_DB = os.environ.get("BENCH_PG_DB", "bench_shop")  # another name keeps two sittings apart
+# Other names (and another port for the orders scenarios' gunicorn) keep two sittings apart.
+SQLITE_PATH = os.environ.get("BENCH_SQLITE_PATH", "/tmp/bench_shop.sqlite3")
+PG_DB = os.environ.get("BENCH_PG_DB", "bench_shop")
+WEB_PORT = int(os.environ.get("BENCH_WEB_PORT", "8765"))
 URLS = {"sqlite": f"sqlite:///{SQLITE_PATH}", "postgres": f"postgres://postgres@127.0.0.1:5432/{PG_DB}"}
-SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders", "observability"]
+SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders", "orders32", "observability"]
 # Tens of millions of rows and PgBouncer: PostgreSQL only, and only when named or with --scale.
 SCALE_SCENARIOS = ["scale_depth", "backlog", "pgbouncer"]
 WORKER_NICE = 10  # as Nice= in deploy/shop-worker@.service
@@ -520,21 +524,25 @@ def _catalog() -> list[str]:
     return list(Product.objects.filter(active=True).values_list("sku", flat=True))
 
 
-def scenario_orders(db: str, n: int) -> str:
-    rate, p50, p99, errors = _orders(db, _catalog())
+def scenario_orders(db: str, n: int, clients: int = 8) -> str:
+    rate, p50, p99, errors = _orders(db, _catalog(), clients)
     return (
-        f"orders   {db:8s} 8 clients x 30 s: {rate:6.1f} orders/s"
+        f"orders   {db:8s} {clients} clients x 30 s: {rate:6.1f} orders/s"
         f"   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   errors {errors}"
     )
 
 
-def _orders(db: str, skus: list[str]) -> tuple[float, float, float, int]:
-    """(orders/s, p50 ms, p99 ms, errors) of 8 clients posting orders for 30 s."""
+def scenario_orders32(db: str, n: int) -> str:
+    return scenario_orders(db, n, clients=32)
+
+
+def _orders(db: str, skus: list[str], clients: int = 8) -> tuple[float, float, float, int]:
+    """(orders/s, p50 ms, p99 ms, errors) of ``clients`` clients posting orders for 30 s."""
     import threading
     import urllib.error
     import urllib.request
 
-    port = 8765
+    port = WEB_PORT
     # As deploy/ runs them: web connections kept 60 s (CONN_MAX_AGE in shop.env.example), the worker at
     # a lower CPU priority than the web tier (Nice= in shop-worker@.service).
     web = subprocess.Popen(
@@ -595,7 +603,7 @@ def _orders(db: str, skus: list[str]) -> tuple[float, float, float, int]:
                 if not ok and not errors:
                     errors.append("unexpected status")
 
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
         for th in threads:
             th.start()
         for th in threads:
