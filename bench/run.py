@@ -526,10 +526,39 @@ def _catalog() -> list[str]:
 
 def scenario_orders(db: str, n: int, clients: int = 8) -> str:
     rate, p50, p99, errors = _orders(db, _catalog(), clients)
+    cpu = ORDERS_CPU
     return (
         f"orders   {db:8s} {clients} clients x 30 s: {rate:6.1f} orders/s"
-        f"   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   errors {errors}"
+        f"   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   errors {errors}\n"
+        f"  CPU while posting: gunicorn {cpu['web']:.0%} of a core, runworker {cpu['worker']:.0%},"
+        f" machine busy {cpu['machine']:.0%} of {os.cpu_count()} cores (every process on it)"
     )
+
+
+# CPU of the last orders run, in cores (1.0 = one core busy throughout): where the time went.
+ORDERS_CPU: dict[str, float] = {}
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of a process and its children (gunicorn's master and its workers), from /proc."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == root or int(fields[1]) == root:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), sum(ticks) / os.sysconf("SC_CLK_TCK")
 
 
 def scenario_orders32(db: str, n: int) -> str:
@@ -567,6 +596,7 @@ def _orders(db: str, skus: list[str], clients: int = 8) -> tuple[float, float, f
                 time.sleep(0.1)
         start = time.monotonic()
         stop = start + 30
+        cpu_before = _tree_cpu(web.pid), _tree_cpu(worker[0].pid), _machine_busy()
 
         def client(k: int) -> None:
             i = 0
@@ -609,6 +639,12 @@ def _orders(db: str, skus: list[str], clients: int = 8) -> tuple[float, float, f
         for th in threads:
             th.join()
         elapsed = time.monotonic() - start
+        busy, total = _machine_busy()
+        ORDERS_CPU.update(
+            web=(_tree_cpu(web.pid) - cpu_before[0]) / elapsed,
+            worker=(_tree_cpu(worker[0].pid) - cpu_before[1]) / elapsed,
+            machine=(busy - cpu_before[2][0]) / (total - cpu_before[2][1]),
+        )
     finally:
         web.terminate()
         web.wait(30)
