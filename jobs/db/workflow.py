@@ -47,13 +47,17 @@ def insert_workflow(jobs: list, edges: list[tuple[int, int]]) -> list[int] | Non
     jobs whose keys were free are stored, with no dependency, and their ids are in ``discard``'s reach
     through the jobs themselves (their pk is set)."""
     postgres = is_postgres()
-    document = json.dumps([[_value(getattr(job, name), postgres) for name in _COLUMNS] for job in jobs])
+    document = json.dumps([[_value(getattr(job, n), n, postgres) for n in _COLUMNS] for job in jobs])
     return _postgres(jobs, edges, document) if postgres else _sqlite(jobs, edges, document)
 
 
-def _value(value, postgres: bool):
+def _value(value, name: str, postgres: bool):
     if isinstance(value, datetime):
         return value.isoformat() if postgres else dt(value)
+    if not postgres and name in _JSON and value is not None:
+        # SQLite keeps JSON as text and the ORM compares it as text (``payload={...}``): stored as the
+        # ORM writes it, not as json() would rewrite it.
+        return json.dumps(value)
     return value
 
 
@@ -97,10 +101,7 @@ def _postgres(jobs: list, edges: list[tuple[int, int]], document: str) -> list[i
 
 
 def _sqlite(jobs: list, edges: list[tuple[int, int]], document: str) -> list[int] | None:
-    select = ", ".join(
-        f"json(json_extract(r.value, '$[{at}]'))" if name in _JSON else f"json_extract(r.value, '$[{at}]')"
-        for at, name in enumerate(_COLUMNS)
-    )
+    select = ", ".join(f"json_extract(r.value, '$[{at}]')" for at in range(len(_COLUMNS)))
     # The WHERE clause keeps SQLite's parser from reading ON CONFLICT as a join's ON.
     sql = (
         f"INSERT INTO jobs_job ({', '.join(_COLUMNS)}, {_DEFAULTS}) SELECT {select}, '', 0, '[]', 0, 0"

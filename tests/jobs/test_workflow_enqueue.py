@@ -44,6 +44,23 @@ def test_a_workflow_is_stored_with_its_dependencies_and_runs_parents_first():
     assert set(Job.objects.values_list("status", flat=True)) == {JobStatus.SUCCEEDED}
 
 
+def test_a_workflow_job_is_stored_as_an_enqueued_one_is():
+    """Found by its payload, tags and meta as the ORM compares them (SQLite compares JSON as text)."""
+    job = prepare("test.record", {"key": "confirm"}, tags=["order:7"], meta={"by": "ada"})
+    enqueue_workflow([job])
+    single = enqueue("test.record", {"key": "single"}, tags=["order:7"], meta={"by": "ada"})
+    assert Job.objects.filter(payload={"key": "confirm"}).get() == job
+    assert set(Job.objects.filter(tags=["order:7"], meta={"by": "ada"})) == {job, single}
+    stored = Job.objects.get(id=job.id)
+    assert (stored.payload, stored.tags, stored.meta, stored.priority) == (
+        {"key": "confirm"},
+        ["order:7"],
+        {"by": "ada"},
+        single.priority,
+    )
+    assert stored.run_at == job.run_at and stored.created_at == job.created_at
+
+
 def test_a_workflow_is_one_insert_on_postgresql_and_two_on_sqlite():
     jobs, edges = diamond("order:2:")
     with transaction.atomic(), CaptureQueriesContext(connection) as ctx:
