@@ -43,9 +43,10 @@ _DEFAULTS = "status_reason, attempts, errors, cancel_requested, snoozes"
 def insert_workflow(jobs: list, edges: list[tuple[int, int]]) -> list[int] | None:
     """Insert unsaved ``jobs`` (status and waiting_on already set) and the dependencies ``edges``
     between them, (parent, child) positions in ``jobs``; wake PostgreSQL's listeners of the queues of
-    the pending ones. Returns the jobs' ids in order, or None if a unique key was held: then only the
-    jobs whose keys were free are stored, with no dependency, and their ids are in ``discard``'s reach
-    through the jobs themselves (their pk is set)."""
+    the pending ones. Returns the jobs' ids in order, or None if a unique key was held: then on
+    PostgreSQL the jobs whose keys were free are stored, with no dependency, and carry their pk for
+    ``discard``; SQLite, which cannot tell which job got which id once one was skipped, has already
+    deleted them."""
     postgres = is_postgres()
     document = json.dumps([[_value(getattr(job, n), n, postgres) for n in _COLUMNS] for job in jobs])
     return _postgres(jobs, edges, document) if postgres else _sqlite(jobs, edges, document)
