@@ -6,6 +6,7 @@ Scenarios (each prints one line per database):
   latency  enqueue commit -> handler start, p50/p95/p99 over 1,000 jobs at a steady rate, idle worker
   depth    drain rate with 1,000,000 finished and 100,000 pending jobs in the table, vs an empty table
   orders   POST /api/orders, 8 concurrent clients for 30 s against gunicorn with a worker running
+  orders32 the same with 32 concurrent clients (where the order path saturates)
   observability  drain and orders with tracing (to a local OTLP sink) and JSON logs at INFO, beside off
 
 Scale scenarios (PostgreSQL only; run when named or with --scale, ~40 minutes together):
@@ -15,7 +16,8 @@ Scale scenarios (PostgreSQL only; run when named or with --scale, ~40 minutes to
   pgbouncer    8 worker processes x 16 threads through PgBouncer with 10 server connections
 
 Every scenario starts from a fresh database: PostgreSQL `bench_shop` on 127.0.0.1 (BENCH_PG_DB names
-another), SQLite in /tmp.
+another), SQLite in /tmp (BENCH_SQLITE_PATH names another file); the orders scenarios' gunicorn listens
+on 127.0.0.1:8765 (BENCH_WEB_PORT). Two sittings on one machine set all three apart.
 """
 
 import argparse
@@ -29,10 +31,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SQLITE_PATH = "/tmp/bench_shop.sqlite3"
-PG_DB = os.environ.get("BENCH_PG_DB", "bench_shop")  # another name keeps two sittings apart
+# Other names (and another port for the orders scenarios' gunicorn) keep two sittings apart.
+SQLITE_PATH = os.environ.get("BENCH_SQLITE_PATH", "/tmp/bench_shop.sqlite3")
+PG_DB = os.environ.get("BENCH_PG_DB", "bench_shop")
+WEB_PORT = int(os.environ.get("BENCH_WEB_PORT", "8765"))
 URLS = {"sqlite": f"sqlite:///{SQLITE_PATH}", "postgres": f"postgres://postgres@127.0.0.1:5432/{PG_DB}"}
-SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders", "observability"]
+SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders", "orders32", "observability"]
 # Tens of millions of rows and PgBouncer: PostgreSQL only, and only when named or with --scale.
 SCALE_SCENARIOS = ["scale_depth", "backlog", "pgbouncer"]
 WORKER_NICE = 10  # as Nice= in deploy/shop-worker@.service
@@ -520,21 +524,54 @@ def _catalog() -> list[str]:
     return list(Product.objects.filter(active=True).values_list("sku", flat=True))
 
 
-def scenario_orders(db: str, n: int) -> str:
-    rate, p50, p99, errors = _orders(db, _catalog())
+def scenario_orders(db: str, n: int, clients: int = 8) -> str:
+    rate, p50, p99, errors = _orders(db, _catalog(), clients)
+    cpu = ORDERS_CPU
     return (
-        f"orders   {db:8s} 8 clients x 30 s: {rate:6.1f} orders/s"
-        f"   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   errors {errors}"
+        f"orders   {db:8s} {clients} clients x 30 s: {rate:6.1f} orders/s"
+        f"   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   errors {errors}\n"
+        f"  CPU while posting: gunicorn {cpu['web']:.0%} of a core, runworker {cpu['worker']:.0%},"
+        f" machine busy {cpu['machine']:.0%} of {os.cpu_count()} cores (every process on it)"
     )
 
 
-def _orders(db: str, skus: list[str]) -> tuple[float, float, float, int]:
-    """(orders/s, p50 ms, p99 ms, errors) of 8 clients posting orders for 30 s."""
+# CPU of the last orders run, in cores (1.0 = one core busy throughout): where the time went.
+ORDERS_CPU: dict[str, float] = {}
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of a process and its children (gunicorn's master and its workers), from /proc."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == root or int(fields[1]) == root:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), sum(ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def scenario_orders32(db: str, n: int) -> str:
+    return scenario_orders(db, n, clients=32)
+
+
+def _orders(db: str, skus: list[str], clients: int = 8) -> tuple[float, float, float, int]:
+    """(orders/s, p50 ms, p99 ms, errors) of ``clients`` clients posting orders for 30 s."""
     import threading
     import urllib.error
     import urllib.request
 
-    port = 8765
+    port = WEB_PORT
     # As deploy/ runs them: web connections kept 60 s (CONN_MAX_AGE in shop.env.example), the worker at
     # a lower CPU priority than the web tier (Nice= in shop-worker@.service).
     web = subprocess.Popen(
@@ -559,6 +596,7 @@ def _orders(db: str, skus: list[str]) -> tuple[float, float, float, int]:
                 time.sleep(0.1)
         start = time.monotonic()
         stop = start + 30
+        cpu_before = _tree_cpu(web.pid), _tree_cpu(worker[0].pid), _machine_busy()
 
         def client(k: int) -> None:
             i = 0
@@ -595,18 +633,25 @@ def _orders(db: str, skus: list[str]) -> tuple[float, float, float, int]:
                 if not ok and not errors:
                     errors.append("unexpected status")
 
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
         for th in threads:
             th.start()
         for th in threads:
             th.join()
         elapsed = time.monotonic() - start
+        busy, total = _machine_busy()
+        ORDERS_CPU.update(
+            web=(_tree_cpu(web.pid) - cpu_before[0]) / elapsed,
+            worker=(_tree_cpu(worker[0].pid) - cpu_before[1]) / elapsed,
+            machine=(busy - cpu_before[2][0]) / (total - cpu_before[2][1]),
+        )
     finally:
         web.terminate()
         web.wait(30)
         for p in worker:
             p.terminate()
-            p.wait(30)
+            # Its grace period (30 s) for the jobs in flight, and more on a loaded machine at nice 10.
+            p.wait(180)
     lat.sort()
     return len(lat) / elapsed, lat[len(lat) // 2], lat[int(len(lat) * 0.99)], len(errors)
 

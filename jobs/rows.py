@@ -134,3 +134,45 @@ def replace(new: Job, max_wait: timedelta | float | None) -> Job | None:
     for name, value in changes.items():
         setattr(existing, name, value)
     return existing
+
+
+def plan_workflow(jobs: list[Job], edges: Iterable[tuple[Job, Job]]) -> list[tuple[int, int]]:
+    """The (parent, child) positions of a workflow's ``edges``, each job set blocked on its parents
+    (or pending without any). Raises ValueError for a job already stored or given twice, an edge
+    naming a job not in ``jobs``, or a cycle."""
+    position = {id(job): n for n, job in enumerate(jobs)}
+    if len(position) != len(jobs) or any(job.pk is not None for job in jobs):
+        raise ValueError("a workflow's jobs are unsaved jobs from prepare(), each given once")
+    try:
+        pairs = sorted({(position[id(parent)], position[id(child)]) for parent, child in edges})
+    except KeyError:
+        raise ValueError("an edge names a job that is not among the workflow's jobs") from None
+    check_acyclic(len(jobs), pairs)
+    waiting = [0] * len(jobs)
+    for _, child in pairs:
+        waiting[child] += 1
+    for job, parents in zip(jobs, waiting, strict=True):
+        job.status = JobStatus.BLOCKED if parents else JobStatus.PENDING
+        job.waiting_on = parents
+    return pairs
+
+
+def check_acyclic(count: int, edges: list[tuple[int, int]]) -> None:
+    """Raise ValueError if the (parent, child) positions among ``count`` jobs form a cycle."""
+    if any(parent == child for parent, child in edges):
+        raise ValueError("a job cannot depend on itself")
+    waiting = [0] * count
+    for _, child in edges:
+        waiting[child] += 1
+    ready = [n for n in range(count) if not waiting[n]]
+    released = 0
+    while ready:
+        node = ready.pop()
+        released += 1
+        for parent, child in edges:
+            if parent == node:
+                waiting[child] -= 1
+                if not waiting[child]:
+                    ready.append(child)
+    if released != count:
+        raise ValueError("the workflow's dependencies form a cycle: its jobs would wait forever")

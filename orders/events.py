@@ -110,6 +110,25 @@ def record(order: Order | int, kind: str, actor: Actor | str | None, **facts: An
     )
 
 
+def record_many(order: Order, actor: Actor | str | None, *events: tuple[str, dict[str, Any]]) -> None:
+    """Write several events of one change, (kind, facts) each, in one INSERT; as ``record``, inside the
+    transaction that makes the change."""
+    actor = Actor.of(actor)
+    OrderEvent.objects.bulk_create(
+        OrderEvent(
+            order_id=order.pk,
+            kind=kind,
+            actor_kind=actor.kind,
+            actor_user_id=actor.user_id,
+            actor_name=actor.name,
+            job_id=actor.job_id,
+            public=kind not in STAFF_ONLY,
+            facts=facts,
+        )
+        for kind, facts in events
+    )
+
+
 def customer_view(event: OrderEvent) -> dict[str, Any]:
     """An event as the customer sees it: its label, when, who (customer, shop), and safe facts."""
     facts = {k: v for k, v in (event.facts or {}).items() if k in CUSTOMER_FACTS}

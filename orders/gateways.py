@@ -9,13 +9,14 @@ import hashlib
 import json
 import secrets
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Protocol
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -171,10 +172,13 @@ class FakeGateway:
     ) -> ChargeResult:
         from orders.models import FakeGatewayCharge
 
-        existing = FakeGatewayCharge.objects.filter(idempotency_key=idempotency_key).first()
-        if existing is None:
-            if token == self.ERROR_TOKEN:
+        # A first charge is one INSERT; a replay finds the key taken and answers with its charge.
+        existing = None
+        if token == self.ERROR_TOKEN:
+            existing = FakeGatewayCharge.objects.filter(idempotency_key=idempotency_key).first()
+            if existing is None:
                 raise GatewayError("An error occurred while processing the card.")
+        if existing is None:
             if token == self.THREE_D_SECURE_TOKEN:
                 status, decline_reason = ChargeStatus.REQUIRES_ACTION, ""
             elif token == self.PROCESSING_TOKEN:
@@ -183,23 +187,26 @@ class FakeGateway:
                 decline_reason = self.TEST_TOKENS.get(token, "The payment token is invalid.")
                 succeeded = ChargeStatus.SUCCEEDED if capture else ChargeStatus.AUTHORIZED
                 status = ChargeStatus.DECLINED if decline_reason else succeeded
+            charge = FakeGatewayCharge(
+                idempotency_key=idempotency_key,
+                reference=f"pi_{secrets.token_hex(12)}",
+                token=token,
+                amount=amount,
+                currency=currency,
+                succeeded=status == ChargeStatus.SUCCEEDED,
+                status=status,
+                decline_reason=decline_reason,
+                return_url=return_url,
+            )
             try:
-                with transaction.atomic():
-                    existing = FakeGatewayCharge.objects.create(
-                        idempotency_key=idempotency_key,
-                        reference=f"pi_{secrets.token_hex(12)}",
-                        token=token,
-                        amount=amount,
-                        currency=currency,
-                        succeeded=status == ChargeStatus.SUCCEEDED,
-                        status=status,
-                        decline_reason=decline_reason,
-                        return_url=return_url,
-                    )
+                # A savepoint only inside a caller's transaction: alone, a failed INSERT spoils nothing.
+                with transaction.atomic() if connection.in_atomic_block else nullcontext():
+                    charge.save(force_insert=True)
             except IntegrityError:
-                # A concurrent request with the same key won the insert: return its result.
+                # The key was charged before (a replay), or a concurrent request with it won the insert.
                 existing = FakeGatewayCharge.objects.get(idempotency_key=idempotency_key)
             else:
+                existing = charge
                 if status == ChargeStatus.PROCESSING:
                     from jobs.api import enqueue
 

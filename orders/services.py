@@ -19,7 +19,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from jobs.api import enqueue
-from orders.events import Actor, Kind, record
+from orders import stock
+from orders.events import Actor, Kind, record, record_many
 from orders.gateways import ChargeResult, ChargeStatus, GatewayError, PaymentGateway, get_gateway
 from orders.idempotency import Lease
 from orders.models import (
@@ -215,10 +216,8 @@ def _reserve(
             raise InvalidOrder(f"Quantity of {sku} must be between 1 and {MAX_QUANTITY}.")
     currency = settings.SHOP_CURRENCY
     with transaction.atomic():
-        # Locks taken in SKU order, so two orders sharing products cannot deadlock.
-        products = {
-            p.sku: p for p in Product.objects.select_for_update().filter(sku__in=items).order_by("sku")
-        }
+        taken = stock.take(items, currency)
+        products = taken.products
         unknown = sorted(
             sku
             for sku in items
@@ -226,13 +225,9 @@ def _reserve(
         )
         if unknown:
             raise UnknownProduct(unknown)
-        for sku in sorted(items):
-            product, quantity = products[sku], items[sku]
-            taken = Product.objects.filter(pk=product.pk, stock__gte=quantity).update(
-                stock=F("stock") - quantity
-            )
-            if not taken:
-                raise OutOfStock(sku, quantity, Product.objects.get(pk=product.pk).stock)
+        if not taken.taken:
+            short = next(sku for sku in sorted(items) if products[sku].stock < items[sku])
+            raise OutOfStock(short, items[short], products[short].stock)
         order = Order.objects.create(
             email=email,
             name=name,
@@ -256,8 +251,12 @@ def _reserve(
             )
             for sku, quantity in sorted(items.items())
         )
-        record(order, Kind.PLACED, actor, total=_money(order.total), currency=currency)
-        record(order, Kind.STOCK_RESERVED, actor, lines=dict(sorted(items.items())))
+        record_many(
+            order,
+            actor,
+            (Kind.PLACED, {"total": _money(order.total), "currency": currency}),
+            (Kind.STOCK_RESERVED, {"lines": dict(sorted(items.items()))}),
+        )
         if lease is not None:
             lease.advance(RecoveryPoint.RESERVED, order=order)
     return order
@@ -307,9 +306,11 @@ def mark_paid(order: Order, charge_result: ChargeResult, *, actor: Actor | str) 
         changed = Order.objects.filter(pk=order.pk, status=Order.Status.PENDING_PAYMENT).update(
             status=Order.Status.PAID, paid_at=now, updated_at=now
         )
-        order.refresh_from_db()
         if not changed:
+            order.refresh_from_db()
             return False
+        # What the guarded update wrote, without reading the row back.
+        order.status, order.paid_at, order.updated_at = Order.Status.PAID, now, now
         payment = _record_payment(order, charge_result, status)
         kind = Kind.PAYMENT_AUTHORIZED if status == Payment.Status.AUTHORIZED else Kind.PAYMENT_CAPTURED
         record(order, kind, actor, amount=_money(payment.amount), currency=payment.currency)
