@@ -3,9 +3,9 @@ claimed for a while, instead of burning every waiting job's attempts against a d
 
 One ``BreakerState`` row per type and key, shared by every worker:
 
-- closed: failed attempts (the handler raised or timed out; never a snooze, a cancellation, a lost
-  worker or a payload the queue refused) are recorded with their time in the transaction that records
-  the failure; at ``failures`` of them within ``window`` seconds the breaker opens.
+- closed: failed attempts (the handler raised or timed out; never a snooze, a PermanentError, a
+  cancellation, a lost worker or a payload the queue refused) are recorded with their time in the
+  transaction that records the failure; at ``failures`` of them within ``window`` seconds it opens.
 - open: the claim skips its jobs (they stay pending, their attempts untouched) until ``probe_at``
   (``cooldown`` after it opened).
 - half-open: one claim, holding the row's lock, took one job as the probe. Its success closes the
@@ -29,6 +29,7 @@ from jobs import db
 from jobs.exceptions import (
     InvalidPayload,
     JobCancelled,
+    PermanentError,
     SnoozeLimitExceeded,
     UnknownJobType,
     WorkerLost,
@@ -40,8 +41,9 @@ log = logging.getLogger("jobs.breakers")
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.State.CLOSED, BreakerState.State.OPEN, BreakerState.State.HALF_OPEN
 
-# Not the dependency's fault: nothing a breaker should count.
-NOT_COUNTED = (InvalidPayload, UnknownJobType, JobCancelled, WorkerLost, SnoozeLimitExceeded)
+# Not a dependency that is down: a refusal of this one job (PermanentError: a 4xx, a missing row), the
+# queue's own refusals, a cancellation, a lost worker, a snooze.
+NOT_COUNTED = (PermanentError, InvalidPayload, UnknownJobType, JobCancelled, WorkerLost, SnoozeLimitExceeded)
 
 
 def breaker_of(type_name: str) -> Breaker | None:
