@@ -65,8 +65,8 @@ def key_of(job: Job) -> str:
 @dataclass
 class Holds:
     """What the breakers hold back from one claim pass: ``pairs`` (type, key) of every breaker that is
-    not closed (the claim statements skip their jobs), and among them ``probes``, the breakers due for
-    a probe."""
+    not closed (the claim statements skip their jobs), and among them ``probes``, the breakers that may
+    be due for a probe (claim_probes decides, by the claim's clock and under the row's lock)."""
 
     pairs: list[tuple[str, str]] = field(default_factory=list)
     probes: list[BreakerState] = field(default_factory=list)
@@ -75,9 +75,11 @@ class Holds:
 NONE = Holds()
 
 
-def holds(now: datetime) -> Holds:
+def holds() -> Holds:
     """The breakers that are not closed, read once per claim pass (nothing at all in a process whose
-    types declare no breaker)."""
+    types declare no breaker). Read before the claim's transaction, so that SQLite's write lock is not
+    held for it: a breaker that opens meanwhile holds its jobs from the next pass on, as it does for
+    jobs already claimed when it opened."""
     if not any_declared():
         return NONE
     probe_running = Exists(Job.objects.filter(id=OuterRef("probe_job_id"), status=JobStatus.RUNNING))
@@ -86,7 +88,7 @@ def holds(now: datetime) -> Holds:
         return NONE
     return Holds(
         pairs=[(row.type, row.key) for row in rows],
-        probes=[row for row in rows if _probe_due(row, now, row.probe_running)],
+        probes=[row for row in rows if row.state == OPEN or not row.probe_running],
     )
 
 
@@ -108,7 +110,7 @@ def claim_probes(
     for due in holds.probes:
         if len(ids) >= limit:
             break
-        if types is not None and due.type not in types:
+        if (types is not None and due.type not in types) or not _probe_due(due, now, due.probe_running):
             continue
         qs = BreakerState.objects.filter(pk=due.pk).annotate(
             probe_running=Exists(Job.objects.filter(id=OuterRef("probe_job_id"), status=JobStatus.RUNNING))

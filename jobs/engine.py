@@ -86,12 +86,12 @@ def _claim(worker_id, limit, queues, types, above_priority) -> tuple[list[Job], 
     """One claim transaction: the jobs claimed, and the expired ones it cancelled instead."""
     limited = ratelimit.limited_types(types)
     expired_ids: list[int] = []
+    holds = breakers.holds()  # circuit breakers not closed (usually none), read before the write lock
     with transaction.atomic():
         now = db.prepare_claim()  # the database's clock decides what is due and stamps the claim
         common = dict(
             worker_id=worker_id, token=new_token(), now=now, queues=queues, above_priority=above_priority
         )
-        holds = breakers.holds(now)  # circuit breakers that are not closed: usually none
         common["held"] = holds.pairs
         if not limited and not ratelimit.has_keyed_jobs():
             jobs, expired = db.claim_jobs(limit=limit, types=types, **common)
