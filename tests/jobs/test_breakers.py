@@ -247,3 +247,14 @@ def test_a_breaker_declaration_is_checked():
         Breaker(cooldown=0)
     with pytest.raises(TypeError, match="jobs.api.Breaker"):
         job("test.bad_breaker", payload=Key, breaker={"failures": 3})
+
+
+def test_staff_close_one_keys_breaker_from_the_command(flag, capsys):
+    enqueue_many("test.breaker_keyed", [{"key": "a", "flag": str(flag)} for _ in range(3)])
+    for _ in range(2):
+        execution.run(engine.claim("w1", 1)[0])
+    assert breaker("test.breaker_keyed", "endpoint:a").state == OPEN
+    call_command("jobs", "breaker", "close", "test.breaker_keyed", "--key", "endpoint:a")
+    assert "breaker test.breaker_keyed [endpoint:a] closed" in capsys.readouterr().out
+    assert breaker("test.breaker_keyed", "endpoint:a").state == CLOSED
+    assert AuditEntry.objects.get(action="close breaker").details == "key endpoint:a"
