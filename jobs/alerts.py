@@ -1,5 +1,6 @@
 """Stall and lag alerts: a queue with due jobs and none finished for ``JOBS_STALL_AFTER``, a queue whose
-lag exceeds its SLO (``JOBS_LAG_SLO``), a dead worker still holding jobs, and a burst of dead letters.
+lag exceeds its SLO (``JOBS_LAG_SLO``), a dead worker still holding jobs, a circuit breaker that opened,
+and a burst of dead letters.
 
 Each is an incident, one ``Alert`` row while it lasts, shared by every worker and ``jobs alerts
 --check``: the evaluator whose insert of the open row gets past the constraint (one open row per kind
@@ -87,6 +88,7 @@ def conditions(
                 )
             )
     found += _dead_workers(now)
+    found += _open_breakers()
     burst = _dead_letter_burst(now)
     if burst:
         found.append(burst)
@@ -122,6 +124,21 @@ def _dead_workers(now: datetime) -> list[Condition]:
             f"and still holds {n} running job(s)",
         )
         for worker_id, n in held
+    ]
+
+
+def _open_breakers() -> list[Condition]:
+    """A circuit breaker that opened (jobs.breakers): an incident until it closes (a probe succeeded, or
+    staff closed it); half-open is still open. The subject is the type, or "type [key]"."""
+    return [
+        Condition(
+            Alert.Kind.BREAKER,
+            b.label,
+            b.opened_at or b.changed_at,
+            f"the circuit breaker of {b.label} is {b.get_state_display().lower()} after repeated failures: "
+            "its jobs wait for a probe",
+        )
+        for b in read_model.open_breakers()
     ]
 
 

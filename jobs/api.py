@@ -30,7 +30,7 @@ from jobs.models import (
     JobStatus,
     Priority,
 )
-from jobs.registry import Backoff, get_job_type, job, validate_payload
+from jobs.registry import Backoff, Breaker, get_job_type, job, validate_payload
 
 LOW, NORMAL, HIGH, CRITICAL = Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.CRITICAL
 
@@ -40,6 +40,7 @@ __all__ = [
     "LOW",
     "NORMAL",
     "Backoff",
+    "Breaker",
     "InvalidPayload",
     "JobContext",
     "JobCancelled",

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from jobs import db, dependencies, ratelimit, signals
+from jobs import breakers, db, dependencies, ratelimit, signals
 from jobs.exceptions import (
     InvalidPayload,
     JobCancelled,
@@ -86,11 +86,13 @@ def _claim(worker_id, limit, queues, types, above_priority) -> tuple[list[Job], 
     """One claim transaction: the jobs claimed, and the expired ones it cancelled instead."""
     limited = ratelimit.limited_types(types)
     expired_ids: list[int] = []
+    holds = breakers.holds()  # circuit breakers not closed (usually none), read before the write lock
     with transaction.atomic():
         now = db.prepare_claim()  # the database's clock decides what is due and stamps the claim
         common = dict(
             worker_id=worker_id, token=new_token(), now=now, queues=queues, above_priority=above_priority
         )
+        common["held"] = holds.pairs
         if not limited and not ratelimit.has_keyed_jobs():
             jobs, expired = db.claim_jobs(limit=limit, types=types, **common)
             expired_ids = [job.id for job in expired]
@@ -107,6 +109,13 @@ def _claim(worker_id, limit, queues, types, above_priority) -> tuple[list[Job], 
                 ids += ratelimit.claim_limited(job_type, limit - len(ids), **common)
             jobs = list(Job.objects.filter(id__in=ids)) if ids else []
             expired = list(Job.objects.filter(id__in=expired_ids)) if expired_ids else []
+        if holds.probes and len(jobs) < limit:  # one probe per breaker past its cooldown
+            before = len(expired_ids)
+            probes = breakers.claim_probes(
+                holds, limit - len(jobs), types=types, **{**common, "expired": expired_ids}
+            )
+            jobs += list(Job.objects.filter(id__in=probes)) if probes else []
+            expired += list(Job.objects.filter(id__in=expired_ids[before:]))
         if expired_ids:
             for job_id in expired_ids:
                 dependencies.cancel_descendants([job_id], f"parent job #{job_id} expired")
@@ -147,6 +156,7 @@ def complete(job: Job, result: Any = None) -> bool:
         )
         if updated:
             dependencies.release_children([job.id], now)
+            breakers.record_success([job])
         # Cancelled while running: the job ends cancelled, keeping what the handler returned.
         finished = bool(updated) or _finish_cancelled(job, now, result=result)
     if finished:
@@ -172,6 +182,7 @@ def complete_many(items: Sequence[tuple[Job, Any]]) -> set[int]:
         done = set(db.complete_ids([(job.id, job.lock_token, result) for job, result in items], now))
         if done:
             dependencies.release_children(sorted(done), now)
+            breakers.record_success([job for job, _ in items if job.id in done])
     announce_finished([job for job, _ in items if job.id in done])
     for job, result in items:
         if job.id in done:
@@ -221,6 +232,7 @@ def _record_failure(job: Job, exc: BaseException, *, traceback: str | None, perm
         if row.cancel_requested or isinstance(exc, JobCancelled):
             _finish_cancelled(row, timezone.now(), errors=row.errors)
             return JobStatus.CANCELLED
+        breakers.record_failure(row, exc)
         permanent = permanent or is_permanent(exc)
         if permanent or row.attempts >= row.max_attempts:
             bury(row)

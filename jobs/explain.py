@@ -3,9 +3,9 @@ the same rows the claim reads (it changes nothing).
 
 ``explain(job)`` returns the reasons in the order a job meets them on its way to a worker: not waiting
 at all (finished, running), not due yet, waiting on parents, held by staff (queue or type paused), held
-by a limit (rate, concurrency key), no worker to take it (none alive for its queue, all busy); and
-"due and claimable" when nothing holds it. Each check is a function of a :class:`Situation` in
-``CHECKS``; a new hold (a circuit breaker) is one more function in that list, at its place.
+by its circuit breaker, held by a limit (rate, concurrency key), no worker to take it (none alive for
+its queue, all busy); and "due and claimable" when nothing holds it. Each check is a function of a
+:class:`Situation` in ``CHECKS``; a new hold is one more function in that list, at its place.
 """
 
 from collections.abc import Callable
@@ -18,6 +18,7 @@ from django.db.models import Count
 from jobs import conf, db
 from jobs.models import (
     FINISHED_STATUSES,
+    BreakerState,
     Job,
     JobStatus,
     JobTypeState,
@@ -47,6 +48,7 @@ NOT_DUE = "not_due"
 BLOCKED = "blocked"
 QUEUE_PAUSED = "queue_paused"
 TYPE_PAUSED = "type_paused"
+BREAKER_OPEN = "breaker_open"
 RATE_LIMITED = "rate_limited"
 CONCURRENCY_KEY_FULL = "concurrency_key_full"
 NO_WORKER = "no_worker"
@@ -162,6 +164,29 @@ def type_paused(s: Situation) -> Reason | None:
     )
 
 
+def breaker_open(s: Situation) -> Reason | None:
+    key = s.job.concurrency_key or ""
+    row = (
+        BreakerState.objects.filter(type=s.job.type, key=key).exclude(state=BreakerState.State.CLOSED).first()
+    )
+    if row is None:
+        return None
+    since = f"open since {_at(row.opened_at)}" if row.opened_at else "open"
+    if row.state == BreakerState.State.HALF_OPEN and row.probe_job_id:
+        probe = f"half-open: job #{row.probe_job_id} is the probe; its success closes the breaker"
+    elif row.probe_at and row.probe_at > s.now:
+        wait = _duration((row.probe_at - s.now).total_seconds())
+        probe = f"it probes with one job at {_at(row.probe_at)}, in {wait}"
+    else:
+        probe = "its cool-down is over: the next claim takes one job as the probe"
+    return Reason(
+        BREAKER_OPEN,
+        f"The circuit breaker of {row.label} is {since} after repeated failures ({probe}); staff can"
+        f" close it (`manage.py jobs breaker close {row.type}{f' --key {key}' if key else ''}`)."
+        " Waiting uses no attempt.",
+    )
+
+
 def rate_limited(s: Situation) -> Reason | None:
     jt = s.job_type
     if jt is None or jt.rate is None:
@@ -234,6 +259,7 @@ CHECKS: list[Check] = [
     blocked,
     queue_paused,
     type_paused,
+    breaker_open,
     rate_limited,
     concurrency_key_full,
     no_worker,

@@ -82,6 +82,17 @@ class QueueCollector:
         for name in sorted(set(job_types()) | set(states)):
             type_paused.add_metric([name], 1 if states.get(name) else 0)
         yield type_paused
+        breakers_open = GaugeMetricFamily(
+            "jobs_breakers_open",
+            "Circuit breakers open or half-open (probing), by job type (one per key for a keyed type).",
+            labels=["type"],
+        )
+        open_by_type: dict[str, int] = defaultdict(int)
+        for b in read_model.open_breakers():
+            open_by_type[b.type] += 1
+        for name in sorted({n for n, jt in job_types().items() if jt.breaker} | set(open_by_type)):
+            breakers_open.add_metric([name], open_by_type[name])
+        yield breakers_open
 
         counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         buckets: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))

@@ -266,6 +266,38 @@ class JobTypeState(models.Model):
         return f"{self.name} ({'paused' if self.paused else 'running'})"
 
 
+class BreakerState(models.Model):
+    """The circuit breaker of a job type, or of one concurrency key of it (``key`` "" for jobs without
+    one), shared by every worker; a row exists once a job of the type failed (see jobs.breakers)."""
+
+    class State(models.TextChoices):
+        CLOSED = "closed", "Closed"
+        OPEN = "open", "Open"
+        HALF_OPEN = "half_open", "Half-open (probing)"
+
+    type = models.CharField(max_length=100)
+    key = models.CharField(max_length=200, blank=True, default="")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CLOSED)
+    failures = models.JSONField(default=list, blank=True, help_text="When the window's failures happened.")
+    opened_at = models.DateTimeField(null=True, blank=True)
+    probe_at = models.DateTimeField(null=True, blank=True, help_text="When an open breaker probes.")
+    probe_job_id = models.BigIntegerField(null=True, blank=True, help_text="The half-open breaker's probe.")
+    changed_at = models.DateTimeField(default=timezone.now)
+    changed_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        verbose_name = "circuit breaker"
+        ordering = ["type", "key"]
+        constraints = [models.UniqueConstraint(fields=["type", "key"], name="jobs_breaker_one_per_key")]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.get_state_display().lower()})"
+
+    @property
+    def label(self) -> str:
+        return f"{self.type} [{self.key}]" if self.key else self.type
+
+
 class RateLimitStart(models.Model):
     """One start of a rate-limited job type: the sliding window that the limit is counted over."""
 
@@ -383,6 +415,7 @@ class Alert(models.Model):
         LAG = "lag", "Lag over SLO"
         DEAD_WORKER = "dead_worker", "Dead worker holding jobs"
         DEAD_LETTERS = "dead_letters", "Burst of dead letters"
+        BREAKER = "breaker", "Circuit breaker open"
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     subject = models.CharField(max_length=200, blank=True, default="", help_text="Queue or worker id.")

@@ -18,6 +18,7 @@ from jobs import conf, db
 from jobs.models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
+    BreakerState,
     CronSchedule,
     DeadLetter,
     Job,
@@ -76,6 +77,7 @@ class Snapshot:
     workers: list[WorkerProcess]
     stale_after: float = 30.0
     paused_types: list[JobTypeState] = field(default_factory=list)
+    open_breakers: list[BreakerState] = field(default_factory=list)
 
     @property
     def stuck(self) -> int:
@@ -122,6 +124,18 @@ class Snapshot:
             "queues": [asdict(q) for q in self.queues],
             "paused_types": [
                 {"name": t.name, "since": iso(t.changed_at), "by": t.changed_by} for t in self.paused_types
+            ],
+            "open_breakers": [
+                {
+                    "type": b.type,
+                    "key": b.key,
+                    "state": b.state,
+                    "since": iso(b.opened_at),
+                    "probe_at": iso(b.probe_at),
+                    "probe_job": b.probe_job_id,
+                    "failures": len(b.failures),
+                }
+                for b in self.open_breakers
             ],
             "stuck": self.stuck,
             "finished_last_hour": self.finished_last_hour,
@@ -282,6 +296,7 @@ def snapshot(now: datetime | None = None) -> Snapshot:
         workers=workers,
         stale_after=stale_after,
         paused_types=paused_types(),
+        open_breakers=open_breakers(),
     )
 
 
@@ -291,6 +306,13 @@ def long_waiting(now: datetime, due_for: float, limit: int = 5) -> list[Job]:
     cutoff = now - timedelta(seconds=due_for)
     return list(
         Job.objects.filter(status=JobStatus.PENDING, run_at__lte=cutoff).order_by("run_at", "id")[:limit]
+    )
+
+
+def open_breakers() -> list[BreakerState]:
+    """Circuit breakers open or half-open, the longest open first (see jobs.breakers)."""
+    return list(
+        BreakerState.objects.exclude(state=BreakerState.State.CLOSED).order_by("opened_at", "type", "key")
     )
 
 

@@ -49,6 +49,25 @@ class Backoff:
 
 
 @dataclass(frozen=True)
+class Breaker:
+    """A circuit breaker for a job type (per concurrency key, for a type that declares one): at
+    ``failures`` failed attempts within ``window`` seconds, across every worker, workers stop claiming
+    its jobs; after ``cooldown`` seconds one probe job runs, whose success closes the breaker and whose
+    failure opens it for another cooldown. See jobs.breakers."""
+
+    failures: int = 5
+    window: float = 60.0
+    cooldown: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.failures < 1:
+            raise ValueError(f"Breaker(failures=...) must be at least 1, not {self.failures!r}")
+        for name in ("window", "cooldown"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Breaker({name}=...) must be a positive number of seconds")
+
+
+@dataclass(frozen=True)
 class JobType:
     name: str
     handler: Callable[..., Any]
@@ -66,6 +85,7 @@ class JobType:
     batch_size: int = 1
     max_snoozes: int = 10
     expires: timedelta | None = None  # from the job's due time (run_at) to when it is cancelled unrun
+    breaker: Breaker | None = None
     rate: Rate | None = field(init=False, default=None)  # rate_limit parsed, once
 
     def __post_init__(self) -> None:
@@ -105,6 +125,7 @@ def job(
     batch_size: int = 1,
     max_snoozes: int = 10,
     expires: timedelta | float | None = None,
+    breaker: Breaker | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated function as the handler of job type ``name``.
 
@@ -114,6 +135,8 @@ def job(
 
     ``max_snoozes``: how often a handler may ask to run later (``Snooze``) without using an attempt.
     ``expires``: a job not claimed within that long of being due is cancelled (reason ``expired``).
+    ``breaker``: a circuit breaker (``Breaker(failures=5, window=60, cooldown=120)``), per concurrency
+    key when the type declares one.
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
@@ -122,6 +145,8 @@ def job(
     expires = as_duration(expires, "expires")
     if rate_limit is not None:
         parse_rate(rate_limit)  # fail at import time, not at claim time
+    if breaker is not None and not isinstance(breaker, Breaker):
+        raise TypeError(f"breaker must be a jobs.api.Breaker, not {breaker!r}")
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         existing = _registry.get(name)
@@ -144,6 +169,7 @@ def job(
             batch_size=batch_size,
             max_snoozes=max_snoozes,
             expires=expires,
+            breaker=breaker,
         )
         func.job_type = name
         return func

@@ -14,7 +14,7 @@ from django.conf import settings
 from pydantic import BaseModel, Field
 
 from jobs import scheduler
-from jobs.api import HIGH, Backoff, JobContext, PermanentError, Snooze, job
+from jobs.api import HIGH, Backoff, Breaker, JobContext, PermanentError, Snooze, job
 from orders import (
     inventory,
     invoices,
@@ -82,6 +82,17 @@ def _backoff() -> Backoff:
     return Backoff(base=settings.PIPELINE_RETRY_BACKOFF, cap=3600.0)
 
 
+def _breaker() -> Breaker:
+    """The circuit breaker of a call out (the warehouse; each webhook endpoint): while it is down, its
+    jobs wait for a probe instead of using their attempts. A 429/503 with Retry-After snoozes instead,
+    which never counts."""
+    return Breaker(
+        failures=settings.PIPELINE_BREAKER_FAILURES,
+        window=settings.PIPELINE_BREAKER_WINDOW,
+        cooldown=settings.PIPELINE_BREAKER_COOLDOWN,
+    )
+
+
 def _order(payload) -> Order:
     try:
         order = Order.objects.get(pk=payload.order_id)
@@ -140,7 +151,14 @@ def generate_invoice(payload: OrderRef, ctx: JobContext) -> dict:
     )
 
 
-@job("sync_inventory", payload=OrderRef, max_attempts=10, backoff=_backoff(), timeout=_NETWORK_TIMEOUT)
+@job(
+    "sync_inventory",
+    payload=OrderRef,
+    max_attempts=10,
+    backoff=_backoff(),
+    timeout=_NETWORK_TIMEOUT,
+    breaker=_breaker(),
+)
 def sync_inventory(payload: OrderRef, ctx: JobContext) -> dict:
     def work() -> dict:
         try:
@@ -204,6 +222,10 @@ def send_shipping_email(payload: ShipmentRef, ctx: JobContext) -> dict:
     max_attempts=10,
     backoff=_backoff(),
     timeout=_NETWORK_TIMEOUT,
+    # Per endpoint: one merchant's endpoint that is down holds its own deliveries, nobody else's.
+    concurrency_key=lambda p: f"webhook-endpoint:{p.endpoint_id}",
+    concurrency_limit=settings.WEBHOOK_CONCURRENCY,
+    breaker=_breaker(),
 )
 def deliver_webhook(payload: WebhookDeliveryRef, ctx: JobContext) -> dict:
     try:

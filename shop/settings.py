@@ -282,6 +282,13 @@ REPORT_RECIPIENTS = env.list("REPORT_RECIPIENTS", default=[])
 FOLLOWUP_DELAY = env.float("FOLLOWUP_DELAY", default=24 * 3600)
 # First retry delay (seconds) of the pipeline's jobs; it doubles per attempt, capped at an hour.
 PIPELINE_RETRY_BACKOFF = env.float("PIPELINE_RETRY_BACKOFF", default=10.0)
+# Circuit breakers of the calls out (the warehouse; each webhook endpoint): this many failed attempts
+# within the window (seconds) hold the rest of its jobs for the cooldown (seconds), then one probe.
+PIPELINE_BREAKER_FAILURES = env.int("PIPELINE_BREAKER_FAILURES", default=5)
+PIPELINE_BREAKER_WINDOW = env.float("PIPELINE_BREAKER_WINDOW", default=60.0)
+PIPELINE_BREAKER_COOLDOWN = env.float("PIPELINE_BREAKER_COOLDOWN", default=120.0)
+# Deliveries to one webhook endpoint at once: a hanging endpoint holds at most this many threads.
+WEBHOOK_CONCURRENCY = env.int("WEBHOOK_CONCURRENCY", default=4)
 VAT_RATE = env.str("VAT_RATE", default="0.19")  # prices include VAT at this rate
 SELLER_NAME = env.str("SELLER_NAME", default=SHOP_NAME)
 SELLER_ADDRESS = env.list("SELLER_ADDRESS", default=["Example Street 1", "10115 Berlin", "Germany"])

@@ -7,7 +7,7 @@ Retrying, cancelling, requeuing, discarding and running schedules need their own
 support role with only the view permissions can look without touching.
 """
 
-from jobs.admin import dead_letters, job_admin, processes, schedules  # noqa: F401 (registers the pages)
+from jobs.admin import breakers, dead_letters, job_admin, processes, schedules  # noqa: F401 (the pages)
 from jobs.admin.common import EstimatedCountPaginator
 
 __all__ = ["EstimatedCountPaginator"]

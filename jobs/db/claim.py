@@ -25,6 +25,8 @@ def claim_sql(
     keyed: bool = False,
     above_priority: int | None = None,
     returning: str = "id",
+    held: Sequence[tuple[str, str]] = (),
+    only_key: str | None = None,
 ) -> tuple[str, list]:
     where = [
         "j.status = 'pending'",
@@ -50,6 +52,7 @@ def claim_sql(
         )
     else:
         where.append("j.concurrency_key IS NULL")
+    where += _breaker_holds(held, only_key, params)
     condition = " AND ".join(where)
     # A job found past its expires_at is cancelled by this same statement instead of run late (no
     # second statement per claim); the caller tells the two apart by the status returned. Every SET
@@ -84,6 +87,24 @@ def claim_sql(
         f" ORDER BY j.priority DESC, j.run_at, j.id LIMIT %s) RETURNING {returning}"
     )
     return sql, set_params + params + [limit]
+
+
+def _breaker_holds(held: Sequence[tuple[str, str]], only_key: str | None, params: list) -> list[str]:
+    """Circuit breakers (jobs.breakers): skip the jobs of each open (type, key), key "" meaning the
+    type's jobs without a concurrency key; ``only_key`` claims one key's jobs (a breaker's probe).
+    Nothing is added while every breaker is closed."""
+    where = []
+    for job_type, key in held:
+        if key:
+            where.append("(j.type <> %s OR j.concurrency_key IS NULL OR j.concurrency_key <> %s)")
+            params += [job_type, key]
+        else:
+            where.append("(j.type <> %s OR j.concurrency_key IS NOT NULL)")
+            params.append(job_type)
+    if only_key is not None:
+        where.append("j.concurrency_key = %s")
+        params.append(only_key)
+    return where
 
 
 def claim_ids(*, expired: list[int] | None = None, **options) -> list[int]:

@@ -72,6 +72,13 @@ def add_actions(parser) -> None:
     resume_type = sub.add_parser("resume-type", help="Let workers claim a paused job type again.")
     resume_type.add_argument("job_type", metavar="TYPE")
 
+    sub.add_parser("breakers", help="Circuit breakers that are open or half-open (probing).")
+    breaker = sub.add_parser("breaker", help="Close a circuit breaker: workers claim its jobs again.")
+    breaker_sub = breaker.add_subparsers(dest="breaker_action", required=True, metavar="close")
+    close = breaker_sub.add_parser("close", help="Close the breaker of a job type (or of one of its keys).")
+    close.add_argument("job_type", metavar="TYPE")
+    close.add_argument("--key", default="", help="The concurrency key, for a type whose breaker is per key.")
+
     cron = sub.add_parser("cron", help="List cron schedules or run one now.")
     cron_sub = cron.add_subparsers(dest="cron_action", required=True, metavar="list|run")
     cron_sub.add_parser("list", help="List schedules with their next and last run.")

@@ -1,5 +1,6 @@
 """What staff do to the queue, from the admin, the dashboard or the shell: retry, cancel, reprioritise,
-requeue and discard dead letters, pause queues, edit and run schedules.
+requeue and discard dead letters, pause queues and job types, close circuit breakers, edit and run
+schedules.
 
 Every operation changes the queue through the api, the engine or the scheduler (which own the state)
 and leaves an AuditEntry naming the actor, written in the transaction that makes the change (both
@@ -25,6 +26,7 @@ million rows. A row already done no longer matches (a requeued dead letter is cl
 finished, a retried job due), so running the same bulk action again after a crash finishes the rest.
 """
 
+from jobs.staff.breakers import close_breaker  # noqa: F401
 from jobs.staff.by_filter import (  # noqa: F401
     BULK_ACTIONS,
     DEAD_LETTER_ACTIONS,

@@ -22,6 +22,7 @@ VIEW_PERMISSIONS = [
     "view_cronschedule",
     "view_queuestate",
     "view_jobtypestate",
+    "view_breakerstate",
     "view_workerprocess",
     "view_auditentry",
 ]
@@ -59,6 +60,7 @@ def operator(username: str = "operator") -> User:
             "change_queuestate",
             "add_queuestate",
             "change_jobtypestate",
+            "change_breakerstate",
         ],
     )
 

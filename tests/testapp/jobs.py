@@ -7,7 +7,7 @@ import time
 from django.utils import timezone
 from pydantic import BaseModel
 
-from jobs.api import Backoff, PermanentError, Snooze, job
+from jobs.api import Backoff, Breaker, PermanentError, Snooze, job
 from tests.testapp.models import Run
 
 
@@ -269,3 +269,46 @@ def snoozy(payload, ctx):
 def parent_results(payload, ctx):
     """Returns what it read of its parents, as ``[[parent id, result], ...]`` (JSON has no int keys)."""
     return {"parents": [[parent_id, result] for parent_id, result in ctx.parent_results.items()]}
+
+
+class Dependency(BaseModel):
+    """A job calling a dependency that is down while the file ``flag`` exists."""
+
+    key: str = ""
+    flag: str
+    snooze: bool = False  # the dependency answers "not now" (429) instead of failing
+
+
+def call_dependency(payload, ctx):
+    record(payload, ctx)
+    if os.path.exists(payload.flag):
+        if payload.snooze:
+            raise Snooze(0.01)
+        raise RuntimeError("the dependency is down")
+    return {"ok": True}
+
+
+# Cooldowns of an hour: tests end a cooldown by moving the breaker's probe_at, never by waiting.
+@job(
+    "test.breaker",
+    payload=Dependency,
+    max_attempts=20,
+    max_snoozes=100,
+    backoff=Backoff(base=0.01, cap=0.05),
+    breaker=Breaker(failures=3, window=60, cooldown=3600),
+)
+def breaker(payload, ctx):
+    return call_dependency(payload, ctx)
+
+
+@job(
+    "test.breaker_keyed",
+    payload=Dependency,
+    concurrency_key=lambda p: f"endpoint:{p.key}",
+    concurrency_limit=5,
+    max_attempts=20,
+    backoff=Backoff(base=0.01, cap=0.05),
+    breaker=Breaker(failures=2, window=60, cooldown=3600),
+)
+def breaker_keyed(payload, ctx):
+    return call_dependency(payload, ctx)

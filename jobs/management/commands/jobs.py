@@ -222,6 +222,23 @@ class Command(BaseCommand):
             raise CommandError(f"{exc}; known types: {', '.join(sorted(_job_types()))}") from None
         self.stdout.write(f"type {job_type} resumed" + ("" if changed else " (it was not paused)"))
 
+    def do_breakers(self, **options):
+        rows = read_model.open_breakers()
+        if not rows:
+            self.stdout.write("no open circuit breakers")
+        for line in breaker_lines(rows):
+            self.stdout.write(line)
+
+    def do_breaker(self, breaker_action, job_type, key="", **options):
+        try:
+            changed = staff.close_breaker(cli_actor(), job_type, key)
+        except UnknownJobType as exc:
+            raise CommandError(f"{exc}; known types: {', '.join(sorted(_job_types()))}") from None
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        name = f"{job_type} [{key}]" if key else job_type
+        self.stdout.write(f"breaker {name} closed" + ("" if changed else " (it was not open)"))
+
     # -- cron --------------------------------------------------------------------------------------
 
     def do_cron(self, cron_action, name=None, **options):
@@ -274,6 +291,7 @@ def stats_lines(snap: read_model.Snapshot):
         )
     for t in snap.paused_types:
         yield f"type {t.name} paused since {_iso(t.changed_at)} by {t.changed_by or '-'}"
+    yield from breaker_lines(snap.open_breakers)
     yield (
         f"last hour: {snap.finished_last_hour} finished, {snap.dead_last_hour} dead "
         f"(failure rate {snap.failure_rate_text})"
@@ -288,6 +306,15 @@ def stats_lines(snap: read_model.Snapshot):
         yield (
             f"schedule {s.name}: next {_iso(s.next_run_at)}, last {_iso(s.last_run_at)} "
             f"({read_model.schedule_outcome(s)}){'' if s.enabled else ' disabled'}"
+        )
+
+
+def breaker_lines(rows):
+    for b in rows:
+        probe = f"probe job {b.probe_job_id} running" if b.probe_job_id else f"probes at {_iso(b.probe_at)}"
+        yield (
+            f"breaker {b.label} {b.state} since {_iso(b.opened_at)}: "
+            f"{len(b.failures)} recent failure(s), {probe}"
         )
 
 
