@@ -1,4 +1,5 @@
-"""Rate limits per job type ("120/m"), held across every worker process together.
+"""Rate limits per job type ("120/m"), held across every worker process together (per key:
+``jobs.fairshare``).
 
 A sliding window of recorded starts, counted and extended under a per-type transaction lock in the
 claim transaction. A job over the limit is simply not claimed: it waits without using an attempt, and
@@ -14,7 +15,8 @@ from jobs.registry import JobType, job_types
 
 
 def limited_types(types: Sequence[str] | None = None) -> list[str]:
-    names = [name for name, jt in job_types().items() if jt.rate_limit]
+    """Types with a rate limit for the whole type (a per-key limit is held by jobs.fairshare)."""
+    names = [name for name, jt in job_types().items() if jt.rate_limit and jt.rate_key is None]
     if types is not None:
         names = [n for n in names if n in types]
     return sorted(names)
@@ -31,8 +33,9 @@ def claim_limited(job_type_name: str, limit: int, *, now: datetime, **common) ->
     if not db.lock_name(f"jobs.ratelimit:{job_type_name}"):
         return []  # another worker is claiming this type: its window is theirs until they commit
     window_start = now - timedelta(seconds=seconds)
-    RateLimitStart.objects.filter(type=job_type_name, started_at__lte=window_start).delete()
-    used = RateLimitStart.objects.filter(type=job_type_name, started_at__gt=window_start).count()
+    starts = RateLimitStart.objects.filter(type=job_type_name, key="")
+    starts.filter(started_at__lte=window_start).delete()
+    used = starts.filter(started_at__gt=window_start).count()
     allowed = min(limit, count - used)
     if allowed <= 0:
         return []

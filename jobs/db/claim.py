@@ -25,6 +25,7 @@ def claim_sql(
     keyed: bool = False,
     above_priority: int | None = None,
     returning: str = "id",
+    ids: Sequence[int] | None = None,
 ) -> tuple[str, list]:
     where = [
         "j.status = 'pending'",
@@ -33,6 +34,12 @@ def claim_sql(
         "j.type NOT IN (SELECT t.name FROM jobs_jobtypestate t WHERE t.paused)",
     ]
     params: list = [dt(now)]
+    # Jobs with a fair-share key are claimed by jobs.fairshare, which names them (``ids``); every
+    # other claim walks the claim index, which holds only jobs without one.
+    if ids is None:
+        where.append("j.fair_key IS NULL")
+    else:
+        where.append(in_list("j.id", ids, params))
     if queues:
         where.append(in_list("j.queue", queues, params))
     if types:
@@ -78,9 +85,10 @@ def claim_sql(
         return sql, params + [limit] + set_params
     # Without statistics SQLite would rather sort every pending row found through (status, finished_at);
     # the partial index is already in claim order, so name it.
+    indexed = " INDEXED BY jobs_job_claim_idx" if ids is None else ""
     sql = (
         f"UPDATE jobs_job SET {set_running} WHERE id IN (SELECT j.id FROM jobs_job AS j"
-        f" INDEXED BY jobs_job_claim_idx WHERE {condition}"
+        f"{indexed} WHERE {condition}"
         f" ORDER BY j.priority DESC, j.run_at, j.id LIMIT %s) RETURNING {returning}"
     )
     return sql, set_params + params + [limit]
