@@ -74,11 +74,14 @@ def claim_sql(
     )
     at = dt(now)
     set_params = [at, at, at, at, at, at, worker_id, at, token, at, at, at, at]
+    # Named jobs are found by their ids, all of them: no claim order to walk (with sorts off, a claim
+    # order would walk a whole index: 300 ms).
+    order = " ORDER BY j.priority DESC, j.run_at, j.id" if ids is None else ""
     if is_postgres():
         columns = ", ".join(f"jobs_job.{c}" for c in returning.split(", "))
         sql = (
             f"WITH locked AS (SELECT j.id FROM jobs_job j WHERE {condition}"
-            " ORDER BY j.priority DESC, j.run_at, j.id LIMIT %s FOR UPDATE SKIP LOCKED)"
+            f"{order} LIMIT %s FOR UPDATE SKIP LOCKED)"
             f" UPDATE jobs_job SET {set_running} FROM locked"
             f" WHERE jobs_job.id = locked.id RETURNING {columns}"
         )
@@ -88,8 +91,7 @@ def claim_sql(
     indexed = " INDEXED BY jobs_job_claim_idx" if ids is None else ""
     sql = (
         f"UPDATE jobs_job SET {set_running} WHERE id IN (SELECT j.id FROM jobs_job AS j"
-        f"{indexed} WHERE {condition}"
-        f" ORDER BY j.priority DESC, j.run_at, j.id LIMIT %s) RETURNING {returning}"
+        f"{indexed} WHERE {condition}{order} LIMIT %s) RETURNING {returning}"
     )
     return sql, set_params + params + [limit]
 
