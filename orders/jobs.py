@@ -14,7 +14,7 @@ from django.conf import settings
 from pydantic import BaseModel, Field
 
 from jobs import scheduler
-from jobs.api import HIGH, Backoff, JobContext, PermanentError, Snooze, job
+from jobs.api import HIGH, Backoff, JobContext, PermanentError, RateLimit, Snooze, job
 from orders import (
     inventory,
     invoices,
@@ -204,6 +204,8 @@ def send_shipping_email(payload: ShipmentRef, ctx: JobContext) -> dict:
     max_attempts=10,
     backoff=_backoff(),
     timeout=_NETWORK_TIMEOUT,
+    # per endpoint, across all workers; the endpoints' deliveries are claimed round-robin
+    rate_limit=RateLimit(settings.WEBHOOK_RATE_LIMIT, key=lambda ref: ref.endpoint_id),
 )
 def deliver_webhook(payload: WebhookDeliveryRef, ctx: JobContext) -> dict:
     try:

@@ -28,3 +28,14 @@ class Nap(BaseModel):
 def nap(payload, ctx):
     """A job that takes a little time (a few milliseconds of I/O wait), for backlog scenarios."""
     time.sleep(payload.ms / 1000)
+
+
+class Keyed(BaseModel):
+    key: str
+    ms: float = 1.0
+
+
+@job("bench.fair", payload=Keyed, queue="bench", fair_key=lambda p: p.key)
+def fair(payload, ctx):
+    """A 1 ms job of one key (a tenant, an endpoint), for the fairness scenario."""
+    time.sleep(payload.ms / 1000)
