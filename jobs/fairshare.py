@@ -6,8 +6,8 @@ With several keys waiting, claims go round-robin across the keys, weighted if th
 (``FairShareKey``) holds its place in the rotation, each claimed job moves its key on by 1/weight, and
 the keys furthest behind are claimed first (ties: in claim order). A key seen for the first time
 takes its first turn next, then rotates with the others: it neither waits for their backlog nor
-claims a burst of credit; a key whose jobs all finished loses its row. Priority still comes first: a higher-priority job of any key is
-claimed before a lower one.
+claims a burst of credit; a key whose jobs all finished loses its row. Priority still comes first:
+a higher-priority job of any key is claimed before a lower one.
 
 A per-key rate limit is a sliding window of ``RateLimitStart`` rows per (type, key): a key over its
 limit is simply not claimed (its jobs wait without using an attempt) while the type's other keys run.
