@@ -17,7 +17,7 @@ Scale scenarios (PostgreSQL only; run when named or with --scale, ~40 minutes to
   pgbouncer    8 worker processes x 16 threads through PgBouncer with 10 server connections
 
 Every scenario starts from a fresh database: PostgreSQL `bench_shop` on 127.0.0.1 (BENCH_PG_DB names
-another), SQLite in /tmp.
+another), SQLite in /tmp (BENCH_SQLITE_PATH names another file).
 """
 
 import argparse
@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SQLITE_PATH = "/tmp/bench_shop.sqlite3"
+SQLITE_PATH = os.environ.get("BENCH_SQLITE_PATH", "/tmp/bench_shop.sqlite3")  # another keeps sittings apart
 PG_DB = os.environ.get("BENCH_PG_DB", "bench_shop")  # another name keeps two sittings apart
 URLS = {"sqlite": f"sqlite:///{SQLITE_PATH}", "postgres": f"postgres://postgres@127.0.0.1:5432/{PG_DB}"}
 SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders", "observability", "fairness"]
