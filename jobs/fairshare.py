@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from django.db.models import Count
 
 from jobs import conf, db
-from jobs.models import FairShareKey, JobTypeState, RateLimitStart
+from jobs.models import FairShareKey, RateLimitStart
 from jobs.registry import JobType, job_types
 
 # Keys considered per claim, those furthest behind first: a claim takes at most a few hundred jobs.
@@ -71,7 +71,8 @@ def claim_fair(
     """Claim up to ``limit`` due jobs of one keyed type, round-robin across its keys, as far as each
     key's rate limit and concurrency limit allow. None while another worker's claim holds the type."""
     job_type: JobType = job_types()[job_type_name]
-    if not db.lock_name(f"jobs.fairshare:{job_type_name}"):
+    keys = db.pending_keys(job_type_name)  # one index probe when none wait: all an idle type costs
+    if not keys or not db.lock_name(f"jobs.fairshare:{job_type_name}"):
         return []
     if job_type.concurrency_key is not None and not db.lock_keyed_claims():
         return []
@@ -81,12 +82,8 @@ def claim_fair(
         if not db.lock_name(f"jobs.ratelimit:{job_type_name}"):
             return []
         limit = min(limit, _type_allowance(job_type, now))
-    if limit <= 0 or JobTypeState.objects.filter(name=job_type_name, paused=True).exists():
-        return []
-    keys = db.pending_keys(job_type_name)
-    if not keys:
-        FairShareKey.objects.filter(type=job_type_name).delete()
-        return []
+        if limit <= 0:
+            return []
     positions = _positions(job_type_name, keys, job_type.weight)
     wanted = _rate_allowance(job_type, keys, now, limit)
     ordered = sorted(wanted, key=lambda k: positions.get(k, 0.0))[:MAX_KEYS]

@@ -37,8 +37,8 @@ def next_due(
     above_priority: int | None = None,
 ) -> list[tuple[int, str, int, datetime]]:
     """Up to ``wanted[key]`` due pending jobs of each key, in claim order within the key, as (id, key,
-    priority, run_at): one statement, a limited index walk per key. Jobs of paused queues are left out
-    (a paused type is not claimed at all). Nothing is locked: the claim that follows takes what is
+    priority, run_at): one statement, a limited index walk per key. Jobs of a paused queue or type are
+    left out. Nothing is locked: the claim that follows takes what is
     still pending and due. ``run_at`` is for ordering only (SQLite gives its stored text, which sorts
     as the times do)."""
     parts, params = [], []
@@ -49,6 +49,7 @@ def next_due(
             "fair_key = %s",
             "run_at <= %s",
             "queue NOT IN (SELECT q.name FROM jobs_queuestate q WHERE q.paused)",
+            "type NOT IN (SELECT t.name FROM jobs_jobtypestate t WHERE t.paused)",
         ]
         params += [job_type, key, dt(now)]
         if queues:

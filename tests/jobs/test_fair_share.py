@@ -114,8 +114,9 @@ def test_a_key_whose_jobs_finished_leaves_the_rotation():
     enqueue_many("test.fair", [{"group": "A"} for _ in range(2)])
     enqueue("test.fair", {"group": "B"})
     claim_one_at_a_time(3)
-    engine.claim("w", 1)  # nothing left: the keys' rows go
-    assert not FairShareKey.objects.exists()
+    enqueue("test.fair", {"group": "C"})
+    assert claim_one_at_a_time(1) == ["C"]  # the next claim of the type forgets A and B
+    assert list(FairShareKey.objects.values_list("key", flat=True)) == ["C"]
 
 
 def test_rate_key_and_concurrency_key_hold_together():
@@ -144,3 +145,13 @@ def test_bad_rate_limit_and_key_options_are_clear_errors():
         job("test.bad", payload=Key, fair_key=lambda p: p.key, weights={"a": 0})
     with pytest.raises(ValueError, match="declare one of them"):
         job("test.bad", payload=Key, rate_limit=RateLimit("1/s", key=len), fair_key=len)
+
+
+def test_a_paused_keyed_type_is_not_claimed():
+    from jobs.models import JobTypeState
+
+    enqueue_many("test.fair", [{"group": "A"}, {"group": "B"}])
+    JobTypeState.objects.create(name="test.fair", paused=True)
+    assert engine.claim("w", 5) == []
+    JobTypeState.objects.filter(name="test.fair").update(paused=False)
+    assert len(engine.claim("w", 5)) == 2
