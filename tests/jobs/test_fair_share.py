@@ -151,7 +151,7 @@ def test_a_paused_keyed_type_is_not_claimed():
     from jobs.models import JobTypeState
 
     enqueue_many("test.fair", [{"group": "A"}, {"group": "B"}])
-    JobTypeState.objects.create(name="test.fair", paused=True)
+    JobTypeState.objects.update_or_create(name="test.fair", defaults={"paused": True})
     assert engine.claim("w", 5) == []
     JobTypeState.objects.filter(name="test.fair").update(paused=False)
     assert len(engine.claim("w", 5)) == 2
