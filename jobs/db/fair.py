@@ -17,10 +17,15 @@ def pending_keys(job_type: str) -> list[str]:
     however many jobs each key has. ``SELECT DISTINCT`` would read every pending job of the type on
     every claim: 10,000 rows for one flooded key.
     """
-    pending = "FROM jobs_job WHERE status = 'pending' AND type = %s AND fair_key IS NOT NULL"
+    # ORDER BY ... LIMIT 1 rather than MIN(): a planner without statistics (right after a bulk enqueue)
+    # would aggregate every pending job of the type for MIN (6 ms for 10,000), not take the first.
+    first = (
+        "(SELECT fair_key FROM jobs_job WHERE status = 'pending' AND type = %s AND fair_key IS NOT NULL{}"
+        " ORDER BY fair_key LIMIT 1)"
+    )
     sql = (
-        f"WITH RECURSIVE k(key) AS (SELECT MIN(fair_key) {pending}"
-        f" UNION ALL SELECT (SELECT MIN(fair_key) {pending} AND fair_key > k.key) FROM k"
+        f"WITH RECURSIVE k(key) AS (SELECT {first.format('')}"
+        f" UNION ALL SELECT {first.format(' AND fair_key > k.key')} FROM k"
         " WHERE k.key IS NOT NULL) SELECT key FROM k WHERE key IS NOT NULL"
     )
     with connection.cursor() as cursor:
