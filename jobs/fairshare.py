@@ -96,11 +96,11 @@ def claim_fair(
     )
     picked = _pick(job_type, candidates, positions, limit)
     expired = expired if expired is not None else []
-    claim = dict(now=now, queues=queues, above_priority=above_priority, expired=expired, **common)
+    options = dict(now=now, queues=queues, above_priority=above_priority, expired=expired, **common)
     if job_type.concurrency_key is None:
-        ids = db.claim_ids(ids=picked, limit=len(picked), **claim) if picked else []
+        ids = db.claim_ids(ids=picked, limit=len(picked), **options) if picked else []
     else:  # one statement per job, so that each counts the running ones before it (db.claim_keyed_ids)
-        ids = [pk for one in picked for pk in db.claim_ids(ids=[one], limit=1, keyed=True, **claim)]
+        ids = [pk for one in picked for pk in db.claim_ids(ids=[one], limit=1, keyed=True, **options)]
     key_of = {pk: key for pk, key, _, _ in candidates}
     claimed = Counter(key_of[pk] for pk in ids)
     _advance(job_type, positions, claimed)
