@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 from django.db.models import Count
 
-from jobs import conf, db
+from jobs import conf, db, ratelimit
 from jobs.models import FairShareKey, RateLimitStart
 from jobs.registry import JobType, job_types
 
@@ -120,7 +120,7 @@ def _type_allowance(job_type: JobType, now: datetime) -> int:
     count, seconds = job_type.rate
     window_start = now - timedelta(seconds=seconds)
     starts = RateLimitStart.objects.filter(type=job_type.name, key="")
-    starts.filter(started_at__lte=window_start).delete()
+    starts.filter(started_at__lte=window_start - ratelimit.KEEP).delete()
     return count - starts.filter(started_at__gt=window_start).count()
 
 
@@ -146,7 +146,7 @@ def _rate_allowance(job_type: JobType, keys: list[str], now: datetime, limit: in
     count, seconds = job_type.rate
     window_start = now - timedelta(seconds=seconds)
     starts = RateLimitStart.objects.filter(type=job_type.name)
-    starts.filter(started_at__lte=window_start).delete()
+    starts.filter(started_at__lte=window_start - ratelimit.KEEP).delete()
     used = dict(
         starts.filter(started_at__gt=window_start, key__in=keys)
         .values_list("key")
