@@ -8,6 +8,8 @@ Scenarios (each prints one line per database):
   orders   POST /api/orders, 8 concurrent clients for 30 s against gunicorn with a worker running
   orders32 the same with 32 concurrent clients (where the order path saturates)
   observability  drain and orders with tracing (to a local OTLP sink) and JSON logs at INFO, beside off
+  fairness  9 small keys (100 jobs each) beside one key of 10,000: when the small keys finish with fair
+           share on and off, beside their time on an empty queue (bench/fairness.py)
 
 Scale scenarios (PostgreSQL only; run when named or with --scale, ~40 minutes together):
   scale_depth  enqueue and drain rates with 10,000,000 finished and 1,000,000 pending jobs, and the drain
@@ -36,7 +38,7 @@ SQLITE_PATH = os.environ.get("BENCH_SQLITE_PATH", "/tmp/bench_shop.sqlite3")
 PG_DB = os.environ.get("BENCH_PG_DB", "bench_shop")
 WEB_PORT = int(os.environ.get("BENCH_WEB_PORT", "8765"))
 URLS = {"sqlite": f"sqlite:///{SQLITE_PATH}", "postgres": f"postgres://postgres@127.0.0.1:5432/{PG_DB}"}
-SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders", "orders32", "observability"]
+SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders", "orders32", "observability", "fairness"]
 # Tens of millions of rows and PgBouncer: PostgreSQL only, and only when named or with --scale.
 SCALE_SCENARIOS = ["scale_depth", "backlog", "pgbouncer"]
 WORKER_NICE = 10  # as Nice= in deploy/shop-worker@.service
@@ -728,6 +730,12 @@ def scenario_observability(db: str, n: int) -> str:
             f"{name} {med('on', i):.0f} vs {med('off', i):.0f} {unit} ({med('on', i) / med('off', i):.2f}x)"
         )
     return f"observe  {db:8s} on vs off ({sink.spans} spans exported): " + "   ".join(parts)
+
+
+def scenario_fairness(db: str, n: int) -> str:
+    from bench.fairness import scenario_fairness as fairness
+
+    return fairness(start_workers, OBSERVE, db)
 
 
 def main() -> None:

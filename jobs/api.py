@@ -30,7 +30,7 @@ from jobs.models import (
     JobStatus,
     Priority,
 )
-from jobs.registry import Backoff, Breaker, get_job_type, job, validate_payload
+from jobs.registry import Backoff, Breaker, RateLimit, get_job_type, job, validate_payload
 
 LOW, NORMAL, HIGH, CRITICAL = Priority.LOW, Priority.NORMAL, Priority.HIGH, Priority.CRITICAL
 
@@ -46,6 +46,7 @@ __all__ = [
     "JobCancelled",
     "PermanentError",
     "Priority",
+    "RateLimit",
     "Reason",
     "Snooze",
     "UnknownJobType",
@@ -298,18 +299,22 @@ def enqueue_many(
     # Positional construction from the first job's values: Django's fast path, no per-field defaults.
     names = [f.attname for f in Job._meta.concrete_fields]
     values = [getattr(template, name) for name in names]
-    at_payload, at_errors, at_key = (
+    at_payload, at_errors, at_key, at_fair = (
         names.index("payload"),
         names.index("errors"),
         names.index("concurrency_key"),
+        names.index("fair_key"),
     )
     jobs = [template]
     for payload in payloads[1:]:
         row = values.copy()
         row[at_payload] = validate_payload(jt, payload)
         row[at_errors] = []
-        if jt.concurrency_key is not None:
-            row[at_key] = str(jt.concurrency_key(jt.payload.model_validate(row[at_payload])))
+        if jt.share_key is not None:
+            model = jt.payload.model_validate(row[at_payload])
+            if jt.concurrency_key is not None:
+                row[at_key] = str(jt.concurrency_key(model))
+            row[at_fair] = rows.share_key(jt, model)
         jobs.append(Job(*row))
     with transaction.atomic():
         for start in range(0, len(jobs), 1000):

@@ -132,7 +132,9 @@ def _claim_one(row: BreakerState, **common) -> int | None:
     expired = common.setdefault("expired", [])
     for _ in range(3):  # a job found expired is cancelled instead; the next due one may probe
         before = len(expired)
-        got = db.claim_ids(limit=1, types=[row.type], keyed=bool(row.key), only_key=row.key or None, **common)
+        got = db.claim_ids(
+            limit=1, types=[row.type], keyed=bool(row.key), only_key=row.key or None, probe=True, **common
+        )
         if got:
             return got[0]
         if len(expired) == before:

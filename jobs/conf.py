@@ -22,6 +22,9 @@ DEFAULTS = {
     # Jobs a worker may hold claimed beyond its running ones (fewer claims; a slow job's followers wait).
     # None: adaptive, as many as threads, more for short jobs (about 50 ms of work, at most 200).
     "JOBS_PREFETCH": None,
+    # Keyed job types (a per-key rate limit, fair_key, a concurrency key) are claimed round-robin
+    # across their keys (jobs.fairshare); False: in plain claim order, the keys' limits still holding.
+    "JOBS_FAIR_SHARE": True,
     # Run jobs inline at enqueue (unit tests of code that enqueues).
     "JOBS_IMMEDIATE": False,
     # Finished jobs older than this are pruned by the cleanup_completed_jobs schedule.

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from jobs import breakers, db, dependencies, ratelimit, signals
+from jobs import breakers, db, dependencies, fairshare, ratelimit, signals
 from jobs.exceptions import (
     InvalidPayload,
     JobCancelled,
@@ -109,13 +109,20 @@ def _claim(worker_id, limit, queues, types, above_priority) -> tuple[list[Job], 
                 ids += ratelimit.claim_limited(job_type, limit - len(ids), **common)
             jobs = list(Job.objects.filter(id__in=ids)) if ids else []
             expired = list(Job.objects.filter(id__in=expired_ids)) if expired_ids else []
+        keyed = fairshare.fair_types(types)
+        if keyed and len(jobs) < limit:  # jobs with a key: round-robin across keys (jobs.fairshare)
+            before = len(expired_ids)
+            common["expired"] = expired_ids
+            ids = fairshare.claim(keyed, limit - len(jobs), **common)
+            jobs += list(Job.objects.filter(id__in=ids)) if ids else []
+            expired += list(Job.objects.filter(id__in=expired_ids[before:])) if expired_ids[before:] else []
         if holds.probes and len(jobs) < limit:  # one probe per breaker past its cooldown
             before = len(expired_ids)
             probes = breakers.claim_probes(
                 holds, limit - len(jobs), types=types, **{**common, "expired": expired_ids}
             )
             jobs += list(Job.objects.filter(id__in=probes)) if probes else []
-            expired += list(Job.objects.filter(id__in=expired_ids[before:]))
+            expired += list(Job.objects.filter(id__in=expired_ids[before:])) if expired_ids[before:] else []
         if expired_ids:
             for job_id in expired_ids:
                 dependencies.cancel_descendants([job_id], f"parent job #{job_id} expired")

@@ -192,15 +192,23 @@ def rate_limited(s: Situation) -> Reason | None:
     if jt is None or jt.rate is None:
         return None
     count, seconds = jt.rate
-    window = RateLimitStart.objects.filter(type=jt.name, started_at__gt=s.now - timedelta(seconds=seconds))
+    key = s.job.fair_key if jt.rate_key is not None else None
+    window = RateLimitStart.objects.filter(
+        type=jt.name, key=key or "", started_at__gt=s.now - timedelta(seconds=seconds)
+    )
     used = window.count()
     if used < count:
         return None
     oldest = window.order_by("started_at").values_list("started_at", flat=True).first()
     free = _duration((oldest + timedelta(seconds=seconds) - s.now).total_seconds()) if oldest else "?"
+    whose = (
+        f"of {jt.name} for its key {key!r} ({jt.rate_limit} per key)"
+        if key is not None
+        else (f"of {jt.name} ({jt.rate_limit})")
+    )
     return Reason(
         RATE_LIMITED,
-        f"The rate limit of {jt.name} ({jt.rate_limit}) is used up: {used} start(s) in the last {seconds:g}s;"
+        f"The rate limit {whose} is used up: {used} start(s) in the last {seconds:g}s;"
         f" the next start is possible in about {free}. Waiting uses no attempt.",
     )
 

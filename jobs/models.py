@@ -53,6 +53,9 @@ class Job(models.Model):
     unique_key = models.CharField(max_length=200, null=True, blank=True)
     concurrency_key = models.CharField(max_length=200, null=True, blank=True)
     concurrency_limit = models.PositiveIntegerField(null=True, blank=True)
+    # The key fair share rotates over and a per-key rate limit counts by (jobs.fairshare): set at
+    # enqueue for types that declare one (the rate limit's key, fair_key, or the concurrency key).
+    fair_key = models.CharField(max_length=200, null=True, blank=True)
     waiting_on = models.PositiveIntegerField(default=0, help_text="Parents that have not succeeded yet.")
     cancel_requested = models.BooleanField(default=False)
     # Where the job was enqueued from, for tracing (W3C trace context headers), set by a job_enqueuing
@@ -84,7 +87,14 @@ class Job(models.Model):
             models.Index(
                 fields=["-priority", "run_at", "id"],
                 name="jobs_job_claim_idx",
-                condition=models.Q(status="pending"),
+                condition=models.Q(status="pending", fair_key__isnull=True),
+            ),
+            # Keyed jobs wait in their own index, by type and key in claim order: the fair-share pass
+            # finds each key's next jobs in it, and the plain claim never walks past them.
+            models.Index(
+                fields=["type", "fair_key", "-priority", "run_at", "id"],
+                name="jobs_job_fair_idx",
+                condition=models.Q(status="pending", fair_key__isnull=False),
             ),
             models.Index(
                 fields=["heartbeat_at"], name="jobs_job_running_idx", condition=models.Q(status="running")
@@ -299,16 +309,34 @@ class BreakerState(models.Model):
 
 
 class RateLimitStart(models.Model):
-    """One start of a rate-limited job type: the sliding window that the limit is counted over."""
+    """One start of a rate-limited job type (or of one key of it, for a per-key limit): the sliding
+    window that the limit is counted over."""
 
     type = models.CharField(max_length=100)
+    key = models.CharField(max_length=200, blank=True, default="")  # "": the type's own limit
     started_at = models.DateTimeField()
 
     class Meta:
-        indexes = [models.Index(fields=["type", "started_at"], name="jobs_ratelimit_window_idx")]
+        indexes = [models.Index(fields=["type", "key", "started_at"], name="jobs_ratelimit_key_idx")]
 
     def __str__(self) -> str:
-        return f"{self.type} at {self.started_at}"
+        return f"{self.type}{f'[{self.key}]' if self.key else ''} at {self.started_at}"
+
+
+class FairShareKey(models.Model):
+    """Where one key of a fair-shared job type stands in its rotation (stride scheduling): each claim of
+    one of its jobs moves it on by 1/weight, and the keys furthest behind are claimed first. A row
+    lives while its key has pending jobs (jobs.fairshare)."""
+
+    type = models.CharField(max_length=100)
+    key = models.CharField(max_length=200)
+    position = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["type", "key"], name="jobs_fairsharekey_once")]
+
+    def __str__(self) -> str:
+        return f"{self.type}[{self.key}] at {self.position:g}"
 
 
 class Effect(models.Model):

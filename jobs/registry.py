@@ -36,6 +36,51 @@ def parse_rate(text: str, *, minimum: int = 1) -> Rate:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A rate limit held per key: ``RateLimit("10/s", key=lambda payload: payload.endpoint_id)`` lets
+    each key start 10 jobs a second across all workers (the key is computed when the job is enqueued);
+    ``@job(rate_limit=("10/s", key_function))`` says the same. A key over its limit waits without
+    using an attempt while the type's other keys run, and the type's keys share the workers fairly
+    (see ``jobs.fairshare``)."""
+
+    rate: str
+    key: Callable[[Any], Any]
+
+    def __post_init__(self) -> None:
+        parse_rate(self.rate)
+        if not callable(self.key):
+            raise ValueError(f"a rate limit's key must be a function of the payload, not {self.key!r}")
+
+
+Weights = dict[str, float] | Callable[[str], float]
+
+
+def as_rate_limit(value: "str | RateLimit | tuple | None") -> "tuple[str | None, Callable | None]":
+    """``rate_limit=`` as (the rate string, its key function or None); ValueError for anything else."""
+    if value is None or isinstance(value, str):
+        if value is not None:
+            parse_rate(value)  # fail at import time, not at claim time
+        return value, None
+    if isinstance(value, tuple) and len(value) == 2:
+        value = RateLimit(*value)
+    if isinstance(value, RateLimit):
+        return value.rate, value.key
+    raise ValueError(
+        f"rate_limit must be 'N/period', RateLimit('N/period', key=...) or ('N/period', key), not {value!r}"
+    )
+
+
+def check_weights(weights: Weights | None) -> None:
+    if weights is None or callable(weights):
+        return
+    if not isinstance(weights, dict):
+        raise ValueError(f"weights must be a dict of key -> weight or a function of the key, not {weights!r}")
+    for key, weight in weights.items():
+        if not isinstance(weight, int | float) or weight <= 0:
+            raise ValueError(f"the weight of key {key!r} must be a positive number, not {weight!r}")
+
+
+@dataclass(frozen=True)
 class Backoff:
     """Exponential backoff with jitter: attempt n waits about base * 2**(n-1) seconds, at most cap."""
 
@@ -86,11 +131,28 @@ class JobType:
     max_snoozes: int = 10
     expires: timedelta | None = None  # from the job's due time (run_at) to when it is cancelled unrun
     breaker: Breaker | None = None
+    rate_key: Callable[[Any], Any] | None = None  # the rate limit holds per key (RateLimit)
+    fair_key: Callable[[Any], Any] | None = None
+    weights: Weights | None = None  # fair share: a key's share of the claims, 1 unless named
     rate: Rate | None = field(init=False, default=None)  # rate_limit parsed, once
 
     def __post_init__(self) -> None:
         if self.rate_limit:
             object.__setattr__(self, "rate", parse_rate(self.rate_limit))
+
+    @property
+    def share_key(self) -> Callable[[Any], Any] | None:
+        """The function giving a job's ``fair_key``: the rate limit's key, else ``fair_key``, else the
+        concurrency key; None for a type without keys (the plain claim)."""
+        return self.rate_key or self.fair_key or self.concurrency_key
+
+    def weight(self, key: str) -> float:
+        if self.weights is None:
+            return 1.0
+        if callable(self.weights):
+            weight = self.weights(key)
+            return float(weight) if isinstance(weight, int | float) and weight > 0 else 1.0
+        return float(self.weights.get(key, 1.0))
 
 
 def as_duration(value: timedelta | float | None, name: str) -> timedelta | None:
@@ -117,7 +179,7 @@ def job(
     max_attempts: int = 3,
     backoff: Backoff | None = None,
     timeout: float = 300.0,
-    rate_limit: str | None = None,
+    rate_limit: "str | RateLimit | tuple | None" = None,
     concurrency_key: Callable[[Any], str] | None = None,
     concurrency_limit: int = 1,
     payload_version: int = 1,
@@ -126,6 +188,8 @@ def job(
     max_snoozes: int = 10,
     expires: timedelta | float | None = None,
     breaker: Breaker | None = None,
+    fair_key: Callable[[Any], Any] | None = None,
+    weights: Weights | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated function as the handler of job type ``name``.
 
@@ -137,16 +201,26 @@ def job(
     ``expires``: a job not claimed within that long of being due is cancelled (reason ``expired``).
     ``breaker``: a circuit breaker (``Breaker(failures=5, window=60, cooldown=120)``), per concurrency
     key when the type declares one.
+    ``rate_limit``: ``"10/s"`` for the type, or ``RateLimit("10/s", key=...)`` (or ``("10/s", key)``)
+    per key. ``fair_key``: the key claims rotate over when the type has neither a rate-limit key nor a
+    concurrency key; ``weights``: ``{"big": 3}`` or a function of the key (see ``jobs.fairshare``).
     """
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     if max_snoozes < 0:
         raise ValueError("max_snoozes must be 0 or more")
     expires = as_duration(expires, "expires")
-    if rate_limit is not None:
-        parse_rate(rate_limit)  # fail at import time, not at claim time
     if breaker is not None and not isinstance(breaker, Breaker):
         raise TypeError(f"breaker must be a jobs.api.Breaker, not {breaker!r}")
+    rate_limit, rate_key = as_rate_limit(rate_limit)
+    if fair_key is not None and (rate_key is not None or not callable(fair_key)):
+        raise ValueError(
+            "fair_key must be a function of the payload, and a type with a per-key rate limit shares by"
+            " the rate limit's key: declare one of them"
+        )
+    check_weights(weights)
+    if weights is not None and (rate_key or fair_key or concurrency_key) is None:
+        raise ValueError("weights need a key to weigh: a rate limit's key, fair_key or concurrency_key")
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         existing = _registry.get(name)
@@ -170,6 +244,9 @@ def job(
             max_snoozes=max_snoozes,
             expires=expires,
             breaker=breaker,
+            rate_key=rate_key,
+            fair_key=fair_key,
+            weights=weights,
         )
         func.job_type = name
         return func

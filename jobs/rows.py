@@ -68,9 +68,12 @@ def build(
     if payload_version is not None and payload_version < job_type.payload_version:
         payload_version, payload = job_type.payload_version, job_type.upgrade(dict(payload), payload_version)
     data = validate_payload(job_type, payload)
-    concurrency_key = None
-    if job_type.concurrency_key is not None:
-        concurrency_key = str(job_type.concurrency_key(job_type.payload.model_validate(data)))
+    concurrency_key = fair_key = None
+    if job_type.share_key is not None:
+        model = job_type.payload.model_validate(data)
+        if job_type.concurrency_key is not None:
+            concurrency_key = str(job_type.concurrency_key(model))
+        fair_key = share_key(job_type, model)
     due = due_at(delay, run_at)
     expires = as_duration(expires_in, "expires_in") or job_type.expires
     built = Job(
@@ -87,9 +90,18 @@ def build(
         unique_key=unique_key,
         concurrency_key=concurrency_key,
         concurrency_limit=job_type.concurrency_limit if concurrency_key is not None else None,
+        fair_key=fair_key,
     )
     signals.send(signals.job_enqueuing, built)
     return built
+
+
+def share_key(job_type: JobType, model: Any) -> str:
+    """The job's ``fair_key``: what its type's per-key rate limit counts by and fair share rotates over."""
+    key = str(job_type.share_key(model))
+    if len(key) > 200:
+        raise ValueError(f"the key of a {job_type.name} job is longer than 200 characters: {key[:40]!r}...")
+    return key
 
 
 def check_options(unique_key, depends_on, when, on_conflict, max_wait) -> None:
@@ -128,6 +140,7 @@ def replace(new: Job, max_wait: timedelta | float | None) -> Job | None:
         "payload": new.payload,
         "payload_version": new.payload_version,
         "concurrency_key": new.concurrency_key,
+        "fair_key": new.fair_key,
         "run_at": run_at,
     }
     Job.objects.filter(id=existing.id).update(**changes)

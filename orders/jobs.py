@@ -14,7 +14,7 @@ from django.conf import settings
 from pydantic import BaseModel, Field
 
 from jobs import scheduler
-from jobs.api import HIGH, Backoff, Breaker, JobContext, PermanentError, Snooze, job
+from jobs.api import HIGH, Backoff, Breaker, JobContext, PermanentError, RateLimit, Snooze, job
 from orders import (
     inventory,
     invoices,
@@ -226,6 +226,8 @@ def send_shipping_email(payload: ShipmentRef, ctx: JobContext) -> dict:
     concurrency_key=lambda p: f"webhook-endpoint:{p.endpoint_id}",
     concurrency_limit=settings.WEBHOOK_CONCURRENCY,
     breaker=_breaker(),
+    # per endpoint, across all workers; the endpoints' deliveries are claimed round-robin
+    rate_limit=RateLimit(settings.WEBHOOK_RATE_LIMIT, key=lambda ref: ref.endpoint_id),
 )
 def deliver_webhook(payload: WebhookDeliveryRef, ctx: JobContext) -> dict:
     try:

@@ -278,6 +278,9 @@ HTTP_TIMEOUT = env.float("HTTP_TIMEOUT", default=10.0)
 EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=HTTP_TIMEOUT)
 WAREHOUSE_URL = env.str("WAREHOUSE_URL", default="")
 WAREHOUSE_SECRET = env.str("WAREHOUSE_SECRET", default="")
+# Webhook deliveries each endpoint may start, across all workers ("N/s", "N/m", ...); the endpoints
+# share the workers fairly, so one slow or flooded endpoint cannot hold up the others.
+WEBHOOK_RATE_LIMIT = env.str("WEBHOOK_RATE_LIMIT", default="10/s")
 REPORT_RECIPIENTS = env.list("REPORT_RECIPIENTS", default=[])
 FOLLOWUP_DELAY = env.float("FOLLOWUP_DELAY", default=24 * 3600)
 # First retry delay (seconds) of the pipeline's jobs; it doubles per attempt, capped at an hour.

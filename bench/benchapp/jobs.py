@@ -54,3 +54,14 @@ def pipeline(payload, ctx):
     if payload.fail_first and ctx.attempt == 1:
         raise RuntimeError(f"warehouse unavailable for {payload.order}")
     return {"order": payload.order, "units": sum(line.quantity for line in payload.lines), "sync": "ok"}
+
+
+class Keyed(BaseModel):
+    key: str
+    ms: float = 1.0
+
+
+@job("bench.fair", payload=Keyed, queue="bench", fair_key=lambda p: p.key)
+def fair(payload, ctx):
+    """A 1 ms job of one key (a tenant, an endpoint), for the fairness scenario."""
+    time.sleep(payload.ms / 1000)

@@ -99,6 +99,7 @@ class JobAdmin(BulkByFilterMixin, ObjectActionsMixin, JobFieldsMixin, ReadOnlyAd
                     "requeued_from_link",
                     "unique_key",
                     "concurrency_key",
+                    "fair_key",
                     "cancel_requested",
                 ]
             },

@@ -2,8 +2,8 @@
 as SQL (the claim, completion, NOTIFY/LISTEN, the reaper's and scheduler's row locks, the statistics
 upsert, the row estimate, parameter adaptation). Anyone reviewing locking reads this package:
 ``claim`` (the claim and every lock), ``writes`` (inserts, completion, heartbeats, deletes),
-``workflow`` (a workflow's jobs and dependencies in one insert), ``notify`` (NOTIFY/LISTEN),
-``tags`` (finding jobs by tag) and ``base`` (the database's clock). No
+``workflow`` (a workflow's jobs and dependencies in one insert), ``notify`` (NOTIFY/LISTEN), ``fair``
+(the fair-share claim's reads), ``tags`` (finding jobs by tag) and ``base`` (the database's clock). No
 other module of ``jobs`` opens a cursor or asks which database it runs on beyond ``is_postgres()``.
 
 PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets many workers claim side by side without waiting on each
@@ -24,6 +24,7 @@ from jobs.db.claim import (  # noqa: F401
     prepare_claim,
     skip_locked,
 )
+from jobs.db.fair import next_due, pending_keys  # noqa: F401
 from jobs.db.notify import listen, listen_conninfo, listen_errors, notify  # noqa: F401
 from jobs.db.tags import tagged  # noqa: F401
 from jobs.db.workflow import discard as discard_workflow  # noqa: F401

@@ -72,6 +72,7 @@ _BULK_COLUMNS = {
     "created_at": "timestamptz",
     "concurrency_key": "text",
     "concurrency_limit": "int",
+    "fair_key": "text",
     "trace_context": "jsonb",
     "tags": "jsonb",
     "meta": "jsonb",

@@ -207,3 +207,23 @@ def test_two_partial_refunds_are_two_events_each_delivered_once(place, endpoint)
     bodies = [r.json for r in server.accepted]
     assert [b["refund"]["amount"] for b in bodies] == ["1.00", "2.00"]
     assert len({b["id"] for b in bodies}) == 2 and WebhookDelivery.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deliveries_are_rate_limited_and_shared_per_endpoint(place, endpoint):
+    """One endpoint flooded with events does not hold up another's: their deliveries are claimed
+    round-robin, each endpoint under its own rate limit (WEBHOOK_RATE_LIMIT)."""
+    from jobs import engine
+
+    flooded, _ = endpoint(events=["order.paid"])
+    orders = [place() for _ in range(4)]
+    other, _ = endpoint(events=["order.paid"])
+    late = place()
+    deliveries = Job.objects.filter(type="deliver_webhook")
+    assert sorted(deliveries.values_list("fair_key", flat=True)) == sorted(
+        [str(flooded.id)] * 5 + [str(other.id)]
+    )
+    claimed = engine.claim("w", 2, types=["deliver_webhook"])
+    assert {job.fair_key for job in claimed} == {str(flooded.id), str(other.id)}
+    assert delivery_job(other, "order.paid", late).status == JobStatus.RUNNING
+    assert len(orders) == 4

@@ -7,7 +7,7 @@ import time
 from django.utils import timezone
 from pydantic import BaseModel
 
-from jobs.api import Backoff, Breaker, PermanentError, Snooze, job
+from jobs.api import Backoff, Breaker, PermanentError, RateLimit, Snooze, job
 from tests.testapp.models import Run
 
 
@@ -125,6 +125,35 @@ def keyed(payload, ctx):
     time.sleep(payload.seconds)
     run.finished_at = timezone.now()
     run.save(update_fields=["finished_at"])
+
+
+@job("test.per_key", payload=Group, rate_limit=RateLimit("3/h", key=lambda p: p.group), max_attempts=1)
+def per_key(payload, ctx):
+    """Three starts per group an hour: the rest of a group waits (the window outlasts any test)."""
+    record(Key(key=payload.group), ctx)
+
+
+@job("test.fair", payload=Group, fair_key=lambda p: p.group, max_attempts=1)
+def fair(payload, ctx):
+    """Claimed round-robin across groups; records its group."""
+    record(Key(key=payload.group), ctx)
+
+
+@job("test.weighted", payload=Group, fair_key=lambda p: p.group, weights={"big": 3}, max_attempts=1)
+def weighted(payload, ctx):
+    record(Key(key=payload.group), ctx)
+
+
+@job(
+    "test.keyed_limited",
+    payload=Group,
+    rate_limit=("2/h", lambda p: p.group),
+    concurrency_key=lambda p: f"group:{p.group}",
+    max_attempts=1,
+)
+def keyed_limited(payload, ctx):
+    """A per-key rate limit and a concurrency key together."""
+    record(Key(key=payload.group), ctx)
 
 
 class Greeting(BaseModel):
