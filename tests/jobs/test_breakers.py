@@ -260,3 +260,19 @@ def test_staff_close_one_keys_breaker_from_the_command(flag, capsys):
     assert "breaker test.breaker_keyed [endpoint:a] closed" in capsys.readouterr().out
     assert breaker("test.breaker_keyed", "endpoint:a").state == CLOSED
     assert AuditEntry.objects.get(action="close breaker").details == "key endpoint:a"
+
+
+def test_a_key_held_by_its_breaker_does_not_take_the_fair_share_turns_of_the_others(flag):
+    # Keyed jobs are claimed round-robin across keys (jobs.fairshare): the held key, level with the
+    # other in the rotation and first in claim order, must not be picked and then dropped by the claim
+    # on every pass.
+    down = enqueue_many("test.breaker_keyed", [{"key": "a", "flag": str(flag)} for _ in range(4)])
+    up = enqueue_many("test.breaker_keyed", [{"key": "b", "flag": str(flag) + ".absent"} for _ in range(4)])
+    first = engine.claim("w1", 4, types=["test.breaker_keyed"])
+    assert sorted(job_.concurrency_key for job_ in first) == ["endpoint:a"] * 2 + ["endpoint:b"] * 2
+    for job_ in first:
+        execution.run(job_)
+    assert breaker("test.breaker_keyed", "endpoint:a").state == OPEN
+    claimed = engine.claim("w1", 1, types=["test.breaker_keyed"])
+    assert [job_.id for job_ in claimed] == [up[2].id]
+    assert Job.objects.filter(id__in=[j.id for j in down], status=JobStatus.PENDING, attempts=0).count() == 2
