@@ -12,6 +12,17 @@ from jobs import conf
 from jobs.db.base import dt, in_list, is_postgres, timeout_ms
 from jobs.models import Job
 
+# The columns a claimed job carries: what running it, recording its outcome and the lifecycle signals'
+# receivers (tracing, logs, the Tasks backend's result) read. The others (result, tags, meta, expires_at,
+# concurrency and dependency bookkeeping) are deferred: reading one loads them all, in one query (see
+# Job.refresh_from_db). Building the whole row cost 34 us a job on SQLite against 25 us for these
+# (JSON and datetime conversions), 58 against 38 us on PostgreSQL (bench/README.md).
+CLAIMED = (
+    "id, status, type, queue, payload, payload_version, priority, run_at, attempts, max_attempts,"
+    " locked_by, lock_token, created_at, started_at, finished_at, status_reason, errors, trace_context,"
+    " snoozes, cancel_requested"
+)
+
 
 def claim_sql(
     *,
@@ -103,10 +114,10 @@ def claim_ids(*, expired: list[int] | None = None, **options) -> list[int]:
 
 
 def claim_jobs(**options) -> tuple[list, list]:
-    """The common claim as one statement returning whole rows (inside the caller's transaction): the
-    jobs claimed, and those it cancelled as expired."""
+    """The common claim as one statement returning the rows' CLAIMED columns (inside the caller's
+    transaction): the jobs claimed, and those it cancelled as expired."""
     options.pop("expired", None)
-    sql, params = claim_sql(returning="*", **options)
+    sql, params = claim_sql(returning=CLAIMED, **options)
     rows = list(Job.objects.raw(sql, params))
     return [j for j in rows if j.status == "running"], [j for j in rows if j.status != "running"]
 
