@@ -6,6 +6,7 @@ import enum
 import threading
 from dataclasses import dataclass, field
 
+from jobs.flag import Flag
 from jobs.models import Job
 
 
@@ -23,8 +24,8 @@ class Running:
     jobs: list[Job]
     state: UnitState = UnitState.QUEUED
     deadline: float = float("inf")
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    abandoned: threading.Event = field(default_factory=threading.Event)
+    cancel_event: Flag = field(default_factory=Flag)
+    abandoned: Flag = field(default_factory=Flag)
     pending: int = 0  # successes of this unit still waiting to be flushed
     lost: set[int] = field(default_factory=set)  # jobs found reclaimed by another worker (logged once)
     key: int = 0  # the unit's key in Units.inflight: its first job's id, kept if that job is dropped
