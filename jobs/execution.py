@@ -80,8 +80,14 @@ class Outcome:
     error: BaseException | None = None
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def _jsonable(result: Any) -> Any:
-    # Round-trip so that what is stored is exactly what readers get back (dates become strings).
+    # Round-trip so that what is stored is exactly what readers get back (dates become strings). None
+    # and plain scalars (most handlers' results) are already that: 4 us of encoder saved on each.
+    if type(result) in _PLAIN:  # the round trip gives these back as they are (nan and inf too)
+        return result
     return json.loads(json.dumps(result, cls=DjangoJSONEncoder))
 
 
@@ -142,11 +148,20 @@ def run(
     )
 
 
+_loggers: dict[str, logging.Logger] = {}
+
+
+def type_logger(job_type: str) -> logging.Logger:
+    """``ctx.logger``: the logger "jobs.<type>", looked up once per type, not under logging's lock per job."""
+    logger = _loggers.get(job_type)
+    if logger is None:
+        logger = _loggers[job_type] = logging.getLogger(f"jobs.{job_type}")
+    return logger
+
+
 def _run(job: Job, *, cancel_event, abandoned, defer_success) -> Outcome:
     signals.send(signals.job_started, job)
-    ctx = JobContext(
-        job=job, logger=logging.getLogger(f"jobs.{job.type}"), cancel_event=cancel_event or Flag()
-    )
+    ctx = JobContext(job=job, logger=type_logger(job.type), cancel_event=cancel_event or Flag())
     started = time.monotonic()
     error: BaseException | None = None
     snoozed: Snooze | None = None
