@@ -47,9 +47,10 @@ class Units:
         self.inflight: dict[int, Running] = {}
         self.done_total = 0  # jobs whose unit was retired
 
-    def add(self, running: Running) -> None:
+    def add(self, units: list[Running]) -> None:
         with self.lock:
-            self.inflight[running.key] = running
+            for running in units:
+                self.inflight[running.key] = running
 
     def retire_locked(self, running: Running) -> None:
         if self.inflight.get(running.key) is running:

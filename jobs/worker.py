@@ -218,8 +218,7 @@ class Worker:
             top_up = lambda job_type, n: engine.claim(  # noqa: E731
                 self.id, n, self.queues, types=[job_type], above_priority=above
             )
-            for group in execution.group_batches(claimed, top_up):
-                self._start(group)
+            self._start(execution.group_batches(claimed, top_up))
         if not claimed and not held:
             if self.max_jobs is not None and self.claimed_total >= self.max_jobs:
                 return Pass.DONE
@@ -251,13 +250,15 @@ class Worker:
     def _wait_time(self) -> float:
         return max(0.0, min(self.poll_interval, self.presence.next_at - time.monotonic()))
 
-    def _start(self, jobs: list[Job]) -> None:
-        running = Running(jobs=jobs)
-        self.units.add(running)
+    def _start(self, groups: list[list[Job]]) -> None:
+        """Hand a claim's units to the pool: the unit table and the counters taken once for all."""
+        units = [Running(jobs=jobs) for jobs in groups]
+        self.units.add(units)
+        jobs = [job for running in units for job in running.jobs]
         self.claimed_total += len(jobs)
-        for job in jobs:
-            self.stats.started(job.type)
-        self.pool.submit(running)
+        self.stats.started(job.type for job in jobs)
+        for running in units:
+            self.pool.submit(running)
 
     def _stop(self) -> None:
         """Hand back what has not started, give running handlers the grace period, record what they
