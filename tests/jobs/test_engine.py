@@ -123,6 +123,24 @@ def test_a_claimed_job_reads_the_columns_it_was_not_claimed_with_in_one_query():
     assert job.payload == {"key": ""} and job.locked_by == "w" and job.attempts == 1
 
 
+def test_a_claimed_job_is_built_through_model_init_when_init_signals_have_receivers():
+    from django.db.models.signals import post_init
+
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append((instance.payload, instance.locked_by))
+
+    enqueue("test.noop", {"key": "a"})
+    post_init.connect(receiver, sender=Job)
+    try:
+        (job,) = engine.claim("w", 1)
+    finally:
+        post_init.disconnect(receiver, sender=Job)
+    assert seen == [({"key": "a"}, "w")]
+    assert job.payload == {"key": "a"} and job.attempts == 1 and job.tags == []
+
+
 def test_claim_respects_queues():
     enqueue("test.noop", {}, queue="email")
     other = enqueue("test.noop", {}, queue="reports")
