@@ -101,6 +101,7 @@ class Worker:
         self.notified = threading.Event()  # a NOTIFY for our queues since the last peek
         self._next_peek = 0.0
         self.claimed_total = 0
+        self.low_water = self.concurrency  # claim again once fewer units are queued or running
         self.units = Units()
         self.stats = worker_counters.Recorder()
         self.outage = Outage(self.id, self.stopping)
@@ -203,7 +204,7 @@ class Worker:
         # Claim when a thread is (about to be) free, enough to fill the threads and the prefetch buffer;
         # a buffer grown for short jobs is refilled once half of what it adds is used up.
         prefetch = self._prefetch()
-        low_water = self.concurrency + (prefetch - self.prefetch) // 2
+        low_water = self.low_water = self.concurrency + (prefetch - self.prefetch) // 2
         free = self.concurrency + prefetch - busy if busy < low_water else 0
         above = self._outranked() if free <= 0 else None
         if above is not None:
