@@ -47,7 +47,10 @@ class Units:
         self.inflight: dict[int, Running] = {}
         self.done_total = 0  # jobs whose unit was retired
 
-    def add(self, units: list[Running]) -> None:
+    def add(self, running: Running) -> None:
+        self.add_all([running])
+
+    def add_all(self, units: list[Running]) -> None:
         with self.lock:
             for running in units:
                 self.inflight[running.key] = running

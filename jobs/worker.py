@@ -254,10 +254,10 @@ class Worker:
     def _start(self, groups: list[list[Job]]) -> None:
         """Hand a claim's units to the pool: the unit table and the counters taken once for all."""
         units = [Running(jobs=jobs) for jobs in groups]
-        self.units.add(units)
+        self.units.add_all(units)
         jobs = [job for running in units for job in running.jobs]
         self.claimed_total += len(jobs)
-        self.stats.started(job.type for job in jobs)
+        self.stats.started_many(job.type for job in jobs)
         for running in units:
             self.pool.submit(running)
 

@@ -26,7 +26,10 @@ class Recorder:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str, str], list] = defaultdict(lambda: [0, 0.0])
 
-    def started(self, job_types: Iterable[str]) -> None:
+    def started(self, job_type: str) -> None:
+        self.started_many([job_type])
+
+    def started_many(self, job_types: Iterable[str]) -> None:
         """One start for each type named (a claim's jobs: one lock for all of them)."""
         with self._lock:
             for job_type in job_types:
