@@ -80,11 +80,14 @@ class Completer:
                 if worker.stopping.is_set() and pause.waited > 10:
                     return  # left running: the reaper hands them back, and they run again
                 time.sleep(pause.next())
-        for running, job, _, duration in batch:
+        outcomes = []
+        for _, job, _, duration in batch:
             status = "succeeded" if job.id in done else "lost"  # engine.complete logged the loss
             execution.log_outcome(job, status, duration)
-            worker.stats.finished(job.type, status, duration)
-            with worker.units.lock:
+            outcomes.append((job.type, status, duration))
+        worker.stats.finished_many(outcomes)
+        with worker.units.lock:  # once for the batch, not once per job
+            for running, *_ in batch:
                 running.pending -= 1
                 if running.pending == 0:
                     worker.units.completed_locked(running)

@@ -107,7 +107,7 @@ def _claim(worker_id, limit, queues, types, above_priority) -> tuple[list[Job], 
                 if len(ids) >= limit:
                     break
                 ids += ratelimit.claim_limited(job_type, limit - len(ids), **common)
-            jobs = list(Job.objects.filter(id__in=ids)) if ids else []
+            jobs = list(Job.objects.filter(id__in=ids).only(*db.CLAIMED.split(", "))) if ids else []
             expired = list(Job.objects.filter(id__in=expired_ids)) if expired_ids else []
         keyed = fairshare.fair_types(types)
         if keyed and len(jobs) < limit:  # jobs with a key: round-robin across keys (jobs.fairshare)

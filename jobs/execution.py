@@ -20,6 +20,7 @@ from django.db import InterfaceError, OperationalError, connection
 from jobs import engine, retry, signals
 from jobs import snooze as snoozing
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, Snooze, UnknownJobType
+from jobs.flag import Flag
 from jobs.models import Job, JobDependency
 from jobs.registry import get_job_type, load_payload
 
@@ -33,7 +34,7 @@ class JobContext:
 
     job: Job
     logger: logging.Logger
-    cancel_event: threading.Event = field(default_factory=threading.Event)
+    cancel_event: Flag | threading.Event = field(default_factory=Flag)
 
     @property
     def job_id(self) -> int:
@@ -79,8 +80,14 @@ class Outcome:
     error: BaseException | None = None
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def _jsonable(result: Any) -> Any:
-    # Round-trip so that what is stored is exactly what readers get back (dates become strings).
+    # Round-trip so that what is stored is exactly what readers get back (dates become strings). None
+    # and plain scalars (most handlers' results) are already that: 4 us of encoder saved on each.
+    if type(result) in _PLAIN:  # the round trip gives these back as they are (nan and inf too)
+        return result
     return json.loads(json.dumps(result, cls=DjangoJSONEncoder))
 
 
@@ -124,8 +131,8 @@ def _record(fn, *args, **kwargs):
 def run(
     job: Job,
     *,
-    cancel_event: threading.Event | None = None,
-    abandoned: threading.Event | None = None,
+    cancel_event: Flag | threading.Event | None = None,
+    abandoned: Flag | threading.Event | None = None,
     defer_success: Callable[[Job, Any, float], None] | None = None,
 ) -> Outcome:
     """Run a claimed job and record its outcome (fenced by the job's lock token).
@@ -141,11 +148,20 @@ def run(
     )
 
 
+_loggers: dict[str, logging.Logger] = {}
+
+
+def type_logger(job_type: str) -> logging.Logger:
+    """``ctx.logger``: the logger "jobs.<type>", looked up once per type, not under logging's lock per job."""
+    logger = _loggers.get(job_type)
+    if logger is None:
+        logger = _loggers[job_type] = logging.getLogger(f"jobs.{job_type}")
+    return logger
+
+
 def _run(job: Job, *, cancel_event, abandoned, defer_success) -> Outcome:
     signals.send(signals.job_started, job)
-    ctx = JobContext(
-        job=job, logger=logging.getLogger(f"jobs.{job.type}"), cancel_event=cancel_event or threading.Event()
-    )
+    ctx = JobContext(job=job, logger=type_logger(job.type), cancel_event=cancel_event or Flag())
     started = time.monotonic()
     error: BaseException | None = None
     snoozed: Snooze | None = None
@@ -232,8 +248,8 @@ def group_batches(jobs: list[Job], top_up: Callable[[str, int], list[Job]]) -> l
 def run_group(
     jobs: list[Job],
     *,
-    cancel_event: threading.Event | None = None,
-    abandoned: threading.Event | None = None,
+    cancel_event: Flag | threading.Event | None = None,
+    abandoned: Flag | threading.Event | None = None,
     defer_success: Callable[[Job, Any, float], None] | None = None,
 ) -> list[tuple[Job, Outcome]]:
     if len(jobs) == 1 and _batch_size(jobs[0]) <= 1:
@@ -250,7 +266,10 @@ def _batch_size(job: Job) -> int:
 
 
 def run_batch(
-    jobs: list[Job], *, cancel_event: threading.Event | None = None, abandoned: threading.Event | None = None
+    jobs: list[Job],
+    *,
+    cancel_event: Flag | threading.Event | None = None,
+    abandoned: Flag | threading.Event | None = None,
 ) -> list[tuple[Job, Outcome]]:
     """Hand a batch handler ``[(job_id, payload), ...]``; it returns ``{job_id: result or exception}``.
     Each job's outcome is recorded on its own; a job the handler did not answer for is failed."""
@@ -276,7 +295,7 @@ def _run_batch(jobs: list[Job], *, cancel_event, abandoned) -> list[tuple[Job, O
     ctx = JobContext(
         job=jobs[0],
         logger=logging.getLogger(f"jobs.{job_type.name}"),
-        cancel_event=cancel_event or threading.Event(),
+        cancel_event=cancel_event or Flag(),
     )
     try:
         results = job_type.handler(items, ctx)

@@ -129,6 +129,14 @@ class Job(models.Model):
     def __str__(self) -> str:
         return f"#{self.pk} {self.type} ({self.status})"
 
+    def refresh_from_db(self, using=None, fields=None, from_queryset=None):
+        """Reading one deferred column of a row loaded with some deferred (a claimed job carries only
+        what running it reads: jobs.db.claim.CLAIMED) loads all of them in one query, not one each."""
+        deferred = self.get_deferred_fields()
+        if fields is not None and deferred and set(fields) <= deferred:
+            fields = deferred
+        super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
+
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES

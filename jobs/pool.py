@@ -36,6 +36,7 @@ class Pool:
         self._order = itertools.count()
         self.threads: list[threading.Thread] = []
         self.abandoned = 0  # threads still inside a handler that ran past its timeout
+        self.executing = 0  # threads inside a handler (under the units' lock)
 
     def spawn(self) -> None:
         thread = threading.Thread(target=self._main, name=f"jobs-{len(self.threads)}", daemon=True)
@@ -90,6 +91,7 @@ class Pool:
                         timeout = 300.0  # unknown type: sent to the dead letters at once below
                     running.state = UnitState.EXECUTING
                     running.deadline = time.monotonic() + timeout
+                    self.executing += 1
                 close_old_connections()
                 try:
                     outcomes = execution.run_group(
@@ -111,10 +113,17 @@ class Pool:
                     # raised: a dead thread would hold its jobs and never be replaced.
                     log.exception("job %s: outcome could not be recorded", running.job.id)
                 with worker.units.lock:
+                    self.executing -= 1
                     running.state = UnitState.COMPLETING if running.pending else UnitState.DONE
                     if not running.pending:
                         worker.units.retire_locked(running)
-                worker.wakeup.set()
+                    # Wake the claim loop only when it has something to do: room below its low-water
+                    # mark, or nothing held (burst and --max-jobs end). Woken after every job, its pass
+                    # walked the whole unit table twice (timeouts, room): with 200 jobs prefetched,
+                    # most of a no-op job's cost on the loop's thread.
+                    room = self.waiting.qsize() + self.executing < worker.low_water
+                    if room or not worker.units.inflight or running.abandoned.is_set():
+                        worker.wakeup.set()
                 if running.abandoned.is_set():
                     with worker.units.lock:
                         self.abandoned -= 1

@@ -6,6 +6,7 @@ import enum
 import threading
 from dataclasses import dataclass, field
 
+from jobs.flag import Flag
 from jobs.models import Job
 
 
@@ -23,8 +24,8 @@ class Running:
     jobs: list[Job]
     state: UnitState = UnitState.QUEUED
     deadline: float = float("inf")
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    abandoned: threading.Event = field(default_factory=threading.Event)
+    cancel_event: Flag = field(default_factory=Flag)
+    abandoned: Flag = field(default_factory=Flag)
     pending: int = 0  # successes of this unit still waiting to be flushed
     lost: set[int] = field(default_factory=set)  # jobs found reclaimed by another worker (logged once)
     key: int = 0  # the unit's key in Units.inflight: its first job's id, kept if that job is dropped
@@ -47,8 +48,12 @@ class Units:
         self.done_total = 0  # jobs whose unit was retired
 
     def add(self, running: Running) -> None:
+        self.add_all([running])
+
+    def add_all(self, units: list[Running]) -> None:
         with self.lock:
-            self.inflight[running.key] = running
+            for running in units:
+                self.inflight[running.key] = running
 
     def retire_locked(self, running: Running) -> None:
         if self.inflight.get(running.key) is running:

@@ -101,6 +101,7 @@ class Worker:
         self.notified = threading.Event()  # a NOTIFY for our queues since the last peek
         self._next_peek = 0.0
         self.claimed_total = 0
+        self.low_water = self.concurrency  # claim again once fewer units are queued or running
         self.units = Units()
         self.stats = worker_counters.Recorder()
         self.outage = Outage(self.id, self.stopping)
@@ -220,7 +221,7 @@ class Worker:
         # Claim when a thread is (about to be) free, enough to fill the threads and the prefetch buffer;
         # a buffer grown for short jobs is refilled once half of what it adds is used up.
         prefetch = self._prefetch()
-        low_water = self.concurrency + (prefetch - self.prefetch) // 2
+        low_water = self.low_water = self.concurrency + (prefetch - self.prefetch) // 2
         free = self.concurrency + prefetch - busy if busy < low_water else 0
         above = self._outranked() if free <= 0 else None
         if above is not None:
@@ -235,8 +236,7 @@ class Worker:
             top_up = lambda job_type, n: engine.claim(  # noqa: E731
                 self.id, n, self.queues, types=[job_type], above_priority=above
             )
-            for group in execution.group_batches(claimed, top_up):
-                self._start(group)
+            self._start(execution.group_batches(claimed, top_up))
         if not claimed and not held:
             if self.max_jobs is not None and self.claimed_total >= self.max_jobs:
                 return Pass.DONE
@@ -268,13 +268,15 @@ class Worker:
     def _wait_time(self) -> float:
         return max(0.0, min(self.poll_interval, self.presence.next_at - time.monotonic()))
 
-    def _start(self, jobs: list[Job]) -> None:
-        running = Running(jobs=jobs)
-        self.units.add(running)
+    def _start(self, groups: list[list[Job]]) -> None:
+        """Hand a claim's units to the pool: the unit table and the counters taken once for all."""
+        units = [Running(jobs=jobs) for jobs in groups]
+        self.units.add_all(units)
+        jobs = [job for running in units for job in running.jobs]
         self.claimed_total += len(jobs)
-        for job in jobs:
-            self.stats.started(job.type)
-        self.pool.submit(running)
+        self.stats.started_many(job.type for job in jobs)
+        for running in units:
+            self.pool.submit(running)
 
     def _stop(self) -> None:
         """Hand back what has not started, give running handlers the grace period, record what they

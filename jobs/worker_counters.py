@@ -5,15 +5,18 @@ flush interval of counts; the job rows themselves are never affected."""
 import bisect
 import threading
 from collections import defaultdict
+from collections.abc import Iterable
 
 from jobs import db
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
+_LABELS = [f"{bound:g}" for bound in BUCKETS] + ["+Inf"]
+
+
 def bucket_label(seconds: float) -> str:
-    index = bisect.bisect_left(BUCKETS, seconds)
-    return "+Inf" if index == len(BUCKETS) else f"{BUCKETS[index]:g}"
+    return _LABELS[bisect.bisect_left(BUCKETS, seconds)]
 
 
 class Recorder:
@@ -24,14 +27,24 @@ class Recorder:
         self._counts: dict[tuple[str, str, str], list] = defaultdict(lambda: [0, 0.0])
 
     def started(self, job_type: str) -> None:
+        self.started_many([job_type])
+
+    def started_many(self, job_types: Iterable[str]) -> None:
+        """One start for each type named (a claim's jobs: one lock for all of them)."""
         with self._lock:
-            self._counts[(job_type, "started", "")][0] += 1
+            for job_type in job_types:
+                self._counts[(job_type, "started", "")][0] += 1
 
     def finished(self, job_type: str, outcome: str, seconds: float) -> None:
+        self.finished_many([(job_type, outcome, seconds)])
+
+    def finished_many(self, outcomes: Iterable[tuple[str, str, float]]) -> None:
+        """``(type, outcome, seconds)`` for several jobs (a completer's flush), under one lock."""
         with self._lock:
-            entry = self._counts[(job_type, outcome, bucket_label(seconds))]
-            entry[0] += 1
-            entry[1] += seconds
+            for job_type, outcome, seconds in outcomes:
+                entry = self._counts[(job_type, outcome, bucket_label(seconds))]
+                entry[0] += 1
+                entry[1] += seconds
 
     def flush(self) -> int:
         """Add the counts to the database and forget them; on a database error they are kept."""

@@ -14,6 +14,7 @@ two claims can never interleave.
 
 from jobs.db.base import NOTIFY_CHANNEL, dt, in_list, is_postgres, now, now_value, timeout_ms  # noqa: F401
 from jobs.db.claim import (  # noqa: F401
+    CLAIMED,
     bound_time,
     claim_ids,
     claim_jobs,

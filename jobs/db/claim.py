@@ -6,11 +6,25 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from django.db import connection
+from django.db.models import DEFERRED
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 
 from jobs import conf
 from jobs.db.base import dt, in_list, is_postgres, timeout_ms
 from jobs.models import Job
+
+# The columns a claimed job carries: what running it, recording its outcome and the lifecycle signals'
+# receivers (tracing, logs, the Tasks backend's result) read. The others (result, tags, meta, expires_at,
+# concurrency and dependency bookkeeping) are deferred: reading one loads them all, in one query (see
+# Job.refresh_from_db). Building the whole row cost 34 us a job on SQLite against 25 us for these
+# (JSON and datetime conversions), 58 against 38 us on PostgreSQL (bench/README.md).
+CLAIMED = (
+    "id, status, type, queue, payload, payload_version, priority, run_at, attempts, max_attempts,"
+    " locked_by, lock_token, created_at, started_at, finished_at, status_reason, errors, trace_context,"
+    " snoozes, cancel_requested"
+)
 
 
 def claim_sql(
@@ -137,12 +151,67 @@ def claim_ids(*, expired: list[int] | None = None, **options) -> list[int]:
 
 
 def claim_jobs(**options) -> tuple[list, list]:
-    """The common claim as one statement returning whole rows (inside the caller's transaction): the
-    jobs claimed, and those it cancelled as expired."""
+    """The common claim as one statement returning the rows' CLAIMED columns (inside the caller's
+    transaction): the jobs claimed, and those it cancelled as expired."""
     options.pop("expired", None)
-    sql, params = claim_sql(returning="*", **options)
-    rows = list(Job.objects.raw(sql, params))
+    sql, params = claim_sql(returning=CLAIMED, **options)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = claimed_jobs(cursor.fetchall())
     return [j for j in rows if j.status == "running"], [j for j in rows if j.status != "running"]
+
+
+_plans: dict[str, tuple] = {}
+
+
+def claimed_jobs(rows: list[tuple]) -> list[Job]:
+    """Job instances from rows of the CLAIMED columns, as RawQuerySet and Model.from_db build them (each
+    value through its field's database converters, the other columns deferred), with the converters
+    worked out once per database instead of once per claim. Without pre_init/post_init receivers for
+    Job, an instance gets what Model.__init__ would set (its state and the values by attribute name)
+    without the 31-field walk and the two signal sends (hydration 23 -> 13 us a job on SQLite, 28 -> 17
+    us on PostgreSQL)."""
+    plan = _plans.get(connection.alias)
+    if plan is None:
+        names = CLAIMED.split(", ")
+        query = Job.objects.all().query
+        compiler = connection.ops.compiler("SQLCompiler")(query, connection, connection.alias)
+        cols = [Job._meta.get_field(name).get_col(Job._meta.db_table) for name in names]
+        converters = [
+            (pos, convs, expression) for pos, (convs, expression) in compiler.get_converters(cols).items()
+        ]
+        attnames = [Job._meta.get_field(name).attname for name in names]
+        fields = Job._meta.concrete_fields
+        places = [[f.attname for f in fields].index(attname) for attname in attnames]
+        plan = _plans[connection.alias] = (attnames, places, len(fields), converters)
+    attnames, places, width, converters = plan
+    signalled = pre_init.has_listeners(Job) or post_init.has_listeners(Job)
+    alias = connection.alias
+    jobs = []
+    for row in rows:
+        if converters:
+            row = list(row)
+            for pos, convs, expression in converters:
+                value = row[pos]
+                if value is not None:  # a NULL stays None through every converter
+                    for convert in convs:
+                        value = convert(value, expression, connection)
+                    row[pos] = value
+        if signalled:  # as Model.from_db: the values in field order, the columns not claimed deferred
+            values = [DEFERRED] * width
+            for place, value in zip(places, row, strict=True):
+                values[place] = value
+            job = Job(*values)
+            job._state.adding = False
+            job._state.db = alias
+        else:
+            job = Job.__new__(Job)
+            job.__dict__.update(zip(attnames, row, strict=True))
+            job._state = ModelState()
+            job._state.adding = False
+            job._state.db = alias
+        jobs.append(job)
+    return jobs
 
 
 def prepare_claim() -> datetime:

@@ -113,6 +113,34 @@ def test_claim_marks_running_with_worker_and_token_and_counts_attempt():
     assert job.attempts == 1 and job.started_at and job.heartbeat_at
 
 
+def test_a_claimed_job_reads_the_columns_it_was_not_claimed_with_in_one_query():
+    enqueue("test.noop", {}, tags=["order:42"], meta={"shop": "x"}, expires_in=3600)
+    (job,) = engine.claim("w", 1)
+    with CaptureQueriesContext(connection) as queries:
+        assert job.tags == ["order:42"] and job.meta == {"shop": "x"}
+        assert job.expires_at and job.heartbeat_at and job.result is None
+    assert len(queries.captured_queries) == 1
+    assert job.payload == {"key": ""} and job.locked_by == "w" and job.attempts == 1
+
+
+def test_a_claimed_job_is_built_through_model_init_when_init_signals_have_receivers():
+    from django.db.models.signals import post_init
+
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append((instance.payload, instance.locked_by))
+
+    enqueue("test.noop", {"key": "a"})
+    post_init.connect(receiver, sender=Job)
+    try:
+        (job,) = engine.claim("w", 1)
+    finally:
+        post_init.disconnect(receiver, sender=Job)
+    assert seen == [({"key": "a"}, "w")]
+    assert job.payload == {"key": "a"} and job.attempts == 1 and job.tags == []
+
+
 def test_claim_respects_queues():
     enqueue("test.noop", {}, queue="email")
     other = enqueue("test.noop", {}, queue="reports")
