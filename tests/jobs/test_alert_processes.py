@@ -39,7 +39,7 @@ def test_a_stalled_queue_emails_one_alert_and_one_recovery(workers, tmp_path):
     frozen = workers.start("--queues", "stalls", env=env)
     evaluators = [workers.start("--queues", "elsewhere", env=env) for _ in range(2)]
     wait_for(lambda: WorkerProcess.objects.count() == 3, timeout=30, message="three workers registered")
-    frozen.send_signal(signal.SIGSTOP)
+    workers.freeze(frozen)
     jobs = [enqueue("test.noop", {"key": str(i)}, queue="stalls") for i in range(3)]
 
     stalled, recovered = "[jobs] Queue stalled stalls", "[jobs] Recovered: queue stalled stalls"

@@ -62,7 +62,7 @@ def test_jobs_taken_over_while_a_worker_was_away_are_cancelled_or_dropped(worker
     wait_for(
         lambda: Job.objects.filter(id=buffered.id, status=JobStatus.RUNNING).exists(), message="B buffered"
     )
-    proc.send_signal(signal.SIGSTOP)
+    workers.freeze(proc)
     ids = [running.id, buffered.id]
     wait_for(lambda: silent_for(1, ids), message="both jobs went silent")
     assert sorted(engine.reap_stale(1)) == ids

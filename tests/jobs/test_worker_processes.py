@@ -162,7 +162,7 @@ def test_frozen_worker_cannot_complete_a_job_another_worker_took(workers):
     job = enqueue("test.sleep", {"key": "frozen", "seconds": 1})
     frozen = workers.start("--stale-after", "1")
     wait_for(lambda: Run.objects.filter(job_id=job.id).exists(), message="job started")
-    frozen.send_signal(signal.SIGSTOP)
+    workers.freeze(frozen)
     rescuer = workers.start("--stale-after", "1")
     wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, timeout=30, message="rescued")
     rescued = Job.objects.get(id=job.id)
