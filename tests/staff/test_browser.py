@@ -110,7 +110,7 @@ OVERFLOWS = """() => {
 
 @pytest.mark.parametrize("width", [1280, 1400, 1920])
 def test_every_panel_of_the_dashboard_keeps_its_content_inside_its_box(page, login, width):
-    from jobs.models import JobStat
+    from jobs.models import BreakerState, JobStat
 
     for queue in (LONG_QUEUE, "mail", "default"):
         factories.job(
@@ -129,8 +129,17 @@ def test_every_panel_of_the_dashboard_keeps_its_content_inside_its_box(page, log
         queues=[LONG_QUEUE, "mail", "default"],
         current_jobs=list(range(1000001, 1000013)),
     )
+    BreakerState.objects.create(  # the open breakers' table, with a long type and key
+        type=LONG_TYPE,
+        key="webhook-endpoint:merchant-with-a-rather-long-endpoint-identifier-0042",
+        state=BreakerState.State.OPEN,
+        failures=[timezone.now().isoformat()] * 5,
+        opened_at=timezone.now(),
+        probe_at=timezone.now() + timedelta(minutes=2),
+    )
     login(factories.support_user())
     page.set_viewport_size({"width": width, "height": 1000})
     page.goto("/staff/jobs/")
     page.wait_for_selector(f'tr[data-queue="{LONG_QUEUE}"]')
+    page.wait_for_selector(f'#open-breakers tr[data-type="{LONG_TYPE}"]')
     assert page.evaluate(OVERFLOWS) == []
