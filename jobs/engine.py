@@ -93,16 +93,15 @@ def _claim(worker_id, limit, queues, types, above_priority) -> tuple[list[Job], 
             worker_id=worker_id, token=new_token(), now=now, queues=queues, above_priority=above_priority
         )
         common["held"] = holds.pairs
-        if not limited and not ratelimit.has_keyed_jobs():
+        # Jobs with a concurrency key, a per-key rate limit or a fair_key carry a fair_key and are
+        # claimed by fair share below: the common claim is one statement returning whole rows unless
+        # some type has a rate limit for the whole type.
+        if not limited:
             jobs, expired = db.claim_jobs(limit=limit, types=types, **common)
             expired_ids = [job.id for job in expired]
         else:
             common["expired"] = expired_ids
             ids = db.claim_ids(limit=limit, types=types, exclude_types=limited, **common)
-            if len(ids) < limit and ratelimit.has_keyed_jobs():
-                ids += db.claim_keyed_ids(
-                    limit=limit - len(ids), types=types, exclude_types=limited, **common
-                )
             for job_type in limited:
                 if len(ids) >= limit:
                     break

@@ -28,10 +28,6 @@ def limited_types(types: Sequence[str] | None = None) -> list[str]:
     return sorted(names)
 
 
-def has_keyed_jobs() -> bool:
-    return any(jt.concurrency_key is not None for jt in job_types().values())
-
-
 def claim_limited(job_type_name: str, limit: int, *, now: datetime, **common) -> list[int]:
     """Claim up to ``limit`` jobs of one rate-limited type, as many as its window still allows."""
     job_type: JobType = job_types()[job_type_name]
@@ -46,7 +42,5 @@ def claim_limited(job_type_name: str, limit: int, *, now: datetime, **common) ->
     if allowed <= 0:
         return []
     ids = db.claim_ids(limit=allowed, types=[job_type_name], now=now, **common)
-    if job_type.concurrency_key is not None and len(ids) < allowed:
-        ids += db.claim_keyed_ids(limit=allowed - len(ids), types=[job_type_name], now=now, **common)
     RateLimitStart.objects.bulk_create([RateLimitStart(type=job_type_name, started_at=now) for _ in ids])
     return ids

@@ -53,4 +53,11 @@ class Migration(migrations.Migration):
             model_name='fairsharekey',
             constraint=models.UniqueConstraint(fields=('type', 'key'), name='jobs_fairsharekey_once'),
         ),
+        # Jobs with a concurrency key queued before this migration: from now on keyed jobs are claimed
+        # by fair share (jobs.fairshare) through their fair_key, so theirs is their concurrency key.
+        migrations.RunSQL(
+            "UPDATE jobs_job SET fair_key = concurrency_key"
+            " WHERE concurrency_key IS NOT NULL AND fair_key IS NULL AND status = 'pending'",
+            migrations.RunSQL.noop,
+        ),
     ]
