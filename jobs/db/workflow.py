@@ -29,6 +29,7 @@ _COLUMNS = {
     "created_at": "timestamptz",
     "concurrency_key": "text",
     "concurrency_limit": "int",
+    "fair_key": "text",
     "trace_context": "jsonb",
     "tags": "jsonb",
     "meta": "jsonb",

@@ -135,3 +135,15 @@ def test_a_workflow_wakes_listeners_once_per_queue_of_its_pending_jobs(settings)
             enqueue_workflow([confirm, other, blocked], [(confirm, blocked)])
         heard = [note.payload for note in listener.notifies(timeout=2.0, stop_after=3)]
     assert sorted(heard) == ["first", "second"]  # the blocked job's queue hears nothing yet
+
+
+def test_a_keyed_workflow_job_carries_its_fair_key_and_is_claimed():
+    # Jobs with a concurrency key are claimed by fair share, through their fair_key: a workflow's
+    # insert that left it out stored a job no claim would ever take.
+    from jobs import engine
+
+    job = prepare("test.keyed", {"group": "g1"})
+    (stored,) = enqueue_workflow([job])
+    row = Job.objects.get(id=stored.id)
+    assert (row.concurrency_key, row.fair_key) == ("group:g1", "group:g1")
+    assert [claimed.id for claimed in engine.claim("w", 5)] == [row.id]
