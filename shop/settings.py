@@ -235,16 +235,23 @@ OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
 OTEL_TRACES_FILE = env.str("OTEL_TRACES_FILE", default="")
 OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="shop")
 # Which traces are kept, unless the standard OTEL_TRACES_SAMPLER chooses: every new trace up to
-# TRACE_SAMPLE_PER_SECOND a second (per process), then TRACE_SAMPLE_RATIO of the rest; a job's run
+# TRACE_SAMPLE_PER_SECOND a second (per process), then TRACE_SAMPLE_RATIO of the rest, no more than
+# TRACE_SAMPLE_MAX_PER_SECOND a second in all (a burst of jobs costs a bounded export); a job's run
 # follows the decision taken for the request (or job) that enqueued it, so a trace is kept whole.
 TRACE_SAMPLE_PER_SECOND = env.float("TRACE_SAMPLE_PER_SECOND", default=10.0)
 TRACE_SAMPLE_RATIO = env.float("TRACE_SAMPLE_RATIO", default=0.1)
+TRACE_SAMPLE_MAX_PER_SECOND = env.float("TRACE_SAMPLE_MAX_PER_SECOND", default=100.0)
 if TRACE_SAMPLE_PER_SECOND < 0:
     raise ImproperlyConfigured(
         f"TRACE_SAMPLE_PER_SECOND must be zero or more, not {TRACE_SAMPLE_PER_SECOND:g}."
     )
 if not 0 <= TRACE_SAMPLE_RATIO <= 1:
     raise ImproperlyConfigured(f"TRACE_SAMPLE_RATIO must be between 0 and 1, not {TRACE_SAMPLE_RATIO:g}.")
+if TRACE_SAMPLE_MAX_PER_SECOND < TRACE_SAMPLE_PER_SECOND:
+    raise ImproperlyConfigured(
+        f"TRACE_SAMPLE_MAX_PER_SECOND ({TRACE_SAMPLE_MAX_PER_SECOND:g}) must be at least "
+        f"TRACE_SAMPLE_PER_SECOND ({TRACE_SAMPLE_PER_SECOND:g})."
+    )
 
 # Error reports (shop/sentry.py): on when SENTRY_DSN is set.
 SENTRY_DSN = env.str("SENTRY_DSN", default="")

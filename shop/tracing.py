@@ -8,6 +8,7 @@ the lifecycle signals of ``jobs.signals``.
 """
 
 import logging
+import math
 import os
 import threading
 import time
@@ -98,21 +99,26 @@ def teardown() -> None:
 
 def _sampler():
     """(sampler, root sampler): the standard ``OTEL_TRACES_SAMPLER`` when set (the SDK reads it: None,
-    None), else every trace up to TRACE_SAMPLE_PER_SECOND a second, then TRACE_SAMPLE_RATIO of the rest,
-    parent-based."""
+    None), else every trace up to TRACE_SAMPLE_PER_SECOND a second, then TRACE_SAMPLE_RATIO of the rest
+    up to TRACE_SAMPLE_MAX_PER_SECOND in all, parent-based."""
     if os.environ.get("OTEL_TRACES_SAMPLER"):
         return None, None
     from opentelemetry.sdk.trace.sampling import ParentBased
 
-    root = reservoir_sampler(settings.TRACE_SAMPLE_PER_SECOND, settings.TRACE_SAMPLE_RATIO)
+    root = reservoir_sampler(
+        settings.TRACE_SAMPLE_PER_SECOND, settings.TRACE_SAMPLE_RATIO, ceiling=settings.TRACE_SAMPLE_MAX_PER_SECOND
+    )
     return ParentBased(root=root), root
 
 
-def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic):
+def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic, ceiling: float | None = None):
     """A root sampler that keeps every trace up to ``per_second`` a second and ``ratio`` of the rest
-    (as AWS X-Ray's reservoir and fixed rate): a small shop keeps every order's trace, a burst of jobs
-    costs the rate's share. The decision is by trace id beyond the reservoir, so it is the same
-    wherever it is taken."""
+    (as AWS X-Ray's reservoir and fixed rate), but no more than ``ceiling`` a second in all (as
+    Datadog's rate limit): a small shop keeps every order's trace, a busy one a share of them, and a
+    burst of thousands of jobs a second costs at most ``ceiling`` spans a second, not a share of the
+    burst. Beyond the reservoir the decision is by trace id, so it is the same wherever it is taken
+    (until the ceiling)."""
+    ceiling = math.inf if ceiling is None else max(ceiling, per_second)
     from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, TraceIdRatioBased
 
     class ReservoirSampler(Sampler):
@@ -143,12 +149,20 @@ def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic):
                 if self._taken < per_second:
                     self._taken += 1
                     return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
-            return self._beyond.should_sample(
+                if self._taken >= ceiling:
+                    return SamplingResult(Decision.DROP)
+            result = self._beyond.should_sample(
                 parent_context, trace_id, name, kind, attributes, links, trace_state
             )
+            if result.decision.is_sampled():
+                with self._lock:
+                    if self._taken >= ceiling or window != self._window:
+                        return SamplingResult(Decision.DROP)
+                    self._taken += 1
+            return result
 
         def get_description(self) -> str:
-            return f"Reservoir{{{per_second:g}/s, then {ratio:g}}}"
+            return f"Reservoir{{{per_second:g}/s, then {ratio:g}, at most {ceiling:g}/s}}"
 
     return ReservoirSampler()
 

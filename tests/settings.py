@@ -17,6 +17,7 @@ os.environ.setdefault("RECONCILE_SCHEDULE", "15 4 * * *")
 os.environ.setdefault("API_RATE_LIMIT", "1000000/m")
 # Tests of tracing read every span: keep them all (the sampler's own tests build it with its defaults).
 os.environ.setdefault("TRACE_SAMPLE_RATIO", "1")
+os.environ.setdefault("TRACE_SAMPLE_MAX_PER_SECOND", "1000000")
 
 from shop.settings import *  # noqa: E402,F403
 from shop.settings import DATABASES, INSTALLED_APPS, VAR_DIR  # noqa: E402

@@ -24,6 +24,11 @@ from tests.utils import manage_py, subprocess_env
         ("TRACE_SAMPLE_RATIO", "1.5", "TRACE_SAMPLE_RATIO must be between 0 and 1, not 1.5."),
         ("TRACE_SAMPLE_PER_SECOND", "-1", "TRACE_SAMPLE_PER_SECOND must be zero or more, not -1."),
         (
+            "TRACE_SAMPLE_MAX_PER_SECOND",
+            "5",
+            "TRACE_SAMPLE_MAX_PER_SECOND (5) must be at least TRACE_SAMPLE_PER_SECOND (10).",
+        ),
+        (
             "JOBS_LAG_SLO",
             "mail=soon",
             "JOBS_LAG_SLO item 'mail=soon' is not seconds or queue=seconds (a positive number)",

@@ -83,6 +83,26 @@ def test_the_default_sampler_keeps_every_trace_up_to_its_rate_then_its_ratio_and
     assert kept(trace_ids[:50], parent(False)) == 0
 
 
+def test_the_sampler_keeps_no_more_than_its_ceiling_a_second_whatever_the_ratio():
+    """A burst of thousands of new traces a second (a drain of jobs enqueued by an untraced process)
+    costs at most the ceiling's spans a second: the ratio's share of a burst is not bounded."""
+    now = [100.0]
+    trace_ids = [(i * 0x9E3779B97F4A7C15 * 0x100000001B3) % (1 << 128) for i in range(1, 5001)]
+
+    def kept(sampler, ids) -> int:
+        return sum(sampler.should_sample(None, t, "run x").decision.is_sampled() for t in ids)
+
+    capped = tracing.reservoir_sampler(10, 1.0, clock=lambda: now[0], ceiling=50)
+    assert kept(capped, trace_ids) == 50  # ten from the reservoir, forty by the ratio, then none
+    now[0] += 1.0
+    assert kept(capped, trace_ids[:60]) == 50  # a new second, a new allowance
+    # under its ceiling, the ratio decides as before (by trace id), and the reservoir always counts
+    loose = tracing.reservoir_sampler(10, 0.1, clock=lambda: now[0], ceiling=10_000)
+    assert 10 + 380 < kept(loose, trace_ids) < 10 + 620
+    assert kept(tracing.reservoir_sampler(10, 0.1, clock=lambda: now[0], ceiling=10), trace_ids) == 10
+    assert "at most 50/s" in capped.get_description()
+
+
 @pytest.mark.django_db
 def test_an_enqueue_stores_its_span_context_on_the_job_and_the_run_is_its_child(spans):
     ProductFactory(sku="TRACE-1", stock=5)
