@@ -83,8 +83,33 @@ def claim(
 
 
 def _claim(worker_id, limit, queues, types, above_priority) -> tuple[list[Job], list[Job]]:
-    """One claim transaction: the jobs claimed, and the expired ones it cancelled instead."""
+    """One claim: the jobs claimed, and the expired ones it cancelled instead. On PostgreSQL, first the
+    common claim in one round trip (db.claim_at_once), and only when that comes back short the claim
+    transaction below for the rest: expired jobs, jobs of types rate-limited as a whole, keyed jobs by
+    fair share, breaker probes (those came after the common claim's jobs before, too)."""
     limited = ratelimit.limited_types(types)
+    if db.is_postgres():
+        jobs = db.claim_at_once(
+            worker_id=worker_id,
+            token=new_token(),
+            limit=limit,
+            queues=queues,
+            types=types,
+            above_priority=above_priority,
+            exclude_types=limited,
+            breakers=breakers.any_declared(),
+        )
+        if len(jobs) >= limit:
+            return jobs, []
+        more, expired = _claim_in_transaction(
+            worker_id, limit - len(jobs), queues, types, above_priority, limited
+        )
+        return jobs + more, expired
+    return _claim_in_transaction(worker_id, limit, queues, types, above_priority, limited)
+
+
+def _claim_in_transaction(worker_id, limit, queues, types, above_priority, limited):
+    """One claim transaction: the jobs claimed, and the expired ones it cancelled instead."""
     expired_ids: list[int] = []
     holds = breakers.holds()  # circuit breakers not closed (usually none), read before the write lock
     with transaction.atomic():

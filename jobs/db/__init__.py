@@ -16,6 +16,7 @@ from jobs.db.base import NOTIFY_CHANNEL, dt, in_list, is_postgres, now, now_valu
 from jobs.db.claim import (  # noqa: F401
     CLAIMED,
     bound_time,
+    claim_at_once,
     claim_ids,
     claim_jobs,
     claim_keyed_ids,

@@ -44,13 +44,8 @@ def claim_sql(
     ids: Sequence[int] | None = None,
     probe: bool = False,
 ) -> tuple[str, list]:
-    where = [
-        "j.status = 'pending'",
-        "j.run_at <= %s",
-        "j.queue NOT IN (SELECT q.name FROM jobs_queuestate q WHERE q.paused)",
-        "j.type NOT IN (SELECT t.name FROM jobs_jobtypestate t WHERE t.paused)",
-    ]
     params: list = [dt(now)]
+    where = _due("%s")
     # Jobs with a fair-share key are claimed by jobs.fairshare, which names them (``ids``); every
     # other claim walks the claim index, which holds only jobs without one, but a breaker's probe
     # (jobs.breakers), which takes one job of its type or key, with a fair-share key or not.
@@ -59,15 +54,9 @@ def claim_sql(
         where.append(in_list("j.id", ids, params))
     elif walk_index:
         where.append("j.fair_key IS NULL")
-    if queues:
-        where.append(in_list("j.queue", queues, params))
-    if types:
-        where.append(in_list("j.type", types, params))
+    where += _chosen(params, queues, types, above_priority)
     if exclude_types:
         where.append("NOT " + in_list("j.type", exclude_types, params))
-    if above_priority is not None:
-        where.append("j.priority > %s")
-        params.append(above_priority)
     if keyed:
         where.append("j.concurrency_key IS NOT NULL")
         where.append(
@@ -114,6 +103,84 @@ def claim_sql(
         f"{indexed} WHERE {condition}{order} LIMIT %s) RETURNING {returning}"
     )
     return sql, set_params + params + [limit]
+
+
+def _due(now: str) -> list[str]:
+    """Pending, due by ``now`` (SQL: a placeholder or the database's clock), in no paused queue or type."""
+    return [
+        "j.status = 'pending'",
+        f"j.run_at <= {now}",
+        "j.queue NOT IN (SELECT q.name FROM jobs_queuestate q WHERE q.paused)",
+        "j.type NOT IN (SELECT t.name FROM jobs_jobtypestate t WHERE t.paused)",
+    ]
+
+
+def _chosen(params: list, queues, types, above_priority) -> list[str]:
+    """The worker's choice: its queues, its types, only jobs above a priority."""
+    where = []
+    if queues:
+        where.append(in_list("j.queue", queues, params))
+    if types:
+        where.append(in_list("j.type", types, params))
+    if above_priority is not None:
+        where.append("j.priority > %s")
+        params.append(above_priority)
+    return where
+
+
+def claim_at_once(
+    *,
+    worker_id: str,
+    token: str,
+    limit: int,
+    queues: Sequence[str] | None = None,
+    types: Sequence[str] | None = None,
+    above_priority: int | None = None,
+    exclude_types: Sequence[str] = (),
+    breakers: bool = False,
+) -> list[Job]:
+    """PostgreSQL's common claim in one round trip, outside any transaction of ours: the settings of
+    prepare_claim() and the claim statement sent as one query, which PostgreSQL runs as one implicit
+    transaction (the settings, local to it, apply to the claim; its commit ends it). The claim
+    transaction it replaces took four (BEGIN, the settings, the claim, COMMIT), and breakers.holds()
+    a fifth: with the claim loop's thread waiting on each while handler threads hold the interpreter,
+    the one-process drain was bound by them (bench/README.md).
+
+    Only jobs without a key, not of ``exclude_types`` (rate-limited as a whole) and not past their
+    ``expires_at`` are claimed, by the database's clock
+    (``statement_timestamp()``); with ``breakers``, a type whose breaker is not closed is skipped in
+    the statement itself. An expired job is locked and counted against ``limit`` but left as it is, so
+    that the claim comes back short: the caller then claims the rest in a transaction, which cancels
+    expired jobs with their descendants, and takes rate-limited and keyed jobs and breaker probes
+    (jobs.engine)."""
+    relaxed = "off" if conf.get("JOBS_RELAXED_COMMIT") else "on"
+    bound = timeout_ms()
+    params: list = [relaxed, bound, bound]
+    where = [*_due("statement_timestamp()"), "j.fair_key IS NULL", "j.concurrency_key IS NULL"]
+    where += _chosen(params, queues, types, above_priority)
+    if exclude_types:
+        where.append("NOT " + in_list("j.type", exclude_types, params))
+    if breakers:  # as breaker_holds() for the pairs of holds(): this claim's jobs have no key
+        where.append(
+            "NOT EXISTS (SELECT 1 FROM jobs_breakerstate b"
+            " WHERE b.type = j.type AND b.key = '' AND b.state <> 'closed')"
+        )
+    columns = ", ".join(f"jobs_job.{c}" for c in CLAIMED.split(", "))
+    sql = (
+        "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true),"
+        " set_config('synchronous_commit', %s, true), set_config('statement_timeout', %s, true),"
+        " set_config('lock_timeout', %s, true);"
+        " WITH locked AS (SELECT j.id, (j.expires_at IS NOT NULL AND j.expires_at <= statement_timestamp())"
+        f" AS expired FROM jobs_job j WHERE {' AND '.join(where)}"
+        " ORDER BY j.priority DESC, j.run_at, j.id LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " UPDATE jobs_job SET status = 'running', attempts = attempts + 1, locked_by = %s, lock_token = %s,"
+        " started_at = statement_timestamp(), heartbeat_at = statement_timestamp(), progress = NULL"
+        f" FROM locked WHERE jobs_job.id = locked.id AND NOT locked.expired RETURNING {columns}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, limit, worker_id, token])
+        cursor.nextset()
+        return claimed_jobs(cursor.fetchall())
 
 
 def breaker_holds(held: Sequence[tuple[str, str]], only_key: str | None, params: list) -> list[str]:

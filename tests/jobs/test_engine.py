@@ -105,6 +105,26 @@ def test_delayed_job_is_not_claimed_before_its_time():
     assert [j.id for j in engine.claim("w", 10)] == [job.id]
 
 
+def test_a_full_common_claim_on_postgresql_is_one_round_trip_and_a_short_one_ends_in_a_transaction():
+    if not db.is_postgres():
+        pytest.skip("a SQLite claim makes no round trip to a server")
+    first = enqueue_many("test.noop", [{"key": str(i)} for i in range(4)])
+    with CaptureQueriesContext(connection) as queries:
+        claimed = engine.claim("w", 3)
+    # the settings, the claim and the breakers' holds in one statement, and no BEGIN, COMMIT or savepoint
+    assert len(queries.captured_queries) == 1, [q["sql"][:60] for q in queries.captured_queries]
+    assert [j.id for j in claimed] == [j.id for j in first[:3]]
+    assert all(j.status == JobStatus.RUNNING and j.locked_by == "w" and j.attempts == 1 for j in claimed)
+    # An expired job ahead of the last one: the one-trip claim locks it and leaves it, comes back short,
+    # and the claim transaction cancels it (descendants and all) before it takes the last job.
+    past = timezone.now() - timedelta(seconds=10)
+    expired = enqueue("test.noop", {"key": "late"}, run_at=past, expires_in=5, priority=HIGH)
+    (last,) = engine.claim("w", 2)
+    assert last.id == first[3].id
+    expired.refresh_from_db()
+    assert (expired.status, expired.status_reason, expired.attempts) == (JobStatus.CANCELLED, "expired", 0)
+
+
 def test_claim_marks_running_with_worker_and_token_and_counts_attempt():
     enqueue("test.noop", {})
     (job,) = engine.claim("worker-a", 5)
