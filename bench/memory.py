@@ -11,7 +11,11 @@ Parts:
            first order; with --peers, the peers' workers (../shared/bench) started the same way, idle
 
 RSS is read from /proc (VmRSS; VmHWM for the peak). Each part starts from a fresh database of its own
-(PostgreSQL `bench_memory`, SQLite /tmp/bench_memory.sqlite3), so that it can run beside bench/run.py.
+(PostgreSQL `bench_memory`, BENCH_PG_DB names another; SQLite /tmp/bench_memory.sqlite3, BENCH_SQLITE_PATH;
+gunicorn on 127.0.0.1:8791, BENCH_WEB_PORT), so that it can run beside bench/run.py. The peers' workers
+get databases named after ours (`<BENCH_PG_DB>_dtdb`, `<BENCH_PG_DB>_proc`) and Redis databases 11 and 13,
+not the ones ../shared/bench/run.py recreates and flushes: an idle worker there would take another
+sitting's jobs.
 """
 
 import argparse
@@ -19,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -27,8 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SQLITE_PATH = "/tmp/bench_memory.sqlite3"
-PG_DB = "bench_memory"
+SQLITE_PATH = os.environ.get("BENCH_SQLITE_PATH", "/tmp/bench_memory.sqlite3")
+PG_DB = os.environ.get("BENCH_PG_DB", "bench_memory")
+WEB_PORT = int(os.environ.get("BENCH_WEB_PORT", "8791"))
 URLS = {"sqlite": f"sqlite:///{SQLITE_PATH}", "postgres": f"postgres://postgres@127.0.0.1:5432/{PG_DB}"}
 PARTS = ["worker", "web", "startup"]
 BATCH = 100_000
@@ -207,7 +213,7 @@ def _catalog() -> list[str]:
 
 def part_web(db: str, args) -> str:
     skus = _catalog()
-    port = 8791
+    port = WEB_PORT
     web, pid = _web(db, port)
     queues = "email,default,inventory,webhooks,invoices"
     worker = subprocess.Popen(
@@ -277,9 +283,9 @@ def part_startup(db: str, args) -> str:
     finally:
         stop(worker)
     skus = _catalog()
-    web, pid = _web(db, 8792)
+    web, pid = _web(db, WEB_PORT)
     try:
-        _post_order(8792, skus[0], "startup@example.com")
+        _post_order(WEB_PORT, skus[0], "startup@example.com")
         web_peak = status_kb(pid, "VmHWM")
     finally:
         stop(web)
@@ -294,47 +300,64 @@ def part_startup(db: str, args) -> str:
 
 def peers_startup() -> list[tuple[str, int]]:
     """Each peer's worker as ../shared/bench/run.py starts it (one process; Celery's prefork with one
-    child), idle for 3 s after it came up: the peak RSS of its processes together."""
+    child), idle for 3 s after it came up: the peak RSS of its processes together. Their databases are
+    our own (see the module's docstring): two small modules in a temporary directory point the peers'
+    apps at them."""
     py = PEERS_VENV / "bin" / "python"
     if not py.exists():
-        subprocess.run(
-            ["bash", str(PEERS_DIR / "peers.sh"), "-n", "10", "rq"], check=True, capture_output=True
+        # peers.sh creates the venv, then runs ../shared/bench/run.py: --help measures nothing.
+        subprocess.run(["bash", str(PEERS_DIR / "peers.sh"), "--help"], check=True, capture_output=True)
+    dtdb_db, proc_db = f"{PG_DB}_dtdb", f"{PG_DB}_proc"
+    with tempfile.TemporaryDirectory(prefix="bench_memory_peers") as tmp:
+        Path(tmp, "mem_dtdb_settings.py").write_text(
+            f"from dtdb.settings import *  # noqa\nDATABASES['default']['NAME'] = {dtdb_db!r}\n"
         )
-    here = str(PEERS_DIR)
-    base = dict(os.environ, PYTHONPATH=here)
-    dtdb_env = dict(base, BENCH_DB="postgres", DJANGO_SETTINGS_MODULE="dtdb.settings")
-    recreate = "psql -h 127.0.0.1 -U postgres -qc 'DROP DATABASE IF EXISTS {0}' -c 'CREATE DATABASE {0}'"
-    setup = [
-        (recreate.format("bench_dtdb"), base),
-        (f"{py} dtdb/manage.py migrate -v0", dtdb_env),
-        (recreate.format("bench_proc"), base),
-        (f"{py} -m procrastinate --app=proc_app.app schema --apply", base),
-    ]
-    for cmd, env in setup:
-        subprocess.run(cmd, shell=True, cwd=here, env=env, check=True, capture_output=True)
-    peers = [
-        ("django-tasks-db", f"{py} dtdb/manage.py db_worker --interval 0.5", dtdb_env),
-        ("procrastinate", f"{py} -m procrastinate --app=proc_app.app worker -c 10", base),
-        (
-            "celery (prefork)",
-            f"{py} -m celery -A celery_app worker -c 1 --pool prefork -l WARNING --without-gossip"
-            " --without-mingle --without-heartbeat",
-            base,
-        ),
-        ("rq", f"{py} -m rq.cli worker --url redis://127.0.0.1:6379/3 -q", base),
-    ]
-    found = []
-    for name, cmd, env in peers:
-        proc = subprocess.Popen(
-            cmd.split(), cwd=here, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        Path(tmp, "mem_proc_app.py").write_text(
+            "import procrastinate\nimport proc_app\n"
+            "app = proc_app.app.with_connector(procrastinate.PsycopgConnector("
+            f"conninfo='host=127.0.0.1 user=postgres dbname={proc_db}'))\n"
         )
-        try:
-            time.sleep(3)  # no readiness signal common to all four: they have come up well within this
-            if proc.poll() is not None:
-                raise SystemExit(f"{name} exited with {proc.returncode}")
-            found.append((name, sum(status_kb(p, "VmHWM") for p in [proc.pid, *children(proc.pid)])))
-        finally:
-            stop(proc)
+        here = str(PEERS_DIR)
+        # Not our DJANGO_SETTINGS_MODULE or DATABASE_URL: Celery's Django fix-up would import our settings.
+        base = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")}
+        base["PYTHONPATH"] = f"{tmp}:{here}"
+        dtdb_env = dict(base, BENCH_DB="postgres", DJANGO_SETTINGS_MODULE="mem_dtdb_settings")
+        recreate = "psql -h 127.0.0.1 -U postgres -qc 'DROP DATABASE IF EXISTS {0}' -c 'CREATE DATABASE {0}'"
+        setup = [
+            (recreate.format(dtdb_db), base),
+            (f"{py} dtdb/manage.py migrate -v0", dtdb_env),
+            (recreate.format(proc_db), base),
+            (f"{py} -m procrastinate --app=mem_proc_app.app schema --apply", base),
+        ]
+        for cmd, env in setup:
+            subprocess.run(cmd, shell=True, cwd=here, env=env, check=True, capture_output=True)
+        peers = [
+            ("django-tasks-db", f"{py} dtdb/manage.py db_worker --interval 0.5", dtdb_env),
+            ("procrastinate", f"{py} -m procrastinate --app=mem_proc_app.app worker -c 10", base),
+            (
+                "celery (prefork)",
+                f"{py} -m celery -A celery_app -b redis://127.0.0.1:6379/11 worker -c 1 --pool prefork"
+                " -l WARNING --without-gossip --without-mingle --without-heartbeat",
+                base,
+            ),
+            ("rq", f"{py} -m rq.cli worker --url redis://127.0.0.1:6379/13 -q", base),
+        ]
+        found = []
+        for name, cmd, env in peers:
+            proc = subprocess.Popen(
+                cmd.split(), cwd=here, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                time.sleep(3)  # no readiness signal common to all four: they have come up well within this
+                if proc.poll() is not None:
+                    raise SystemExit(f"{name} exited with {proc.returncode}")
+                found.append((name, sum(status_kb(p, "VmHWM") for p in [proc.pid, *children(proc.pid)])))
+            finally:
+                stop(proc)
+        for db in (dtdb_db, proc_db):
+            subprocess.run(
+                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE {db}"], check=True
+            )
     return found
 
 
