@@ -64,6 +64,8 @@ class Worker:
     # While the buffer is full, a NOTIFY (something was enqueued) makes the loop claim the jobs that
     # outrank the buffer's lowest priority at once, at most this often, instead of at the next refill.
     PEEK_INTERVAL = 0.02
+    WATCHDOG_INTERVAL = 1.0  # seconds between watchdog pings (systemd's WatchdogSec is far longer)
+    TIMEOUT_CHECK_INTERVAL = 0.1  # seconds between walks of the unit table for handlers past their timeout
 
     def __init__(
         self,
@@ -100,6 +102,8 @@ class Worker:
         self.wakeup = threading.Event()
         self.notified = threading.Event()  # a NOTIFY for our queues since the last peek
         self._next_peek = 0.0
+        self._next_watchdog = 0.0
+        self._next_timeout_check = 0.0
         self.claimed_total = 0
         self.low_water = self.concurrency  # claim again once fewer units are queued or running
         self.units = Units()
@@ -192,8 +196,12 @@ class Worker:
                 connection.close()
                 self.outage.wait_alive(pause.next())
                 continue
-            # From the loop itself, so that systemd restarts a worker whose loop is stuck.
-            systemd.notify("WATCHDOG=1", f"STATUS={self.units.executing()} job(s) running")
+            # From the loop itself, so that systemd restarts a worker whose loop is stuck; once a second,
+            # not on every pass (hundreds a second under load, each walking the unit table for STATUS).
+            now = time.monotonic()
+            if now >= self._next_watchdog:
+                self._next_watchdog = now + self.WATCHDOG_INTERVAL
+                systemd.notify("WATCHDOG=1", f"STATUS={self.units.executing()} job(s) running")
             if self.pool.abandoned > 2 * self.concurrency + 2:
                 # Handlers that ignore their timeout pile up threads; a fresh process is the cure.
                 log.error(
@@ -216,7 +224,9 @@ class Worker:
             if now >= self._next_plugin.get(index, 0.0):
                 plugin.tick(self)
                 self._next_plugin[index] = now + plugin.interval
-        self.pool.check_timeouts()
+        if now >= self._next_timeout_check:
+            self._next_timeout_check = now + self.TIMEOUT_CHECK_INTERVAL
+            self.pool.check_timeouts()
         busy, held = self.units.claimable()
         # Claim when a thread is (about to be) free, enough to fill the threads and the prefetch buffer;
         # a buffer grown for short jobs is refilled once half of what it adds is used up.

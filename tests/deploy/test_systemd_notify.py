@@ -69,12 +69,13 @@ def test_worker_sends_ready_then_watchdog_status_and_stopping(workers, notify_so
     wait_for(lambda: len(notify_socket.times_of("WATCHDOG=1")) >= 10, message="watchdog while idle")
     assert "STATUS=0 job(s) running" in notify_socket.lines()
 
-    job = enqueue("test.sleep", {"key": "busy", "seconds": 1.5})
+    job = enqueue("test.sleep", {"key": "busy", "seconds": 3})
     wait_for(lambda: Run.objects.filter(job_id=job.id).exists(), message="job started")
     busy_from = time.monotonic()
     wait_for(lambda: "STATUS=1 job(s) running" in notify_socket.lines(), message="status while busy")
     wait_for(lambda: Job.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED, message="job done")
-    assert len([t for t in notify_socket.times_of("WATCHDOG=1") if t > busy_from]) >= 5  # busy loop too
+    # the busy loop pings too, once a second (not on every pass: hundreds a second under load)
+    assert len([t for t in notify_socket.times_of("WATCHDOG=1") if t > busy_from]) >= 2
 
     proc.send_signal(signal.SIGTERM)
     assert workers.exit_code(proc, 20) == 0, workers.output(proc)
@@ -86,7 +87,7 @@ def test_worker_sends_ready_then_watchdog_status_and_stopping(workers, notify_so
 
 def test_watchdog_gaps_stay_within_the_poll_interval_when_idle(workers, notify_socket):
     """WatchdogSec=30 in the unit needs a ping at least every 15 s; the idle loop waits at most the poll
-    interval between passes, and every pass pings."""
+    interval between passes, and a pass pings when the last ping is a second old."""
     poll = 0.5
     proc = workers.start("--poll-interval", str(poll), env={"NOTIFY_SOCKET": notify_socket.address})
     wait_for(lambda: len(notify_socket.times_of("WATCHDOG=1")) >= 8, message="eight watchdog pings")
