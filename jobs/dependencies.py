@@ -15,10 +15,7 @@ from jobs.models import DependsWhen, Job, JobDependency, JobStatus
 
 def release_children(parent_ids: Sequence[int], now) -> int:
     """Parents succeeded: count them off their children and make the children with none left pending."""
-    child_ids = list(
-        JobDependency.objects.filter(parent_id__in=parent_ids).values_list("child_id", flat=True)
-    )
-    return _count_off(child_ids)
+    return _count_off(db.child_ids(list(parent_ids)))
 
 
 def _count_off(child_ids: list[int]) -> int:

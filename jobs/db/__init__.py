@@ -29,8 +29,11 @@ from jobs.db.claim import (  # noqa: F401
 from jobs.db.fair import next_due, pending_keys  # noqa: F401
 from jobs.db.notify import listen, listen_conninfo, listen_errors, notify  # noqa: F401
 from jobs.db.tags import tagged  # noqa: F401
+from jobs.db.workflow import (
+    child_ids,  # noqa: F401
+    insert_workflow,  # noqa: F401
+)
 from jobs.db.workflow import discard as discard_workflow  # noqa: F401
-from jobs.db.workflow import insert_workflow  # noqa: F401
 from jobs.db.writes import (  # noqa: F401
     add_job_stats,
     bulk_insert_jobs,

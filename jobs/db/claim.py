@@ -3,7 +3,7 @@ locks that keep two workers off the same row (see the package's docstring); and 
 advisory locks of the reaper, the scheduler, rate limits and concurrency keys."""
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db import connection
 from django.db.models import DEFERRED
@@ -178,9 +178,28 @@ def claim_at_once(
         f" FROM locked WHERE jobs_job.id = locked.id AND NOT locked.expired RETURNING {columns}"
     )
     with connection.cursor() as cursor:
+        _fast_timestamps(cursor)
         cursor.execute(sql, [*params, limit, worker_id, token])
         cursor.nextset()
         return claimed_jobs(cursor.fetchall())
+
+
+_c_loader: list = []
+
+
+def _fast_timestamps(cursor) -> None:
+    """Read this cursor's timestamps with psycopg's C loader. Django's own (a Python subclass of it, so
+    that a datetime comes back in the connection's time zone) parsed the claimed rows' three timestamps
+    in some 12 us a row, a fifth of the claim loop's time in a drain of no-op jobs; with the connection
+    in UTC, as Django keeps it unless DATABASES sets TIME_ZONE, both give the same datetimes."""
+    if connection.timezone is not UTC or connection.timezone_name != "UTC":
+        return
+    if not _c_loader:
+        from psycopg import adapters, postgres
+        from psycopg.pq import Format
+
+        _c_loader.append(adapters.get_loader(postgres.types["timestamptz"].oid, Format.TEXT))
+    cursor.cursor.adapters.register_loader("timestamptz", _c_loader[0])
 
 
 def breaker_holds(held: Sequence[tuple[str, str]], only_key: str | None, params: list) -> list[str]:
@@ -223,6 +242,8 @@ def claim_jobs(**options) -> tuple[list, list]:
     options.pop("expired", None)
     sql, params = claim_sql(returning=CLAIMED, **options)
     with connection.cursor() as cursor:
+        if is_postgres():
+            _fast_timestamps(cursor)
         cursor.execute(sql, params)
         rows = claimed_jobs(cursor.fetchall())
     return [j for j in rows if j.status == "running"], [j for j in rows if j.status != "running"]

@@ -147,3 +147,24 @@ def _saved(job, pk: int) -> None:
     job.pk = pk
     job._state.adding = False
     job._state.db = connection.alias
+
+
+def child_ids(parent_ids: list[int]) -> list[int]:
+    """The children of these jobs, once per dependency (a child of two of them twice). Asked for every
+    batch of successes the worker records, nearly always of jobs with none: on PostgreSQL one array
+    parameter, not the ORM's IN list (each id prepared on its own, a sixth of the completer's time in
+    a drain of no-op jobs)."""
+    if not parent_ids:
+        return []
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute(
+                "SELECT child_id FROM jobs_jobdependency WHERE parent_id = ANY(%s::bigint[])", [parent_ids]
+            )
+        else:
+            cursor.execute(
+                "SELECT child_id FROM jobs_jobdependency"
+                " WHERE parent_id IN (SELECT value FROM json_each(%s))",
+                [json.dumps(parent_ids)],
+            )
+        return [row[0] for row in cursor.fetchall()]

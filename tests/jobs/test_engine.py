@@ -125,6 +125,20 @@ def test_a_full_common_claim_on_postgresql_is_one_round_trip_and_a_short_one_end
     assert (expired.status, expired.status_reason, expired.attempts) == (JobStatus.CANCELLED, "expired", 0)
 
 
+def test_a_claimed_jobs_timestamps_are_the_ones_the_orm_reads_to_the_microsecond_and_in_utc():
+    run_at = timezone.now().replace(microsecond=123457) - timedelta(seconds=1)
+    enqueue("test.noop", {}, run_at=run_at)
+    (job,) = engine.claim("w", 1)
+    stored = Job.objects.get(pk=job.pk)
+    for name in ("run_at", "created_at", "started_at"):
+        assert getattr(job, name) == getattr(stored, name), name
+        assert (
+            getattr(job, name).utcoffset() == timedelta(0)
+            and getattr(job, name).tzinfo == stored.run_at.tzinfo
+        )
+    assert job.run_at == run_at and job.finished_at is None
+
+
 def test_claim_marks_running_with_worker_and_token_and_counts_attempt():
     enqueue("test.noop", {})
     (job,) = engine.claim("worker-a", 5)
