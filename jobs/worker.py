@@ -285,8 +285,7 @@ class Worker:
         jobs = [job for running in units for job in running.jobs]
         self.claimed_total += len(jobs)
         self.stats.started_many(job.type for job in jobs)
-        for running in units:
-            self.pool.submit(running)
+        self.pool.submit_many(units)
 
     def _stop(self) -> None:
         """Hand back what has not started, give running handlers the grace period, record what they
