@@ -5,14 +5,15 @@ with the same signals, timeouts and ownership rules of the pool.
 The coroutine runs on an event loop kept for the life of the handler's thread, in a thread of its own,
 as ``asgiref.sync.async_to_sync`` runs one: the ORM reached from it (Django's async API,
 ``await Model.objects.aget(...)``, or ``sync_to_async``) runs back in the handler's thread, on its
-database connection. ``async_to_sync`` itself builds a thread and a loop per call: 820 us a job on this
-machine under load, where handing the coroutine to a kept loop costs ~60 us; in the io scenario (64
-jobs each waiting 50 ms) that halved the async handler's rate (389 vs 835 jobs/s for threads).
+database connection. ``async_to_sync`` itself builds a thread and an event loop per call (820 us on
+this machine under load, against 63 us to run a coroutine on a kept loop): in the io scenario (2,000
+jobs each waiting 50 ms on an HTTP server, 64 at once) it ran async handlers at 389 jobs/s against
+835 for sync ones; with the kept loop, 772-782 against 882-897 (bench/README.md, "I/O-bound jobs").
 
-Why not one event loop running many jobs at once: a worker runs at most ``--concurrency`` jobs, and
-at that bound threads already wait on the network side by side. In the io scenario 64 threads reached
-65-90% of the ideal 1,280 jobs/s, so a loop held to the same 64 jobs could not be 2x faster (issue
-19's bar for adding one); see bench/README.md, "I/O-bound jobs".
+Why not one event loop running many jobs at once: a worker runs at most ``--concurrency`` jobs, and at
+that bound threads already wait on the network side by side. 64 threads reached 65-70% of the ideal
+1,280 jobs/s there, so a loop held to the same 64 jobs could be at most ~1.5x faster, short of issue
+19's bar of 2x for adding one.
 
 - Staff cancelling the job (``ctx.cancelled``) cancels the coroutine at its next ``await``: the attempt
   is recorded as cancelled (a ``JobCancelled``), as ``ctx.raise_if_cancelled()`` would be.
