@@ -83,21 +83,24 @@ def run(coroutine: Coroutine[Any, Any, Any], ctx: JobContext, timeout: float) ->
         kept = _local.loop = _Loop()
     loop = kept.loop
     done: concurrent.futures.Future = concurrent.futures.Future()
-    context = contextvars.copy_context()
-
-    def start() -> None:
-        task = loop.create_task(_supervised(coroutine, ctx, timeout), context=context)
-        task.add_done_callback(lambda t: _settle(t, done))
-
     # Sync code the coroutine calls through sync_to_async(thread_sensitive=True), the ORM's async API
-    # among it, comes back to this thread meanwhile: asgiref's own way for the loops it starts.
-    executor = CurrentThreadExecutor(None)
+    # among it, comes back to this thread meanwhile, as async_to_sync arranges it (this thread may
+    # itself be serving an outer async_to_sync: immediate mode entered from async code).
+    outer = getattr(AsyncToSync.executors, "current", None)
+    executor = AsyncToSync.executors.current = CurrentThreadExecutor(outer)
     AsyncToSync.loop_thread_executors[loop] = executor
     try:
+        context = contextvars.copy_context()
+
+        def start() -> None:
+            task = loop.create_task(_supervised(coroutine, ctx, timeout), context=context)
+            task.add_done_callback(lambda t: _settle(t, done))
+
         loop.call_soon_threadsafe(start)
         executor.run_until_future(done)
     finally:
         del AsyncToSync.loop_thread_executors[loop]
+        AsyncToSync.executors.current = outer
     return done.result()
 
 

@@ -1,15 +1,17 @@
 """`async def` handlers (jobs.aio): the same outcomes as sync handlers, on real runworker processes and
 in-process (run_jobs); cancelled by their timeout and by staff at their next await."""
 
+import concurrent.futures
 import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 
 from jobs.api import cancel, enqueue, enqueue_many
 from jobs.models import DeadLetter, Job, JobStatus, WorkerProcess
-from jobs.testing import run_jobs
+from jobs.testing import immediate, run_jobs
 from tests.testapp.models import Run
 from tests.utils import wait_for
 
@@ -157,3 +159,33 @@ def test_async_handlers_snooze_fail_for_good_use_the_orm_and_return_json_like_sy
     assert (rows["orm"].status, rows["orm"].result) == (JobStatus.SUCCEEDED, 1)
     assert rows["unjsonable"].status == JobStatus.DEAD
     assert "not JSON-serialisable" in rows["unjsonable"].errors[-1]["message"]
+
+
+def test_an_async_job_run_inline_from_async_code_reaches_the_orm_in_the_callers_thread():
+    """Immediate mode entered from async code (a view, a README block): the job's coroutine runs on
+    the caller's thread's loop and its ORM calls come back to that thread, without deadlocking on the
+    outer async_to_sync."""
+    Run.objects.create(key="orm", job_id=0, attempt=1, pid=0, started_at="2026-01-01T00:00:00Z")
+
+    async def enqueue_inline() -> int:
+        def run_inline() -> int:
+            with immediate():
+                return enqueue("test.async_outcomes", {"key": "orm"}).id
+
+        return await sync_to_async(run_inline)()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        job_id = pool.submit(async_to_sync(enqueue_inline)).result(timeout=60)
+    job = Job.objects.get(id=job_id)
+    assert (job.status, job.result) == (JobStatus.SUCCEEDED, 1)
+
+
+def test_an_async_batch_handler_answers_for_each_job():
+    jobs = enqueue_many("test.async_batch", [{"key": k} for k in ("a", "bad", "c")])
+    run_jobs()
+    rows = {row.payload["key"]: row for row in Job.objects.filter(id__in=[j.id for j in jobs])}
+    assert {k: (r.status, r.result) for k, r in rows.items() if k != "bad"} == {
+        "a": (JobStatus.SUCCEEDED, "A"),
+        "c": (JobStatus.SUCCEEDED, "C"),
+    }
+    assert rows["bad"].status == JobStatus.DEAD

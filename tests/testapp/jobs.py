@@ -429,3 +429,13 @@ async def async_outcomes(payload, ctx):
     if payload.key == "unjsonable":
         return {1, 2}
     return {"attempt": ctx.attempt}
+
+
+@job("test.async_batch", payload=Key, batch_size=3, max_attempts=1)
+async def async_batch(items, ctx):
+    """A batch handler as a coroutine: key "bad" fails for good, the others return their key upper-cased."""
+    await asyncio.sleep(0)
+    return {
+        job_id: PermanentError("bad key") if payload.key == "bad" else payload.key.upper()
+        for job_id, payload in items
+    }
