@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from django.db import connection
 
 from jobs.api import cancel, enqueue, enqueue_many
 from jobs.models import DeadLetter, Job, JobStatus, WorkerProcess
@@ -169,8 +170,11 @@ def test_an_async_job_run_inline_from_async_code_reaches_the_orm_in_the_callers_
 
     async def enqueue_inline() -> int:
         def run_inline() -> int:
-            with immediate():
-                return enqueue("test.async_outcomes", {"key": "orm"}).id
+            try:
+                with immediate():
+                    return enqueue("test.async_outcomes", {"key": "orm"}).id
+            finally:
+                connection.close()  # this pool thread's: the test database is dropped after the run
 
         return await sync_to_async(run_inline)()
 
