@@ -298,7 +298,8 @@ def _handler(module_path: str) -> Callable[[TaskCall, JobContext], Any]:
 
 
 def run(module_path: str, call: TaskCall, ctx: JobContext) -> Any:
-    """Run a task's job on a worker: tell the API it started, call the function, return JSON.
+    """Run a task's job on a worker: tell the API it started, call the function, return JSON (for an
+    ``async def`` task, a coroutine returning it, which the worker awaits: see jobs.aio).
 
     ``task_finished`` is sent once the job's final outcome is recorded (``_send_task_finished``), so
     that a timeout, a rescue from a dead worker or a lost claim are told as the API sees them.
