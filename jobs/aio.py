@@ -8,12 +8,13 @@ as ``asgiref.sync.async_to_sync`` runs one: the ORM reached from it (Django's as
 database connection. ``async_to_sync`` itself builds a thread and an event loop per call (820 us on
 this machine under load, against 63 us to run a coroutine on a kept loop): in the io scenario (2,000
 jobs each waiting 50 ms on an HTTP server, 64 at once) it ran async handlers at 389 jobs/s against
-835 for sync ones; with the kept loop, 772-782 against 882-897 (bench/README.md, "I/O-bound jobs").
+835 for sync ones; with the kept loop, 653-782 against 849-928 (bench/README.md, "I/O-bound jobs").
 
 Why not one event loop running many jobs at once: a worker runs at most ``--concurrency`` jobs, and at
-that bound threads already wait on the network side by side. 64 threads reached 65-70% of the ideal
+that bound threads already wait on the network side by side. 64 threads reached 66-73% of the ideal
 1,280 jobs/s there, so a loop held to the same 64 jobs could be at most ~1.5x faster, short of issue
-19's bar of 2x for adding one.
+19's bar of 2x for adding one; and what bounds threads there is the worker's Python work a job under
+the GIL, which an event loop does not make smaller.
 
 - Staff cancelling the job (``ctx.cancelled``) cancels the coroutine at its next ``await``: the attempt
   is recorded as cancelled (a ``JobCancelled``), as ``ctx.raise_if_cancelled()`` would be.
