@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint browser hosts-tools bench bench-peers bench-memory clean
+.PHONY: run test install lint browser hosts-tools bench bench-peers bench-io bench-memory clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench: $(STAMP)
 
 bench-peers: $(STAMP)
 	$(PY) bench/peers.py $(BENCH_ARGS)
+
+# Issue 19: jobs that wait 50 ms on a local HTTP server, ours (threads and async def) beside Celery's
+# threads pool (the peers' venv: ../shared/bench/peers.sh creates it). ~10 minutes.
+bench-io: $(STAMP)
+	$(PY) bench/celery_io.py $(BENCH_ARGS)
 
 bench-memory: $(STAMP)
 	$(PY) bench/memory.py $(BENCH_ARGS)

@@ -11,6 +11,10 @@ Scenarios (each prints one line per database):
   fairness  9 small keys (100 jobs each) beside one key of 10,000: when the small keys finish with fair
            share on and off, beside their time on an empty queue (bench/fairness.py)
 
+Run only when named (~5 minutes on both databases):
+  io       2,000 jobs each waiting 50 ms on a local HTTP server, drained by one worker with
+           --concurrency 4, 16, 64, and at 64 with an `async def` handler (bench/io_bound.py)
+
 Scale scenarios (PostgreSQL only; run when named or with --scale, ~40 minutes together):
   scale_depth  enqueue and drain rates with 10,000,000 finished and 1,000,000 pending jobs, and the drain
                rate while `jobs prune` deletes 9,000,000 of the finished ones
@@ -41,6 +45,8 @@ URLS = {"sqlite": f"sqlite:///{SQLITE_PATH}", "postgres": f"postgres://postgres@
 SCENARIOS = ["enqueue", "drain", "latency", "depth", "orders", "orders32", "observability", "fairness"]
 # Tens of millions of rows and PgBouncer: PostgreSQL only, and only when named or with --scale.
 SCALE_SCENARIOS = ["scale_depth", "backlog", "pgbouncer"]
+# Minutes of waiting on a slow server: only when named.
+NAMED_SCENARIOS = ["io"]
 WORKER_NICE = 10  # as Nice= in deploy/shop-worker@.service
 # Extra environment for the processes a scenario starts (the observability scenario turns it on and off).
 OBSERVE: dict[str, str] = {}
@@ -738,12 +744,19 @@ def scenario_fairness(db: str, n: int) -> str:
     return fairness(start_workers, OBSERVE, db)
 
 
+def scenario_io(db: str, n: int) -> str:
+    from bench.io_bound import scenario_io as io
+
+    return io(start_workers, db)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "scenarios",
         nargs="*",
-        help=f"any of {', '.join(SCENARIOS + SCALE_SCENARIOS)} (default: {', '.join(SCENARIOS)})",
+        help=f"any of {', '.join(SCENARIOS + SCALE_SCENARIOS + NAMED_SCENARIOS)}"
+        f" (default: {', '.join(SCENARIOS)})",
     )
     ap.add_argument(
         "--scale", action="store_true", help=f"also run {', '.join(SCALE_SCENARIOS)} (PostgreSQL only)"
@@ -757,7 +770,7 @@ def main() -> None:
         child_setup()
         print(globals()[f"scenario_{scenario}"](db, args.n), flush=True)
         return
-    unknown = set(args.scenarios) - set(SCENARIOS + SCALE_SCENARIOS)
+    unknown = set(args.scenarios) - set(SCENARIOS + SCALE_SCENARIOS + NAMED_SCENARIOS)
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     dbs = args.db.split(",")

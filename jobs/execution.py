@@ -4,6 +4,7 @@ Shared by the worker's threads and the in-process ``run_jobs()`` test helper.
 """
 
 import contextvars
+import inspect
 import json
 import logging
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import InterfaceError, OperationalError, connection
 
-from jobs import engine, retry, signals
+from jobs import aio, engine, retry, signals
 from jobs import snooze as snoozing
 from jobs.exceptions import InvalidPayload, JobCancelled, PermanentError, Snooze, UnknownJobType
 from jobs.flag import Flag
@@ -97,6 +98,8 @@ def call_handler(job: Job, ctx: JobContext) -> Any:
     job_type = get_job_type(job.type)
     payload = load_payload(job_type, job)
     result = job_type.handler(payload, ctx)
+    if inspect.iscoroutine(result):  # an async def handler (jobs.aio)
+        result = aio.run(result, ctx, job_type.timeout)
     if isinstance(result, Snooze):
         raise result
     try:
@@ -299,6 +302,8 @@ def _run_batch(jobs: list[Job], *, cancel_event, abandoned) -> list[tuple[Job, O
     )
     try:
         results = job_type.handler(items, ctx)
+        if inspect.iscoroutine(results):
+            results = aio.run(results, ctx, job_type.timeout)
         if not isinstance(results, dict):
             raise PermanentError(f"batch handler returned {type(results).__name__}, not a dict of outcomes")
     except BaseException as exc:  # as in run()

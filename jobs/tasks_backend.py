@@ -26,8 +26,9 @@ tasks are resolved by module path when a worker first meets one.
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
+from inspect import iscoroutinefunction
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -297,7 +298,8 @@ def _handler(module_path: str) -> Callable[[TaskCall, JobContext], Any]:
 
 
 def run(module_path: str, call: TaskCall, ctx: JobContext) -> Any:
-    """Run a task's job on a worker: tell the API it started, call the function, return JSON.
+    """Run a task's job on a worker: tell the API it started, call the function, return JSON (for an
+    ``async def`` task, a coroutine returning it, which the worker awaits: see jobs.aio).
 
     ``task_finished`` is sent once the job's final outcome is recorded (``_send_task_finished``), so
     that a timeout, a rescue from a dead worker or a lost claim are told as the API sees them.
@@ -311,10 +313,18 @@ def run(module_path: str, call: TaskCall, ctx: JobContext) -> Any:
     result = backend.to_result(ctx.job, stored)
     object.__setattr__(result, "status", TaskResultStatus.RUNNING)
     task_started.send(type(backend), task_result=result)
-    if task.takes_context:
-        raw = task.call(TaskContext(task_result=result), *call.args, **call.kwargs)
-    else:
-        raw = task.call(*call.args, **call.kwargs)
+    args = (TaskContext(task_result=result), *call.args) if task.takes_context else call.args
+    if iscoroutinefunction(task.func):
+        # The worker runs the coroutine (jobs.aio): its timeout and a cancel stop it at an await.
+        return _returned_async(module_path, task.func(*args, **call.kwargs))
+    return _returned(module_path, task.call(*args, **call.kwargs))
+
+
+async def _returned_async(module_path: str, coroutine: Coroutine) -> Any:
+    return _returned(module_path, await coroutine)
+
+
+def _returned(module_path: str, raw: Any) -> Any:
     try:
         return normalize_json(raw)
     except (TypeError, ValueError) as exc:

@@ -54,6 +54,7 @@ TASKS = {
                 "tests.testapp.tasks.charge_reminder": {"unique_key": "tests.testapp.tasks.order_key"},
                 "tests.testapp.tasks.raises_once": {"max_attempts": 1},
                 "tests.testapp.tasks.stalls": {"timeout": 0.5, "max_attempts": 1},
+                "tests.testapp.tasks.async_stalls": {"timeout": 0.5, "max_attempts": 1},
                 "tests.testapp.tasks.dies": {"max_attempts": 2},
             },
         },

@@ -1,3 +1,5 @@
+import asyncio
+import http.client
 import time
 
 from pydantic import BaseModel
@@ -65,3 +67,44 @@ class Keyed(BaseModel):
 def fair(payload, ctx):
     """A 1 ms job of one key (a tenant, an endpoint), for the fairness scenario."""
     time.sleep(payload.ms / 1000)
+
+
+class Get(BaseModel):
+    """A URL on 127.0.0.1 to GET, as a webhook delivery would POST to its endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int
+    path: str = "/"
+
+
+@job("bench.io", payload=Get, queue="bench", timeout=30)
+def io(payload, ctx):
+    """One blocking HTTP GET to the io scenario's slow server (bench/slow_http.py), on a connection
+    of its own (a webhook's endpoint is rarely the previous one's)."""
+    conn = http.client.HTTPConnection(payload.host, payload.port, timeout=10)
+    try:
+        conn.request("GET", payload.path)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"GET {payload.path}: {response.status}")
+    return len(body)
+
+
+@job("bench.io_async", payload=Get, queue="bench", timeout=30)
+async def io_async(payload, ctx):
+    """The same GET from an ``async def`` handler, with asyncio streams."""
+    reader, writer = await asyncio.open_connection(payload.host, payload.port)
+    try:
+        request = f"GET {payload.path} HTTP/1.1\r\nHost: {payload.host}\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"GET {payload.path}: {head[:40]!r}")
+    return len(body)

@@ -85,6 +85,16 @@ def test_timeout_from_options_fails_a_task_that_runs_too_long(workers):
     assert result.errors[0].exception_class is JobTimeout and result.attempts == 1
 
 
+def test_an_async_task_past_its_timeout_is_cancelled_on_the_worker(workers):
+    result = tasks.async_stalls.enqueue("a")
+    workers.start()
+    wait_finished(result)
+    assert result.status == TaskResultStatus.FAILED
+    assert result.errors[0].exception_class is JobTimeout and result.attempts == 1
+    # Its coroutine was cancelled (not left waiting in the worker), and it saw the ORM meanwhile.
+    wait_for(lambda: Run.objects.filter(key="cancelled:a").exists(), timeout=30, message="cancelled")
+
+
 def test_unique_key_from_options_returns_the_waiting_task_instead_of_a_second(workers):
     first = tasks.charge_reminder.enqueue(order_id=7)
     assert tasks.charge_reminder.enqueue(order_id=7).id == first.id

@@ -1,9 +1,11 @@
 """Job types for the queue's own tests. Handlers record each run in the Run table."""
 
+import asyncio
 import os
 import signal
 import time
 
+from asgiref.sync import sync_to_async
 from django.utils import timezone
 from pydantic import BaseModel
 
@@ -341,3 +343,99 @@ def breaker(payload, ctx):
 )
 def breaker_keyed(payload, ctx):
     return call_dependency(payload, ctx)
+
+
+# -- async def handlers (jobs.aio) ------------------------------------------------------------------
+
+
+class Fetch(BaseModel):
+    key: str = ""
+    port: int
+
+
+async def arecord(payload, ctx, key: str | None = None) -> Run:
+    return await sync_to_async(record)(Key(key=key or payload.key), ctx)
+
+
+@job("test.async_fetch", payload=Fetch, max_attempts=1)
+async def async_fetch(payload, ctx):
+    """GETs 127.0.0.1:<port> with asyncio streams; returns the body."""
+    await arecord(payload, ctx)
+    reader, writer = await asyncio.open_connection("127.0.0.1", payload.port)
+    try:
+        writer.write(f"GET /{payload.key} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200") and not head.startswith(b"HTTP/1.0 200"):
+        raise RuntimeError(f"answered {head.splitlines()[0]!r}")
+    return body.decode()
+
+
+@job("test.async_flaky", payload=Flaky, max_attempts=4, backoff=Backoff(base=0.01, cap=0.05, jitter=0))
+async def async_flaky(payload, ctx):
+    await arecord(payload, ctx)
+    await asyncio.sleep(0)
+    if ctx.attempt <= payload.failures:
+        raise RuntimeError(f"failure on attempt {ctx.attempt}")
+    return "ok"
+
+
+async def wait_until_stopped(payload, ctx):
+    """Waits a minute, unless its coroutine is cancelled: then records Run(key="cancelled:<key>")."""
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        await arecord(payload, ctx, f"cancelled:{payload.key}")
+        raise
+    return "never stopped"
+
+
+@job("test.async_stall", payload=Key, timeout=0.5, max_attempts=1)
+async def async_stall(payload, ctx):
+    await arecord(payload, ctx)
+    return await wait_until_stopped(payload, ctx)
+
+
+@job("test.async_cancellable", payload=Key, timeout=60)
+async def async_cancellable(payload, ctx):
+    await arecord(payload, ctx)
+    await sync_to_async(ctx.progress)(50)
+    return await wait_until_stopped(payload, ctx)
+
+
+@job("test.async_sleep", payload=Sleep, max_attempts=5, backoff=Backoff(base=0.01, cap=0.05))
+async def async_sleep(payload, ctx):
+    run = await arecord(payload, ctx)
+    await asyncio.sleep(payload.seconds)
+    run.finished_at = timezone.now()
+    await run.asave(update_fields=["finished_at"])
+    return {"slept": payload.seconds}
+
+
+@job("test.async_outcomes", payload=Key, max_attempts=3, max_snoozes=1)
+async def async_outcomes(payload, ctx):
+    """An async handler's other outcomes: key "snooze" returns a Snooze, "permanent" raises a
+    PermanentError, "orm" reads through Django's async ORM, "unjsonable" returns a set."""
+    await asyncio.sleep(0)
+    if payload.key == "snooze":
+        return Snooze(60) if ctx.job.snoozes == 0 else "snoozed once"
+    if payload.key == "permanent":
+        raise PermanentError("never going to work")
+    if payload.key == "orm":
+        return await Run.objects.filter(key="orm").acount()
+    if payload.key == "unjsonable":
+        return {1, 2}
+    return {"attempt": ctx.attempt}
+
+
+@job("test.async_batch", payload=Key, batch_size=3, max_attempts=1)
+async def async_batch(items, ctx):
+    """A batch handler as a coroutine: key "bad" fails for good, the others return their key upper-cased."""
+    await asyncio.sleep(0)
+    return {
+        job_id: PermanentError("bad key") if payload.key == "bad" else payload.key.upper()
+        for job_id, payload in items
+    }

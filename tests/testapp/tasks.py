@@ -4,11 +4,13 @@ Nothing imports this module up front: a worker resolves each task by its module 
 one, and the tasks with extras in TASKS' OPTIONS (tests/settings.py) are registered by the backend.
 """
 
+import asyncio
 import os
 import signal
 import time
 from datetime import datetime
 
+from asgiref.sync import sync_to_async
 from django.dispatch import receiver
 from django.utils import timezone
 from django_tasks import TaskContext, task
@@ -166,3 +168,15 @@ def record_signal(sender, task_result, signal, **kwargs):
             pid=os.getpid(),
             started_at=timezone.now(),
         )
+
+
+@task()
+async def async_stalls(key: str) -> str:
+    """Waits a minute (its timeout is 0.5 s), recording Run(key="cancelled:<key>") when cancelled."""
+    await sync_to_async(record)(key)
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        await sync_to_async(record)(f"cancelled:{key}")
+        raise
+    return "never cancelled"
