@@ -266,7 +266,8 @@ def claimed_jobs(rows: list[tuple]) -> list[Job]:
         compiler = connection.ops.compiler("SQLCompiler")(query, connection, connection.alias)
         cols = [Job._meta.get_field(name).get_col(Job._meta.db_table) for name in names]
         converters = [
-            (pos, convs, expression) for pos, (convs, expression) in compiler.get_converters(cols).items()
+            (pos, _faster(convs), expression)
+            for pos, (convs, expression) in compiler.get_converters(cols).items()
         ]
         attnames = [Job._meta.get_field(name).attname for name in names]
         fields = Job._meta.concrete_fields
@@ -300,6 +301,28 @@ def claimed_jobs(rows: list[tuple]) -> list[Job]:
             job._state.db = alias
         jobs.append(job)
     return jobs
+
+
+def _faster(convs: list) -> list:
+    """SQLite's datetime converter (a regular expression, then make_aware: 6 us a timestamp, a tenth of
+    the claim loop's time in a drain of no-op jobs) replaced by the C ``fromisoformat`` for the text
+    Django stores, naive UTC; anything else goes through Django's own."""
+    if (
+        is_postgres()
+        or connection.timezone is not UTC
+        or convs != [connection.ops.convert_datetimefield_value]
+    ):
+        return convs
+    django_converter = convs[0]
+
+    def utc_text(value, expression, conn):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except (TypeError, ValueError):
+            return django_converter(value, expression, conn)
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+    return [utc_text]
 
 
 def prepare_claim() -> datetime:
