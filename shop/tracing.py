@@ -106,7 +106,9 @@ def _sampler():
     from opentelemetry.sdk.trace.sampling import ParentBased
 
     root = reservoir_sampler(
-        settings.TRACE_SAMPLE_PER_SECOND, settings.TRACE_SAMPLE_RATIO, ceiling=settings.TRACE_SAMPLE_MAX_PER_SECOND
+        settings.TRACE_SAMPLE_PER_SECOND,
+        settings.TRACE_SAMPLE_RATIO,
+        ceiling=settings.TRACE_SAMPLE_MAX_PER_SECOND,
     )
     return ParentBased(root=root), root
 
