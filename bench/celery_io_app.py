@@ -3,10 +3,10 @@ bench.io, in a task. Imported by the peers' venv (celery, redis), never by the s
 
 Redis databases 11 (broker) and 12 (counts) keep it apart from ../shared/bench (1 to 3)."""
 
-import http.client
 import time
 
 import redis
+import slow_http  # bench/slow_http.py: this module runs with bench/ as its directory
 from celery import Celery
 
 BROKER = "redis://127.0.0.1:6379/11"
@@ -20,18 +20,10 @@ counts = redis.Redis(host="127.0.0.1", db=12)
 @app.task(name="io_get")
 def io_get(port: int, path: str) -> int:
     started = time.time()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise RuntimeError(f"GET {path}: {response.status}")
+    size = slow_http.get("127.0.0.1", port, path)
     # As ours are read from the jobs' rows: when each started and finished.
     counts.pipeline().rpush("started", started).rpush("finished", time.time()).execute()
-    return len(body)
+    return size
 
 
 def reset() -> None:

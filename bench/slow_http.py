@@ -11,6 +11,7 @@ request
 
 import argparse
 import asyncio
+import http.client
 import signal
 import sys
 
@@ -47,6 +48,21 @@ async def serve(port: int, delay: float) -> None:
     async with server:
         await stop.wait()
     print(f"answered {answered}, at most {most_waiting} waiting at once", flush=True)
+
+
+def get(host: str, port: int, path: str) -> int:
+    """One blocking GET to this server on a connection of its own (a webhook's endpoint is rarely the
+    previous one's), as the io scenario's jobs do, ours and Celery's: the body's length."""
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"GET {path}: {response.status}")
+    return len(body)
 
 
 def main() -> None:

@@ -55,9 +55,6 @@ class Pool:
         self.threads.append(thread)
         thread.start()
 
-    def submit(self, running: Running) -> None:
-        self.submit_many([running])
-
     def submit_many(self, units: list[Running]) -> None:
         order = self._order
         self.waiting.put_many([(-running.job.priority, next(order), running) for running in units])

@@ -1,9 +1,9 @@
 import asyncio
-import http.client
 import time
 
 from pydantic import BaseModel
 
+from bench import slow_http
 from jobs.api import Backoff, job
 
 
@@ -79,18 +79,8 @@ class Get(BaseModel):
 
 @job("bench.io", payload=Get, queue="bench", timeout=30)
 def io(payload, ctx):
-    """One blocking HTTP GET to the io scenario's slow server (bench/slow_http.py), on a connection
-    of its own (a webhook's endpoint is rarely the previous one's)."""
-    conn = http.client.HTTPConnection(payload.host, payload.port, timeout=10)
-    try:
-        conn.request("GET", payload.path)
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise RuntimeError(f"GET {payload.path}: {response.status}")
-    return len(body)
+    """One blocking HTTP GET to the io scenario's slow server (bench/slow_http.py)."""
+    return slow_http.get(payload.host, payload.port, payload.path)
 
 
 @job("bench.io_async", payload=Get, queue="bench", timeout=30)

@@ -2,6 +2,7 @@
 locks that keep two workers off the same row (see the package's docstring); and the row and
 advisory locks of the reaper, the scheduler, rate limits and concurrency keys."""
 
+import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -184,7 +185,12 @@ def claim_at_once(
         return claimed_jobs(cursor.fetchall())
 
 
-_c_loader: list = []
+@functools.cache
+def _timestamptz_c_loader():
+    from psycopg import adapters, postgres
+    from psycopg.pq import Format
+
+    return adapters.get_loader(postgres.types["timestamptz"].oid, Format.TEXT)
 
 
 def _fast_timestamps(cursor) -> None:
@@ -194,12 +200,7 @@ def _fast_timestamps(cursor) -> None:
     in UTC, as Django keeps it unless DATABASES sets TIME_ZONE, both give the same datetimes."""
     if connection.timezone is not UTC or connection.timezone_name != "UTC":
         return
-    if not _c_loader:
-        from psycopg import adapters, postgres
-        from psycopg.pq import Format
-
-        _c_loader.append(adapters.get_loader(postgres.types["timestamptz"].oid, Format.TEXT))
-    cursor.cursor.adapters.register_loader("timestamptz", _c_loader[0])
+    cursor.cursor.adapters.register_loader("timestamptz", _timestamptz_c_loader())
 
 
 def breaker_holds(held: Sequence[tuple[str, str]], only_key: str | None, params: list) -> list[str]:

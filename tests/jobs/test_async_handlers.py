@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connection
 
-from jobs.api import cancel, enqueue, enqueue_many
+from jobs.api import enqueue, enqueue_many
 from jobs.models import DeadLetter, Job, JobStatus, WorkerProcess
 from jobs.testing import immediate, run_jobs
 from tests.testapp.models import Run
@@ -106,22 +106,6 @@ def test_an_async_job_past_its_timeout_is_cancelled_and_its_attempt_recorded(wor
     job.refresh_from_db()
     assert "JobTimeout" in job.errors[-1]["exception"]
     assert DeadLetter.objects.filter(job=job).exists()
-    proc.send_signal(signal.SIGTERM)
-    assert workers.exit_code(proc, 30) == 0, workers.output(proc)
-
-
-def test_staff_cancelling_a_running_async_job_cancels_its_coroutine(workers):
-    job = enqueue("test.async_cancellable", {"key": "c"})
-    proc = workers.start("--stale-after", "2")
-    wait_for(lambda: Job.objects.get(id=job.id).progress == 50, timeout=60, message="job running")
-    assert cancel(job.id, "customer changed their mind") == JobStatus.RUNNING
-    wait_for(
-        lambda: Job.objects.get(id=job.id).status == JobStatus.CANCELLED, timeout=60, message="cancelled"
-    )
-    job.refresh_from_db()
-    assert job.status_reason == "customer changed their mind"
-    assert Run.objects.filter(key="cancelled:c").exists()
-    assert not DeadLetter.objects.filter(job=job).exists()
     proc.send_signal(signal.SIGTERM)
     assert workers.exit_code(proc, 30) == 0, workers.output(proc)
 

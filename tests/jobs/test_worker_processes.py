@@ -285,10 +285,15 @@ def test_stale_worker_rows_are_cleaned_up(workers):
     assert proc.wait(20) == 0
 
 
-def test_cancelling_a_running_job_ends_it_cancelled(workers):
+@pytest.mark.parametrize(
+    "job_type, marker",
+    [("test.cancellable", None), ("test.async_cancellable", "cancelled:c")],  # async: its coroutine too
+    ids=["sync", "async"],
+)
+def test_cancelling_a_running_job_ends_it_cancelled(workers, job_type, marker):
     from jobs.api import cancel
 
-    job = enqueue("test.cancellable", {"key": "c"})
+    job = enqueue(job_type, {"key": "c"})
     proc = workers.start("--stale-after", "2")
     # Deadlines for a loaded machine (a worker's start-up alone can take seconds there), not timings.
     wait_for(lambda: Job.objects.get(id=job.id).progress == 50, timeout=60, message="job running")
@@ -298,6 +303,7 @@ def test_cancelling_a_running_job_ends_it_cancelled(workers):
     )
     job.refresh_from_db()
     assert job.status_reason == "customer changed their mind"
+    assert marker is None or Run.objects.filter(key=marker).exists()  # the coroutine saw it cancelled
     assert not DeadLetter.objects.filter(job=job).exists()
     proc.terminate()
     assert proc.wait(20) == 0
