@@ -98,4 +98,16 @@ def logging_config(log_format: str, level: str) -> dict:
 
 def bind_job(sender, job, **kwargs) -> None:
     """job_started receiver: the job's fields join the context of its run (see jobs.signals)."""
-    bind(job_id=job.id, job_type=job.type, attempt=job.attempts, queue=job.queue, worker_id=job.locked_by)
+    # What bind() does, without its keyword arguments and order number check: once per job run.
+    _context.set(
+        MappingProxyType(
+            {
+                **_context.get(),
+                "job_id": job.id,
+                "job_type": job.type,
+                "attempt": job.attempts,
+                "queue": job.queue,
+                "worker_id": job.locked_by,
+            }
+        )
+    )

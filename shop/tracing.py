@@ -134,6 +134,8 @@ def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic, cei
         def decide(self, trace_id: int) -> bool:
             """Whether a new trace with this id is kept, before any span is built; a span then started
             with this trace id is given the same decision (the reservoir counts it once)."""
+            if self._taken >= ceiling and int(clock()) == self._window:
+                return False  # the second's ceiling is reached: most runs of a burst end here, unlocked
             result = self.should_sample(None, trace_id, "")
             self._decided.trace_id, self._decided.result = trace_id, result
             return result.decision.is_sampled()

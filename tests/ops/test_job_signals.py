@@ -72,3 +72,49 @@ def test_a_receiver_that_raises_does_not_disturb_the_job(caplog):
         signals.job_started.disconnect(broken, sender=Job)
     assert Job.objects.get(id=job.id).status == "succeeded"
     assert "receiver bug" in caplog.text
+
+
+def test_receivers_are_looked_up_again_after_connect_and_disconnect():
+    """The receivers a lifecycle signal keeps for its sender (looked up once, not on every send) follow
+    connect and disconnect, and a weakly connected receiver that was collected is skipped."""
+    import gc
+
+    calls = []
+    job = Job(id=1, type="test.noop")
+
+    def first(sender, job, **kwargs):
+        calls.append("first")
+
+    class Listener:
+        def method(self, sender, job, **kwargs):
+            calls.append("weak")
+
+    signals.send(signals.job_snoozed, job, seconds=1)  # looked up: none
+    signals.job_snoozed.connect(first, sender=Job)
+    listener = Listener()
+    signals.job_snoozed.connect(listener.method, sender=Job)  # weak by default
+    try:
+        signals.send(signals.job_snoozed, job, seconds=1)
+        assert calls == ["first", "weak"]
+        del listener
+        gc.collect()
+        signals.send(signals.job_snoozed, job, seconds=1)
+        assert calls == ["first", "weak", "first"]
+    finally:
+        signals.job_snoozed.disconnect(first, sender=Job)
+    signals.send(signals.job_snoozed, job, seconds=1)
+    assert calls == ["first", "weak", "first"]
+
+
+def test_an_async_receiver_is_awaited():
+    calls = []
+
+    async def receiver(sender, job, **kwargs):
+        calls.append(job.id)
+
+    signals.job_snoozed.connect(receiver, sender=Job)
+    try:
+        signals.send(signals.job_snoozed, Job(id=7, type="test.noop"), seconds=1)
+    finally:
+        signals.job_snoozed.disconnect(receiver, sender=Job)
+    assert calls == [7]
