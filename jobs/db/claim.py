@@ -317,6 +317,8 @@ def _faster(convs: list) -> list:
     django_converter = convs[0]
 
     def utc_text(value, expression, conn):
+        if value is None:  # a claimed row's unset timestamps: no exception raised and caught for each
+            return None
         try:
             parsed = datetime.fromisoformat(value)
         except (TypeError, ValueError):
