@@ -40,14 +40,16 @@ class JobSignal(Signal):
         self._entries: dict = {}  # sender -> ((receiver or its weak reference, is weak), ...) or None
 
     def connect(self, *args, **kwargs):
-        with self.lock:
+        result = super().connect(*args, **kwargs)
+        with self.lock:  # after the change: a lookup meanwhile cannot keep the old receivers
             self._entries = {}
-        return super().connect(*args, **kwargs)
+        return result
 
     def disconnect(self, *args, **kwargs):
-        with self.lock:
+        result = super().disconnect(*args, **kwargs)
+        with self.lock:  # after the change: a lookup meanwhile cannot keep the old receivers
             self._entries = {}
-        return super().disconnect(*args, **kwargs)
+        return result
 
     def entries(self, sender) -> tuple | None:
         """The receivers for ``sender`` as stored (weak references not resolved), or None when one of
