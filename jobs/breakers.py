@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.db import connection
 from django.db.models import Exists, OuterRef
 
 from jobs import db
@@ -80,7 +81,7 @@ def holds() -> Holds:
     types declare no breaker). Read before the claim's transaction, so that SQLite's write lock is not
     held for it: a breaker that opens meanwhile holds its jobs from the next pass on, as it does for
     jobs already claimed when it opened."""
-    if not any_declared():
+    if not any_declared() or not _any_not_closed():
         return NONE
     probe_running = Exists(Job.objects.filter(id=OuterRef("probe_job_id"), status=JobStatus.RUNNING))
     rows = list(BreakerState.objects.exclude(state=CLOSED).annotate(probe_running=probe_running))
@@ -90,6 +91,17 @@ def holds() -> Holds:
         pairs=[(row.type, row.key) for row in rows],
         probes=[row for row in rows if row.state == OPEN or not row.probe_running],
     )
+
+
+def _any_not_closed() -> bool:
+    """Whether any breaker is not closed: one statement of SQL written once, where the query below
+    costs the ORM some 0.5 ms to build on every claim pass (a tenth of the claim loop's time in a drain
+    of no-op jobs, its passes claiming a few dozen jobs each)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT 1 FROM {BreakerState._meta.db_table} WHERE state <> %s LIMIT 1", [CLOSED.value]
+        )
+        return cursor.fetchone() is not None
 
 
 def _probe_due(row: BreakerState, now: datetime, probe_running: bool) -> bool:

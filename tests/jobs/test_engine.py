@@ -139,6 +139,27 @@ def test_a_claimed_jobs_timestamps_are_the_ones_the_orm_reads_to_the_microsecond
     assert job.run_at == run_at and job.finished_at is None
 
 
+def test_a_claimed_jobs_json_columns_and_flags_are_the_ones_the_orm_reads_each_its_own():
+    enqueue_many("test.noop", [{"key": "a"}, {"key": "b"}])
+    a, b = engine.claim("w", 2)
+    for job in (a, b):
+        stored = Job.objects.get(pk=job.pk)
+        for name in (
+            "payload",
+            "errors",
+            "trace_context",
+            "cancel_requested",
+            "status",
+            "attempts",
+            "priority",
+        ):
+            assert getattr(job, name) == getattr(stored, name), name
+            assert type(getattr(job, name)) is type(getattr(stored, name)), name
+    assert (a.payload, b.payload) == ({"key": "a"}, {"key": "b"})
+    a.errors.append({"attempt": 1})  # the empty list of errors is not shared between jobs
+    assert b.errors == []
+
+
 def test_claim_marks_running_with_worker_and_token_and_counts_attempt():
     enqueue("test.noop", {})
     (job,) = engine.claim("worker-a", 5)
