@@ -129,13 +129,18 @@ def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic, cei
             self._lock = threading.Lock()
             self._window = -1
             self._taken = 0
-            self._decided = threading.local()  # this thread's last decision, by trace id
+            self._decided = _Decided()  # this thread's last decision, by trace id
+
+        def full(self) -> bool:
+            """Whether this second's ceiling is reached: every new trace is dropped until the next one
+            (most runs of a burst end here, before a trace id is drawn, without the lock)."""
+            return self._taken >= ceiling and int(clock()) == self._window
 
         def decide(self, trace_id: int) -> bool:
             """Whether a new trace with this id is kept, before any span is built; a span then started
             with this trace id is given the same decision (the reservoir counts it once)."""
-            if self._taken >= ceiling and int(clock()) == self._window:
-                return False  # the second's ceiling is reached: most runs of a burst end here, unlocked
+            if self.full():
+                return False
             result = self.should_sample(None, trace_id, "")
             self._decided.trace_id, self._decided.result = trace_id, result
             return result.decision.is_sampled()
@@ -143,7 +148,7 @@ def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic, cei
         def should_sample(
             self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None
         ):
-            if getattr(self._decided, "trace_id", None) == trace_id:
+            if self._decided.trace_id == trace_id:
                 self._decided.trace_id = None
                 return SamplingResult(self._decided.result.decision, attributes)
             window = int(clock())
@@ -171,6 +176,15 @@ def reservoir_sampler(per_second: float, ratio: float, clock=time.monotonic, cei
     return ReservoirSampler()
 
 
+class _Decided(threading.local):
+    trace_id: int | None = None  # a class default: no AttributeError raised and caught per lookup
+    result: Any = None
+
+
+class _Chosen(threading.local):
+    trace_id: int | None = None
+
+
 def _chosen_ids_class():
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
@@ -178,10 +192,10 @@ def _chosen_ids_class():
         """Random ids, except a trace id chosen (and sampled) ahead by a job run in this thread."""
 
         def __init__(self) -> None:
-            self.chosen = threading.local()
+            self.chosen = _Chosen()
 
         def generate_trace_id(self) -> int:
-            trace_id = getattr(self.chosen, "trace_id", None)
+            trace_id = self.chosen.trace_id
             if trace_id is None:
                 return super().generate_trace_id()
             self.chosen.trace_id = None
@@ -254,12 +268,19 @@ def _bind_hot_path() -> None:
     from opentelemetry.trace import SpanKind, Status, StatusCode
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+    unsampled = trace.TraceFlags(trace.TraceFlags.DEFAULT)
+    ids = _state["ids"]
+    dropped = trace.NonRecordingSpan(
+        trace.SpanContext(ids.generate_trace_id(), ids.generate_span_id(), False, unsampled)
+    )
     _hot.update(
         attach=otel_context.attach,
+        current=otel_context.get_current,
+        dropped=trace.set_span_in_context(dropped, otel_context.Context()),
         context=trace.SpanContext,
         non_recording=trace.NonRecordingSpan,
         current_span=trace.get_current_span,
-        unsampled=trace.TraceFlags(trace.TraceFlags.DEFAULT),
+        unsampled=unsampled,
         in_context=trace.set_span_in_context,
         propagator=TraceContextTextMapPropagator(),
         producer=SpanKind.PRODUCER,
@@ -299,10 +320,12 @@ def on_started(sender, job, **kwargs) -> None:
         current = _hot["current_span"](parent)  # without a stored context: the caller's, if any
         if not current.get_span_context().is_valid:
             ids = _state["ids"]
+            if root.full():
+                _drop_run(ids, None)
+                return
             trace_id = ids.generate_trace_id()
             if not root.decide(trace_id):
-                dropped = _hot["context"](trace_id, ids.generate_span_id(), False, _hot["unsampled"])
-                _hot["attach"](_hot["in_context"](_hot["non_recording"](dropped)))
+                _drop_run(ids, trace_id)
                 return
             ids.chosen.trace_id = trace_id  # the span below takes it, and the decision with it
         elif not current.get_span_context().trace_flags.sampled:
@@ -322,6 +345,20 @@ def on_started(sender, job, **kwargs) -> None:
                 # A job whose claim was lost sends no outcome: its span is dropped, oldest first.
                 _running.pop(next(iter(_running))).end()
     _hot["attach"](_hot["in_context"](span))
+
+
+def _drop_run(ids, trace_id: int | None) -> None:
+    """Make current a span that is not recorded, so that the run's jobs inherit the decision. In a job's
+    own empty context (a worker's run) it is one context built at setup, shared by every dropped run: a
+    dropped trace's ids are never exported nor logged, and building them cost a run a few microseconds
+    (most runs of a burst are dropped)."""
+    if not _hot["current"]():
+        _hot["attach"](_hot["dropped"])
+        return
+    if trace_id is None:
+        trace_id = ids.generate_trace_id()
+    dropped = _hot["context"](trace_id, ids.generate_span_id(), False, _hot["unsampled"])
+    _hot["attach"](_hot["in_context"](_hot["non_recording"](dropped)))
 
 
 def _finish(job, error: BaseException | None = None, **attributes: Any) -> None:

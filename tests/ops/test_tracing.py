@@ -217,9 +217,10 @@ def sampling(spans):
     saved = tracer.sampler, tracing._state["root"]
     assert saved[1] is not None, "job runs decide with the shop's reservoir"
 
-    def use(per_second: float, ratio: float):
-        root = tracing.reservoir_sampler(per_second, ratio, clock=lambda: 100.0)
+    def use(per_second: float, ratio: float, ceiling: float | None = None):
+        root = tracing.reservoir_sampler(per_second, ratio, clock=lambda: 100.0, ceiling=ceiling)
         tracer.sampler, tracing._state["root"] = ParentBased(root=root), root
+        return root
 
     yield use
     tracer.sampler, tracing._state["root"] = saved
@@ -243,6 +244,36 @@ def test_a_dropped_job_run_builds_no_span_yet_its_handler_and_its_jobs_follow_th
     assert parent["valid"] and not parent["sampled"]
     assert child["trace_id"] == parent["trace_id"] and not child["sampled"]
     assert not [s for s in spans.get_finished_spans() if s.name.startswith("run ")]
+
+
+@pytest.mark.django_db
+def test_past_the_ceiling_root_runs_draw_no_trace_and_share_one_dropped_context_their_jobs_follow(
+    spans, sampling
+):
+    from jobs.api import enqueue
+    from tests.testapp.jobs import TRACED
+
+    TRACED.clear()
+    Job.objects.all().delete()
+    enqueue("test.traced", {"key": "parent"})
+    enqueue("test.traced", {"key": "other"})
+    Job.objects.update(trace_context=None)  # enqueued by an untraced process: each run is a root
+    spans.clear()
+    root = sampling(1, 1.0, ceiling=1)
+    assert root.decide(123) and root.full()  # this second's one trace is taken
+    drawn = []
+    ids = tracing._state["ids"]
+    original = ids.generate_trace_id
+    ids.generate_trace_id = lambda: drawn.append(1) or original()
+    try:
+        assert run_jobs() == 3
+    finally:
+        del ids.generate_trace_id
+    assert drawn == []  # dropped before a trace id was drawn, the child by its parent's decision
+    assert [t["key"] for t in TRACED] == ["parent", "other", "child"]
+    assert all(t["valid"] and not t["sampled"] for t in TRACED)
+    assert len({t["trace_id"] for t in TRACED}) == 1  # the one dropped context, never exported
+    assert not [s for s in spans.get_finished_spans() if s.name.startswith(("run ", "enqueue "))]
 
 
 @pytest.mark.django_db
