@@ -81,6 +81,9 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db_url_config(env.str("DATABASE_URL", default="") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}")
 }
+# Seconds a web process keeps its connection between requests (both databases: a SQLite connection
+# opened per request costs its file, its writer lock file and three PRAGMAs, some 0.5 ms).
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["ENGINE"] = "shop.backends.sqlite3"  # fair turns at the write lock (see there)
     # WAL lets readers and one writer work side by side; IMMEDIATE transactions take the write lock
@@ -97,7 +100,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
     # A host cut off from the database must get an error within seconds, not hang until TCP gives up
     # (a connect to a black-holed address hung 133 s; a query on an open connection, as long as the
     # cut). libpq: connect_timeout bounds a connect; keepalives find an idle connection's peer gone;

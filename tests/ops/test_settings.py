@@ -89,3 +89,26 @@ def test_every_jobs_setting_the_readme_names_is_read_from_the_environment():
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == wanted
+
+
+@pytest.mark.django_db  # the test database exists (the child process connects to it)
+@pytest.mark.parametrize("max_age, kept", [("60", True), ("0", False)])
+def test_conn_max_age_keeps_a_web_processs_connection_between_requests_on_either_database(max_age, kept):
+    # What a web process does around each request (Django's request_started and request_finished)
+    code = (
+        "from django.db import close_old_connections, connection;"
+        " from django.db.backends.signals import connection_created; opened = [];"
+        " connection_created.connect(lambda **kw: opened.append(1), weak=False);"
+        " [(close_old_connections(), connection.cursor().execute('SELECT 1'), close_old_connections())"
+        " for _ in range(3)]; print(connection.vendor, len(opened) == 1)"
+    )
+    result = subprocess.run(
+        [*manage_py(), "shell", "-c", code],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(CONN_MAX_AGE=max_age),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    vendor, same = result.stdout.strip().splitlines()[-1].split()
+    assert vendor in ("sqlite", "postgresql") and same == str(kept)
