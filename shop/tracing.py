@@ -295,13 +295,20 @@ _hot: dict[str, Any] = {}
 
 def on_enqueuing(sender, job, **kwargs) -> None:
     """A short span for the enqueue, whose context the job carries to its run (W3C ``traceparent``:
-    the run inherits the sampling decision, so a trace is kept or dropped whole)."""
+    the run inherits the sampling decision, so a trace is kept or dropped whole). Inside a dropped
+    trace (most requests under load) no span is built: the job carries the dropped context as it is."""
+    current = _hot["current_span"]().get_span_context()
+    if current.is_valid and not current.trace_flags.sampled:
+        carrier: dict[str, str] = {}
+        _hot["propagator"].inject(carrier)
+        job.trace_context = carrier
+        return
     span = _state["tracer"].start_span(
         f"enqueue {job.type}",
         kind=_hot["producer"],
         attributes={"job.type": job.type, "job.queue": job.queue},
     )
-    carrier: dict[str, str] = {}
+    carrier = {}
     _hot["propagator"].inject(carrier, context=_hot["in_context"](span))
     job.trace_context = carrier
     span.end()

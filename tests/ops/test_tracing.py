@@ -124,6 +124,31 @@ def test_an_enqueue_stores_its_span_context_on_the_job_and_the_run_is_its_child(
 
 
 @pytest.mark.django_db
+def test_a_dropped_requests_jobs_carry_its_own_context_and_no_enqueue_span_is_built(spans):
+    """Most requests under load are in a dropped trace: their jobs carry the request's context as it is
+    (not sampled), so their runs are dropped too, without a span built per enqueue."""
+    ProductFactory(sku="TRACE-1", stock=5)
+    ids = tracing._state["ids"]
+    drawn: list[int] = []
+    original = ids.generate_span_id
+    ids.generate_span_id = lambda: drawn.append(original()) or drawn[-1]
+    upstream = f"00-{'ab' * 16}-{'cd' * 8}-00"  # the proxy in front decided not to sample
+    try:
+        response = Client().post(
+            "/api/orders", ORDER, content_type="application/json", headers={"traceparent": upstream}
+        )
+    finally:
+        del ids.generate_span_id
+    assert response.status_code == 201, response.content
+    assert len(drawn) == 1  # the request's span only
+    jobs = Job.objects.all()
+    assert len(jobs) == 4  # the pipeline
+    assert {job.trace_context["traceparent"] for job in jobs} == {f"00-{'ab' * 16}-{drawn[0]:016x}-00"}
+    assert run_jobs() >= 4
+    assert spans.get_finished_spans() == ()  # the whole trace dropped: nothing exported
+
+
+@pytest.mark.django_db
 def test_a_snoozed_run_ends_its_span_with_the_outcome_snoozed(spans):
     from jobs.api import enqueue
 
