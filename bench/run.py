@@ -688,9 +688,10 @@ class OtlpSink:
 
 def scenario_observability(db: str, n: int) -> str:
     """Drain (1 and 2 processes) and orders with tracing on (every span exported to a local OTLP sink)
-    and JSON logs at INFO, beside both off, alternating, medians of 3 each way. The rounds take turns
-    at going first (off-on, on-off, off-on): the database grows by a run's orders and jobs with each
-    run, and the mode that always went second measured on the bigger one."""
+    and JSON logs at INFO, beside both off, alternating, medians of 5 each way (a drain of 40,000 jobs
+    lasts some 3 s, and on 2 shared cores one run in three strays by 10% or more). The rounds take turns
+    at going first (off-on, on-off, ...): the database grows by a run's orders and jobs with each run,
+    and the mode that always went second measured on the bigger one."""
     # Drains of a few seconds: 10,000 jobs take under one, where a second's kept traces (the reservoir's
     # and the ratio's, up to the ceiling) would weigh as much as the rest of the run.
     n = max(n, 40_000)
@@ -699,7 +700,7 @@ def scenario_observability(db: str, n: int) -> str:
     skus = _catalog()
     runs: dict[str, list[tuple]] = {"off": [], "on": []}
     try:
-        for round_ in range(3):
+        for round_ in range(5):
             for mode in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
                 OBSERVE.clear()
                 if mode == "on":
@@ -727,7 +728,12 @@ def scenario_observability(db: str, n: int) -> str:
         parts.append(
             f"{name} {med('on', i):.0f} vs {med('off', i):.0f} {unit} ({med('on', i) / med('off', i):.2f}x)"
         )
-    return f"observe  {db:8s} on vs off ({spans} spans exported): " + "   ".join(parts)
+    each = "\n".join(
+        f"  {mode} runs, in order: "
+        + "   ".join(f"{a:.0f} {b:.0f} {c:.1f} {d:.0f}" for a, b, c, d in runs[mode])
+        for mode in ("off", "on")
+    )
+    return f"observe  {db:8s} on vs off ({spans} spans exported): " + "   ".join(parts) + "\n" + each
 
 
 def scenario_fairness(db: str, n: int) -> str:
