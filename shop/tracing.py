@@ -298,7 +298,9 @@ def on_enqueuing(sender, job, **kwargs) -> None:
     the run inherits the sampling decision, so a trace is kept or dropped whole). Inside a dropped
     trace (most requests under load) no span is built: the job carries the dropped context as it is."""
     current = _hot["current_span"]().get_span_context()
-    if current.is_valid and not current.trace_flags.sampled:
+    # Only under the shop's parent-based sampler: another (OTEL_TRACES_SAMPLER) may keep a child of a
+    # dropped parent, and is given the span to decide on.
+    if current.is_valid and not current.trace_flags.sampled and _state["root"] is not None:
         carrier: dict[str, str] = {}
         _hot["propagator"].inject(carrier)
         job.trace_context = carrier
