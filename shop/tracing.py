@@ -298,22 +298,20 @@ def on_enqueuing(sender, job, **kwargs) -> None:
     the run inherits the sampling decision, so a trace is kept or dropped whole). Inside a dropped
     trace (most requests under load) no span is built: the job carries the dropped context as it is."""
     current = _hot["current_span"]().get_span_context()
+    span = None
     # Only under the shop's parent-based sampler: another (OTEL_TRACES_SAMPLER) may keep a child of a
     # dropped parent, and is given the span to decide on.
-    if current.is_valid and not current.trace_flags.sampled and _state["root"] is not None:
-        carrier: dict[str, str] = {}
-        _hot["propagator"].inject(carrier)
-        job.trace_context = carrier
-        return
-    span = _state["tracer"].start_span(
-        f"enqueue {job.type}",
-        kind=_hot["producer"],
-        attributes={"job.type": job.type, "job.queue": job.queue},
-    )
-    carrier = {}
-    _hot["propagator"].inject(carrier, context=_hot["in_context"](span))
+    if not (current.is_valid and not current.trace_flags.sampled and _state["root"] is not None):
+        span = _state["tracer"].start_span(
+            f"enqueue {job.type}",
+            kind=_hot["producer"],
+            attributes={"job.type": job.type, "job.queue": job.queue},
+        )
+    carrier: dict[str, str] = {}
+    _hot["propagator"].inject(carrier, context=None if span is None else _hot["in_context"](span))
     job.trace_context = carrier
-    span.end()
+    if span is not None:
+        span.end()
 
 
 def on_started(sender, job, **kwargs) -> None:
