@@ -1,6 +1,7 @@
 """runworker under Type=notify: READY first, WATCHDOG from every pass of the claim loop (idle or busy),
 STATUS with the jobs running, STOPPING at SIGTERM; checked on a real AF_UNIX datagram socket."""
 
+import re
 import shutil
 import signal
 import socket
@@ -85,15 +86,18 @@ def test_worker_sends_ready_then_watchdog_status_and_stopping(workers, notify_so
     assert "WATCHDOG=1" not in lines[lines.index("STOPPING=1") :]
 
 
-def test_watchdog_gaps_stay_within_the_poll_interval_when_idle(workers, notify_socket):
-    """WatchdogSec=30 in the unit needs a ping at least every 15 s; the idle loop waits at most the poll
-    interval between passes, and a pass pings when the last ping is a second old."""
-    poll = 0.5
-    proc = workers.start("--poll-interval", str(poll), env={"NOTIFY_SOCKET": notify_socket.address})
+def test_watchdog_gaps_stay_well_within_the_units_budget_when_idle(workers, notify_socket):
+    """systemd needs a ping at least every WatchdogSec/2; the idle loop waits at most the poll interval
+    between passes, and a pass pings when the last ping is a second old, so gaps are about poll + 1 s.
+    The bound is a third of the unit's budget: it fails if the idle loop stops pinging on its own, not
+    when a loaded machine delays one pass by a few milliseconds."""
+    unit = (Path(__file__).resolve().parents[2] / "deploy" / "shop-worker@.service").read_text()
+    budget = int(re.search(r"^WatchdogSec=(\d+)$", unit, re.M)[1]) / 2
+    proc = workers.start("--poll-interval", "0.5", env={"NOTIFY_SOCKET": notify_socket.address})
     wait_for(lambda: len(notify_socket.times_of("WATCHDOG=1")) >= 8, message="eight watchdog pings")
     pings = notify_socket.times_of("WATCHDOG=1")
     gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
-    assert max(gaps) < poll + 1.0, gaps
+    assert max(gaps) < budget / 3, gaps
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
 
