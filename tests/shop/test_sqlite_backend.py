@@ -151,3 +151,122 @@ def test_a_writer_that_cannot_get_the_lock_goes_on_after_the_busy_timeout(settin
     assert waited >= 0.5
     product.refresh_from_db()
     assert product.stock == 2
+
+
+def _held_elsewhere():
+    """The writer lock taken by another open file description (as another process would hold it)."""
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _give_back(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def test_another_threads_writer_polls_and_goes_on_after_the_busy_timeout():
+    """Only the main thread sleeps under an alarm: a job thread or a runserver thread polls, and its
+    deadline holds as well."""
+    product = ProductFactory(stock=3)
+    fd = _held_elsewhere()
+    options = connection.settings_dict["OPTIONS"]
+    saved = options.get("timeout")
+    options["timeout"] = 0.5
+    outcome = {}
+
+    def write():
+        try:
+            started = time.monotonic()
+            with transaction.atomic():
+                Product.objects.filter(pk=product.pk).update(stock=2)
+            outcome["waited"] = time.monotonic() - started
+        finally:
+            connection.close()
+
+    try:
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join(10)
+    finally:
+        options["timeout"] = saved
+        _give_back(fd)
+    assert outcome["waited"] >= 0.5
+    product.refresh_from_db()
+    assert product.stock == 2
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_the_main_thread_sleeps_until_the_holder_lets_go_and_leaves_no_alarm_behind():
+    """The main thread's writer waits in flock() (not a polling loop): it is woken by the release, and
+    after both a wait that got the lock and one that timed out no interval timer is left running."""
+    product = ProductFactory(stock=3)
+    fd = _held_elsewhere()
+    connection.close()
+    released = threading.Event()
+
+    def release_when_waiting():
+        # The writer is in flock(): /proc shows the main thread blocked in the kernel's file lock wait.
+        wait_for(lambda: main_thread_waits_in_flock(), message="the main thread asleep in flock()")
+        released.set()
+        _give_back(fd)
+
+    helper = threading.Thread(target=release_when_waiting)
+    helper.start()
+    try:
+        Product.objects.filter(pk=product.pk).update(stock=2)
+    finally:
+        helper.join(30)
+    assert released.is_set()
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    product.refresh_from_db()
+    assert product.stock == 2
+
+    fd = _held_elsewhere()
+    options = connection.settings_dict["OPTIONS"]
+    saved = options.get("timeout")
+    options["timeout"] = 0.3
+    connection.close()
+    try:
+        Product.objects.filter(pk=product.pk).update(stock=1)  # goes on under SQLite's own lock
+    finally:
+        options["timeout"] = saved
+        connection.close()
+        _give_back(fd)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    product.refresh_from_db()
+    assert product.stock == 1
+
+
+def main_thread_waits_in_flock() -> bool:
+    wchan = f"/proc/{os.getpid()}/task/{threading.main_thread().native_id}/wchan"
+    with open(wchan) as f:
+        return "lock_inode_wait" in f.read()  # flock()'s wait; a polling sleep is hrtimer_nanosleep
+
+
+def test_a_main_thread_whose_sigalrm_is_taken_polls_and_leaves_the_handler_alone():
+    product = ProductFactory(stock=3)
+    calls = []
+
+    def mine(*args):
+        calls.append(args)
+
+    previous = signal.signal(signal.SIGALRM, mine)
+    fd = _held_elsewhere()
+    options = connection.settings_dict["OPTIONS"]
+    saved = options.get("timeout")
+    options["timeout"] = 0.3
+    connection.close()
+    try:
+        started = time.monotonic()
+        Product.objects.filter(pk=product.pk).update(stock=2)
+        waited = time.monotonic() - started
+        assert signal.getsignal(signal.SIGALRM) is mine and calls == []
+    finally:
+        options["timeout"] = saved
+        connection.close()
+        _give_back(fd)
+        signal.signal(signal.SIGALRM, previous)
+    assert waited >= 0.3
+    product.refresh_from_db()
+    assert product.stock == 2

@@ -6,16 +6,29 @@ tries: under steady contention (three web processes and a worker) a writer that 
 sleeps 100 ms at a stretch while others come and go, and a request's p99 grows to half a second.
 
 So before ``BEGIN IMMEDIATE`` a transaction takes an exclusive ``flock`` on ``<database>.writer``, a
-file beside the database shared by every process and thread, trying again every 0.2 to 2 ms, and
-gives it back when the transaction commits or rolls back (or its process dies: the kernel releases
-it). A writing statement outside a transaction (autocommit) holds it for that statement. Writers then
-take turns within a millisecond or two. After the busy timeout a writer goes on without the file lock
-and SQLite's own lock decides, so a transaction left open somewhere still ends in SQLite's "database
-is locked" rather than an endless wait.
+file beside the database shared by every process and thread, and gives it back when the transaction
+commits or rolls back (or its process dies: the kernel releases it). A writing statement outside a
+transaction (autocommit) holds it for that statement.
+
+How a writer waits for it depends on its thread:
+
+- A process's main thread (a gunicorn sync worker's requests, the worker's claim loop, a management
+  command) sleeps in the kernel until the lock is free, with an interval timer (SIGALRM) to end the
+  wait at the busy timeout: it is woken the moment the holder lets go.
+- Other threads (the worker's job threads and its completer, runserver's requests) and a main thread
+  whose SIGALRM or interval timer someone else uses try again every 0.2 to 2 ms.
+
+The sleepers therefore go first, and the web's requests, whose clients are waiting, take turns within
+a fraction of a millisecond; the worker's job threads take the gaps between them (the worker already
+runs at a lower CPU priority: ``Nice=`` in deploy/shop-worker@.service). After the busy timeout a
+writer goes on without the file lock and SQLite's own lock decides, so a transaction left open
+somewhere still ends in SQLite's "database is locked" rather than an endless wait.
 """
 
 import fcntl
 import os
+import signal
+import threading
 import time
 
 from django.db.backends.sqlite3 import base
@@ -97,21 +110,73 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self._writer_fd is None or self._writer_held:
             return
         timeout = float(self.settings_dict["OPTIONS"].get("timeout", 5))
-        deadline = time.monotonic() + timeout
-        pause = 0.0002
-        while True:
-            try:
-                fcntl.flock(self._writer_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return  # SQLite's own lock and busy timeout decide from here
-                time.sleep(pause)
-                pause = min(pause * 2, 0.002)
-            else:
-                self._writer_held = True
-                return
+        if _can_sleep_for_the_lock():
+            self._writer_held = _sleep_for_lock(self._writer_fd, timeout)
+        else:
+            self._writer_held = _poll_for_lock(self._writer_fd, timeout)
+        # Not held after the timeout: SQLite's own lock and busy timeout decide from here.
 
     def _release_writer_lock(self) -> None:
         if self._writer_held:
             self._writer_held = False
             fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
+
+
+class _TimedOut(Exception):
+    pass
+
+
+_sleeping = False  # the main thread is in flock() under our timer: only then may the alarm end it
+
+
+def _on_alarm(signum, frame) -> None:
+    if _sleeping:
+        raise _TimedOut
+
+
+def _can_sleep_for_the_lock() -> bool:
+    """Only the main thread receives signals; and only if SIGALRM and the real interval timer are ours
+    to use (the handler is installed on the first call, when nothing else handles the signal)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    handler = signal.getsignal(signal.SIGALRM)
+    if handler is not _on_alarm:
+        if handler is not signal.SIG_DFL:
+            return False
+        signal.signal(signal.SIGALRM, _on_alarm)
+    return signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def _sleep_for_lock(fd: int, timeout: float) -> bool:
+    """Block in flock() until the lock is ours (True) or ``timeout`` seconds passed (False)."""
+    global _sleeping
+    try:
+        _sleeping = True
+        signal.setitimer(signal.ITIMER_REAL, max(timeout, 0.001))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # interrupted only by the alarm's exception
+        finally:
+            _sleeping = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        return True
+    except _TimedOut:
+        # Either flock() was waiting, or the alarm came as it returned: give back what may be ours.
+        _sleeping = False
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+
+
+def _poll_for_lock(fd: int, timeout: float) -> bool:
+    """Try the lock every 0.2 to 2 ms until it is ours (True) or ``timeout`` seconds passed (False)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.0002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
+        else:
+            return True
