@@ -109,6 +109,13 @@ class DatabaseWrapper(base.DatabaseWrapper):
     def _take_writer_lock(self) -> None:
         if self._writer_fd is None or self._writer_held:
             return
+        try:  # free (the common case): no timer to arm
+            fcntl.flock(self._writer_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            self._writer_held = True
+            return
         timeout = float(self.settings_dict["OPTIONS"].get("timeout", 5))
         if _can_sleep_for_the_lock():
             self._writer_held = _sleep_for_lock(self._writer_fd, timeout)
