@@ -1,6 +1,7 @@
 """The SQLite backend's writer lock (shop/backends/sqlite3): write transactions and autocommit writes
 hold an OS file lock beside the database while they write, and give it back however they end."""
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -128,51 +129,51 @@ def test_a_killed_holder_releases_the_lock():
         holder.wait(10)
 
 
-def test_a_writer_that_cannot_get_the_lock_goes_on_after_the_busy_timeout(settings):
+@contextlib.contextmanager
+def lock_held_elsewhere(timeout: float | None = None):
+    """The writer lock held by another open file description (as another process would hold it), with
+    the busy timeout set to ``timeout`` seconds meanwhile. Yields a function that gives the lock back
+    before the end."""
+    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    options = connection.settings_dict["OPTIONS"]
+    saved = options.get("timeout")
+    if timeout is not None:
+        options["timeout"] = timeout
+    connection.close()  # the next query opens a connection under these options
+    held = [fd]
+
+    def give_back() -> None:
+        if held:
+            fcntl.flock(held.pop(), fcntl.LOCK_UN)
+            os.close(fd)
+
+    try:
+        yield give_back
+    finally:
+        options["timeout"] = saved
+        connection.close()
+        give_back()
+
+
+def test_a_writer_that_cannot_get_the_lock_goes_on_after_the_busy_timeout():
     """A lock held by something that is no SQLite transaction: after the busy timeout the writer
     proceeds under SQLite's own lock instead of waiting for ever."""
     product = ProductFactory(stock=3)
-    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    connection.close()
-    options = connection.settings_dict["OPTIONS"]
-    saved = options.get("timeout")
-    options["timeout"] = 0.5
-    try:
+    with lock_held_elsewhere(timeout=0.5):
         started = time.monotonic()
         with transaction.atomic():
             Product.objects.filter(pk=product.pk).update(stock=2)
         waited = time.monotonic() - started
-    finally:
-        options["timeout"] = saved
-        connection.close()
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
     assert waited >= 0.5
     product.refresh_from_db()
     assert product.stock == 2
-
-
-def _held_elsewhere():
-    """The writer lock taken by another open file description (as another process would hold it)."""
-    fd = os.open(lock_path(), os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
-def _give_back(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
 
 
 def test_another_threads_writer_polls_and_goes_on_after_the_busy_timeout():
     """Only the main thread sleeps under an alarm: a job thread or a runserver thread polls, and its
     deadline holds as well."""
     product = ProductFactory(stock=3)
-    fd = _held_elsewhere()
-    options = connection.settings_dict["OPTIONS"]
-    saved = options.get("timeout")
-    options["timeout"] = 0.5
     outcome = {}
 
     def write():
@@ -184,13 +185,10 @@ def test_another_threads_writer_polls_and_goes_on_after_the_busy_timeout():
         finally:
             connection.close()
 
-    try:
+    with lock_held_elsewhere(timeout=0.5):
         thread = threading.Thread(target=write)
         thread.start()
         thread.join(10)
-    finally:
-        options["timeout"] = saved
-        _give_back(fd)
     assert outcome["waited"] >= 0.5
     product.refresh_from_db()
     assert product.stock == 2
@@ -201,38 +199,28 @@ def test_the_main_thread_sleeps_until_the_holder_lets_go_and_leaves_no_alarm_beh
     """The main thread's writer waits in flock() (not a polling loop): it is woken by the release, and
     after both a wait that got the lock and one that timed out no interval timer is left running."""
     product = ProductFactory(stock=3)
-    fd = _held_elsewhere()
-    connection.close()
     released = threading.Event()
+    with lock_held_elsewhere() as give_back:
 
-    def release_when_waiting():
-        # The writer is in flock(): /proc shows the main thread blocked in the kernel's file lock wait.
-        wait_for(lambda: main_thread_waits_in_flock(), message="the main thread asleep in flock()")
-        released.set()
-        _give_back(fd)
+        def release_when_waiting():
+            # /proc shows the main thread blocked in the kernel's file lock wait.
+            wait_for(main_thread_waits_in_flock, message="the main thread asleep in flock()")
+            released.set()
+            give_back()
 
-    helper = threading.Thread(target=release_when_waiting)
-    helper.start()
-    try:
-        Product.objects.filter(pk=product.pk).update(stock=2)
-    finally:
-        helper.join(30)
+        helper = threading.Thread(target=release_when_waiting)
+        helper.start()
+        try:
+            Product.objects.filter(pk=product.pk).update(stock=2)
+        finally:
+            helper.join(30)
     assert released.is_set()
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     product.refresh_from_db()
     assert product.stock == 2
 
-    fd = _held_elsewhere()
-    options = connection.settings_dict["OPTIONS"]
-    saved = options.get("timeout")
-    options["timeout"] = 0.3
-    connection.close()
-    try:
+    with lock_held_elsewhere(timeout=0.3):
         Product.objects.filter(pk=product.pk).update(stock=1)  # goes on under SQLite's own lock
-    finally:
-        options["timeout"] = saved
-        connection.close()
-        _give_back(fd)
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     product.refresh_from_db()
     assert product.stock == 1
@@ -252,20 +240,13 @@ def test_a_main_thread_whose_sigalrm_is_taken_polls_and_leaves_the_handler_alone
         calls.append(args)
 
     previous = signal.signal(signal.SIGALRM, mine)
-    fd = _held_elsewhere()
-    options = connection.settings_dict["OPTIONS"]
-    saved = options.get("timeout")
-    options["timeout"] = 0.3
-    connection.close()
     try:
-        started = time.monotonic()
-        Product.objects.filter(pk=product.pk).update(stock=2)
-        waited = time.monotonic() - started
-        assert signal.getsignal(signal.SIGALRM) is mine and calls == []
+        with lock_held_elsewhere(timeout=0.3):
+            started = time.monotonic()
+            Product.objects.filter(pk=product.pk).update(stock=2)
+            waited = time.monotonic() - started
+            assert signal.getsignal(signal.SIGALRM) is mine and calls == []
     finally:
-        options["timeout"] = saved
-        connection.close()
-        _give_back(fd)
         signal.signal(signal.SIGALRM, previous)
     assert waited >= 0.3
     product.refresh_from_db()
